@@ -1,0 +1,141 @@
+"""The memory counters of one cgroup, and the question "did it kill since last time?".
+
+A wake-up from inotify or an eventfd is only a hint (v2's memory.events changes on
+every `max` event too, several times before a kill), so every wake-up re-reads the
+counters and diffs `oom_kill`. The parsers are pure; `read_counters` is the only I/O.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from oomguard.cgroups.hierarchy import CgroupVersion
+
+
+@dataclass(frozen=True)
+class MemoryCounters:
+    """What one read of a cgroup's counters said.
+
+    `oom_kill` counts kills of processes in this cgroup itself (v1's counter is local;
+    on v2 it comes from memory.events.local), so one kill is counted by exactly one
+    cgroup however many ancestors also see it. `limit_hits` rises when this cgroup's
+    own limit was reached: v2's local `oom` (OOM invocations), v1's `memory.failcnt`.
+    """
+
+    oom_kill: int
+    limit_hits: int
+    group_kills: int = 0
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """`key value` lines (memory.events, memory.oom_control); odd lines are skipped."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 2:
+            continue
+        key, value = parts
+        if value.isascii() and value.isdigit():
+            out[key] = int(value)
+    return out
+
+
+def parse_single_int(text: str) -> int | None:
+    """A file holding one number (memory.failcnt); v2's "max" and garbage give None."""
+    value = text.strip()
+    if value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def counters_from_v2(events_local: dict[str, int]) -> MemoryCounters:
+    return MemoryCounters(
+        oom_kill=events_local.get("oom_kill", 0),
+        limit_hits=events_local.get("oom", 0),
+        group_kills=events_local.get("oom_group_kill", 0),
+    )
+
+
+def counters_from_v1(oom_control: dict[str, int], failcnt: int | None) -> MemoryCounters:
+    return MemoryCounters(oom_kill=oom_control.get("oom_kill", 0), limit_hits=failcnt or 0)
+
+
+def kills_between(before: MemoryCounters | None, after: MemoryCounters) -> int:
+    """How many kills happened between two reads.
+
+    A counter that went down means the cgroup was removed and made again under the
+    same name between the reads: everything the new one counted is new.
+    """
+    if before is None:
+        return 0
+    if after.oom_kill < before.oom_kill:
+        return after.oom_kill
+    return after.oom_kill - before.oom_kill
+
+
+def limit_was_hit(before: MemoryCounters | None, after: MemoryCounters) -> bool:
+    if before is None:
+        return False
+    return after.limit_hits != before.limit_hits
+
+
+def _read(path: Path) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
+
+
+def read_counters(version: CgroupVersion, directory: Path) -> MemoryCounters | None:
+    """Read one cgroup's counters; None when the cgroup is gone (a normal event)."""
+    try:
+        if version is CgroupVersion.V2:
+            try:
+                text = _read(directory / "memory.events.local")
+            except FileNotFoundError:
+                # Kernels before 5.7 have no .local; the hierarchical file is the best
+                # there is and the caller's dedupe by kmsg still keeps one record a kill.
+                text = _read(directory / "memory.events")
+            return counters_from_v2(parse_flat_keyed(text))
+        oom_control = parse_flat_keyed(_read(directory / "memory.oom_control"))
+        try:
+            failcnt = parse_single_int(_read(directory / "memory.failcnt"))
+        except FileNotFoundError:
+            failcnt = None
+        return counters_from_v1(oom_control, failcnt)
+    except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
+        return None
+    except OSError as exc:
+        if exc.errno == 19:  # ENODEV: the cgroup is being removed
+            return None
+        raise
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    limit_bytes: int | None
+    usage_bytes: int | None  # the peak where the kernel keeps one, else current
+
+
+_NO_LIMIT_V1 = 1 << 62  # v1 prints PAGE_COUNTER_MAX * PAGE_SIZE (rounded) for "no limit"
+
+
+def read_memory_use(version: CgroupVersion, directory: Path) -> MemoryUse:
+    """Limit and peak usage, for the record; anything unreadable is None."""
+
+    def maybe(name: str) -> int | None:
+        try:
+            return parse_single_int(_read(directory / name))
+        except OSError:
+            return None
+
+    if version is CgroupVersion.V2:
+        peak = maybe("memory.peak")
+        return MemoryUse(maybe("memory.max"), peak if peak is not None else maybe("memory.current"))
+    limit = maybe("memory.limit_in_bytes")
+    if limit is not None and limit >= _NO_LIMIT_V1:
+        limit = None
+    return MemoryUse(limit, maybe("memory.max_usage_in_bytes"))

@@ -1,0 +1,341 @@
+"""Keep every cgroup below a root watched, and say which ones counted a kill.
+
+The set of cgroups follows containers as they come and go: inotify IN_CREATE /
+IN_DELETE on each watched directory (mkdir and rmdir of cgroups reach a watch on the
+parent, on v1 and v2 alike), plus a full rescan on every resync as a safety net for a
+lost or overflowed inotify queue. Counter changes are pushed by the kernel where it
+can (v2: inotify IN_MODIFY on memory.events; v1: one eventfd per cgroup registered
+through cgroup.event_control, since v1 neither notifies inotify nor propagates to
+ancestors) and found by the periodic resync where it cannot (a v1 global OOM signals
+no eventfd).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inotify_simple import INotify, flags
+
+from oomguard.cgroups.counters import (
+    MemoryCounters,
+    kills_between,
+    limit_was_hit,
+    read_counters,
+)
+from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
+
+log = logging.getLogger(__name__)
+
+_DIR_MASK = flags.CREATE | flags.DELETE | flags.ONLYDIR | flags.DELETE_SELF
+_FILE_MASK = flags.MODIFY
+
+
+@dataclass(frozen=True)
+class CounterChange:
+    """A cgroup whose own `oom_kill` went up by `kills` since the last read."""
+
+    cgroup: str
+    kills: int
+    # Cgroups among this one and its watched ancestors whose own limit was reached
+    # recently: the evidence for classifying the kill when the kernel log is unreadable.
+    limit_hit_paths: frozenset[str]
+
+
+@dataclass
+class _Watched:
+    directory: Path
+    counters: MemoryCounters | None
+    eventfd: int = -1
+    dir_wd: int = -1
+    file_wd: int = -1
+    last_limit_hit: float = field(default=-1e18)
+
+
+class CgroupWatch:
+    """The watched set below `root`, with its notification file descriptors.
+
+    Not thread-safe: one loop owns it (see `engine`).
+    """
+
+    LIMIT_HIT_WINDOW_S = 5.0
+
+    def __init__(self, hierarchy: MemoryHierarchy, root: Path, *, push: bool = True) -> None:
+        self.hierarchy = hierarchy
+        self.root = Path(root)
+        self.push = push
+        self._watched: dict[str, _Watched] = {}
+        self._by_eventfd: dict[int, str] = {}
+        self._by_wd: dict[int, str] = {}
+        self._inotify: INotify | None = INotify(nonblocking=True) if push else None
+        self.push_errors = 0
+        self.rescans = 0
+
+    # ----- the watched set -------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the baseline: kills counted before we started are not reported."""
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"cgroup root {self.root} does not exist")
+        self._scan(baseline_from_disk=True)
+
+    def cgroups(self) -> list[str]:
+        return list(self._watched)
+
+    def is_watched(self, cgroup: str) -> bool:
+        return cgroup in self._watched
+
+    def directory_of(self, cgroup: str) -> Path | None:
+        w = self._watched.get(cgroup)
+        return None if w is None else w.directory
+
+    def contains(self, cgroup: str) -> bool:
+        """Whether a cgroup path lies at or below the watched root."""
+        root = self.hierarchy.cgroup_of(self.root)
+        return root == "/" or cgroup == root or cgroup.startswith(root.rstrip("/") + "/")
+
+    def _walk(self) -> Iterator[Path]:
+        stack = [self.root]
+        while stack:
+            d = stack.pop()
+            yield d
+            try:
+                with os.scandir(d) as it:
+                    stack.extend(Path(e.path) for e in it if e.is_dir(follow_symlinks=False))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+
+    def _scan(self, *, baseline_from_disk: bool) -> list[CounterChange]:
+        """Add cgroups not yet watched, drop vanished ones, re-read every counter."""
+        self.rescans += 1
+        seen: set[str] = set()
+        changes: list[CounterChange] = []
+        for d in self._walk():
+            cg = self.hierarchy.cgroup_of(d)
+            seen.add(cg)
+            if cg not in self._watched:
+                self._add(cg, d, baseline_from_disk=baseline_from_disk)
+                if not baseline_from_disk:
+                    change = self._reread(cg)
+                    if change is not None:
+                        changes.append(change)
+            else:
+                change = self._reread(cg)
+                if change is not None:
+                    changes.append(change)
+        for cg in [c for c in self._watched if c not in seen]:
+            self._remove(cg)
+        return changes
+
+    def _add(self, cgroup: str, directory: Path, *, baseline_from_disk: bool) -> None:
+        # A cgroup found after start is new: its counters began at zero, so everything
+        # it counted is a kill we have not reported (a container killed seconds after
+        # it started).
+        baseline = (
+            read_counters(self.hierarchy.version, directory)
+            if baseline_from_disk
+            else MemoryCounters(oom_kill=0, limit_hits=0)
+        )
+        w = _Watched(directory=directory, counters=baseline)
+        self._watched[cgroup] = w
+        if self.push:
+            self._register_push(cgroup, w)
+
+    def _register_push(self, cgroup: str, w: _Watched) -> None:
+        assert self._inotify is not None
+        try:
+            w.dir_wd = self._inotify.add_watch(str(w.directory), _DIR_MASK)
+            self._by_wd[w.dir_wd] = cgroup
+            if self.hierarchy.version is CgroupVersion.V2:
+                w.file_wd = self._inotify.add_watch(str(w.directory / "memory.events"), _FILE_MASK)
+                self._by_wd[w.file_wd] = cgroup
+            else:
+                w.eventfd = register_oom_eventfd(w.directory)
+                self._by_eventfd[w.eventfd] = cgroup
+        except FileNotFoundError:
+            pass  # removed while we looked: the next event or rescan drops it
+        except PermissionError as exc:
+            raise PermissionError(
+                exc.errno, "cannot register for memory cgroup notifications", exc.filename
+            ) from exc
+        except OSError as exc:
+            # Out of watches or descriptors: the cgroup is still covered by the poll.
+            self.push_errors += 1
+            log.warning("cannot watch %s for changes (%s); it is polled instead", cgroup, exc)
+
+    def _remove(self, cgroup: str) -> None:
+        w = self._watched.pop(cgroup, None)
+        if w is None:
+            return
+        if w.eventfd >= 0:
+            self._by_eventfd.pop(w.eventfd, None)
+            os.close(w.eventfd)
+        for wd in (w.dir_wd, w.file_wd):
+            if wd >= 0:
+                self._by_wd.pop(wd, None)
+                if self._inotify is not None:
+                    try:
+                        self._inotify.rm_watch(wd)
+                    except OSError:
+                        pass  # the kernel already dropped it with the directory
+
+    # ----- reading -----------------------------------------------------------------
+
+    def _reread(self, cgroup: str, now: float | None = None) -> CounterChange | None:
+        w = self._watched.get(cgroup)
+        if w is None:
+            return None
+        after = read_counters(self.hierarchy.version, w.directory)
+        if after is None:
+            return None
+        now = time.monotonic() if now is None else now
+        before = w.counters
+        w.counters = after
+        if limit_was_hit(before, after):
+            w.last_limit_hit = now
+        kills = kills_between(before, after)
+        if kills <= 0:
+            return None
+        return CounterChange(cgroup, kills, self._limit_hits_around(cgroup, now))
+
+    def _limit_hits_around(self, cgroup: str, now: float) -> frozenset[str]:
+        hits: set[str] = set()
+        path = cgroup
+        while True:
+            w = self._watched.get(path)
+            if w is not None:
+                if path != cgroup:
+                    after = read_counters(self.hierarchy.version, w.directory)
+                    if after is not None:
+                        # Only the limit baseline moves: a kill counted by the ancestor
+                        # itself is still reported when its own wake-up comes.
+                        if limit_was_hit(w.counters, after):
+                            w.last_limit_hit = now
+                        if w.counters is not None:
+                            w.counters = MemoryCounters(
+                                w.counters.oom_kill, after.limit_hits, w.counters.group_kills
+                            )
+                if now - w.last_limit_hit <= self.LIMIT_HIT_WINDOW_S:
+                    hits.add(path)
+            if path == "/":
+                break
+            path = path.rsplit("/", 1)[0] or "/"
+        return frozenset(hits)
+
+    def resync(self) -> list[CounterChange]:
+        """Rescan the tree and re-read every counter (the poll and the safety net)."""
+        return self._scan(baseline_from_disk=False)
+
+    # ----- push notifications ----------------------------------------------------------
+
+    def fds(self) -> list[int]:
+        out = list(self._by_eventfd)
+        if self._inotify is not None:
+            out.append(self._inotify.fileno())
+        return out
+
+    def handle_ready(self, fd: int) -> list[CounterChange]:
+        """Process one readable descriptor from `fds()`."""
+        if self._inotify is not None and fd == self._inotify.fileno():
+            return self._handle_inotify()
+        cgroup = self._by_eventfd.get(fd)
+        if cgroup is None:
+            return []
+        try:
+            os.eventfd_read(fd)
+        except BlockingIOError:
+            pass
+        change = self._reread(cgroup)
+        w = self._watched.get(cgroup)
+        if w is not None and not w.directory.is_dir():
+            # v1 signals the eventfd when the cgroup is removed, too.
+            self._remove(cgroup)
+        return [change] if change is not None else []
+
+    def _handle_inotify(self) -> list[CounterChange]:
+        assert self._inotify is not None
+        changes: list[CounterChange] = []
+        to_reread: list[str] = []
+        rescan = False
+        try:
+            events = self._inotify.read(timeout=0)
+        except BlockingIOError:
+            return []
+        for ev in events:
+            if ev.mask & flags.Q_OVERFLOW:
+                rescan = True
+                continue
+            cgroup = self._by_wd.get(ev.wd)
+            if cgroup is None:
+                continue
+            if ev.mask & flags.MODIFY:
+                to_reread.append(cgroup)
+            elif ev.mask & flags.CREATE and ev.mask & flags.ISDIR:
+                parent = self._watched.get(cgroup)
+                if parent is not None:
+                    self._add_subtree(parent.directory / ev.name, changes)
+            elif ev.mask & flags.DELETE and ev.mask & flags.ISDIR:
+                child = cgroup.rstrip("/") + "/" + ev.name
+                for cg in [c for c in self._watched if c == child or c.startswith(child + "/")]:
+                    self._remove(cg)
+        for cg in dict.fromkeys(to_reread):
+            change = self._reread(cg)
+            if change is not None:
+                changes.append(change)
+        if rescan:
+            changes.extend(self.resync())
+        return changes
+
+    def _add_subtree(self, directory: Path, changes: list[CounterChange]) -> None:
+        stack = [directory]
+        while stack:
+            d = stack.pop()
+            cg = self.hierarchy.cgroup_of(d)
+            if cg in self._watched:
+                continue
+            self._add(cg, d, baseline_from_disk=False)
+            change = self._reread(cg)
+            if change is not None:
+                changes.append(change)
+            try:
+                with os.scandir(d) as it:
+                    stack.extend(Path(e.path) for e in it if e.is_dir(follow_symlinks=False))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+
+    def close(self) -> None:
+        for cg in list(self._watched):
+            self._remove(cg)
+        if self._inotify is not None:
+            self._inotify.close()
+            self._inotify = None
+
+
+def register_oom_eventfd(directory: Path) -> int:
+    """Ask a v1 memory cgroup to signal an eventfd when it goes under OOM.
+
+    The kernel keeps its own reference to the eventfd; closing ours later tells it to
+    drop the registration, and removing the cgroup signals the eventfd once more.
+    """
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        cfd = os.open(directory / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ctl = os.open(directory / "cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(ctl, f"{efd} {cfd}".encode())
+            finally:
+                os.close(ctl)
+        finally:
+            os.close(cfd)
+    except OSError as exc:
+        os.close(efd)
+        if exc.errno == errno.ENOENT:
+            raise FileNotFoundError(str(directory)) from exc
+        raise
+    return efd

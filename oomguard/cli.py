@@ -1,0 +1,192 @@
+"""The one entry point: `oomguard watch | top | demo`.
+
+The command names, flags and JSON fields are a public contract (scripts parse them).
+Every expected failure (no root, no cgroup hierarchy, a missing directory) ends in
+one sentence on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from oomguard import __version__
+from oomguard.cgroups.hierarchy import (
+    HierarchyNotFound,
+    MemoryHierarchy,
+    default_cgroup_root,
+    detect_memory_hierarchy,
+)
+from oomguard.engine import OomWatcher
+from oomguard.output import human_line, json_line
+from oomguard.records import OomKill
+from oomguard.scratch import ScratchError
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+class UserError(Exception):
+    """An expected failure, told to the user in one sentence."""
+
+
+def _root_dir(hierarchy: MemoryHierarchy, given: str | None) -> Path:
+    if given is None:
+        return default_cgroup_root(hierarchy)
+    root = Path(given)
+    if not root.is_absolute():
+        root = root.resolve()
+    if not root.is_dir():
+        raise UserError(f"--cgroup-root {given}: no such directory")
+    try:
+        hierarchy.cgroup_of(root)
+    except ValueError:
+        # Also accept a cgroup path as the kernel prints it, e.g. /kubepods.slice.
+        candidate = hierarchy.fs_path(given)
+        if candidate.is_dir():
+            return candidate
+        raise UserError(
+            f"--cgroup-root {given} is not inside the memory cgroup hierarchy mounted at "
+            f"{hierarchy.mount}"
+        ) from None
+    return root
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    hierarchy = detect_memory_hierarchy()
+    root = _root_dir(hierarchy, args.cgroup_root)
+
+    def emit(kill: OomKill) -> None:
+        line = json_line(kill) if args.json else human_line(kill)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    watcher = OomWatcher(
+        hierarchy,
+        root,
+        emit,
+        resync_interval_s=args.resync_interval_s,
+        push=not args.poll,
+    )
+    watcher.start()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        watcher.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(
+        f"oomguard {__version__}: watching {len(watcher.watch.cgroups())} memory cgroups "
+        f"below {root} (cgroup v{hierarchy.version.value}); "
+        + ("reading the kernel log" if watcher.kmsg_error is None else watcher.kmsg_error),
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        watcher.run()
+    finally:
+        watcher.close()
+    return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    from oomguard.top import format_table, rank
+
+    hierarchy = detect_memory_hierarchy()
+    root_cgroup = None
+    if args.cgroup_root is not None:
+        root_cgroup = hierarchy.cgroup_of(_root_dir(hierarchy, args.cgroup_root))
+    rows = rank(hierarchy, root_cgroup, args.n)
+    if args.json:
+        json.dump([r.to_json_dict() for r in rows], sys.stdout, indent=None)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from oomguard.demo import run_demo
+
+    return run_demo(sys.stdout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oomguard",
+        description="Make the Linux OOM killer visible and steerable.",
+    )
+    parser.add_argument("--version", action="version", version=f"oomguard {__version__}")
+    parser.add_argument(
+        "--log-level", default="WARNING", help="logging level on stderr (default: WARNING)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    watch = sub.add_parser("watch", help="print one record per OOM kill until stopped")
+    watch.add_argument(
+        "--cgroup-root",
+        metavar="DIR",
+        help="watch memory cgroups below DIR (default: the kubepods hierarchy if there "
+        "is one, else the whole memory hierarchy)",
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object per kill per line")
+    watch.add_argument(
+        "--resync-interval-s",
+        type=float,
+        default=30.0,
+        help="seconds between full rescans of the cgroup tree and its counters "
+        "(default: 30; kills are pushed by the kernel in between)",
+    )
+    watch.add_argument(
+        "--poll",
+        action="store_true",
+        help="do not use inotify/eventfd; find kills by rescanning only (use with a "
+        "small --resync-interval-s)",
+    )
+    watch.set_defaults(func=cmd_watch)
+
+    top = sub.add_parser("top", help="processes ranked by oom_score, next victim first")
+    top.add_argument("--cgroup-root", metavar="DIR", help="only processes below DIR")
+    top.add_argument("--json", action="store_true", help="a JSON list of objects")
+    top.add_argument("-n", type=int, default=20, help="show N processes (default 20, 0 = all)")
+    top.set_defaults(func=cmd_top)
+
+    demo = sub.add_parser("demo", help="cause one real OOM kill in a scratch cgroup and catch it")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc: int = args.func(args)
+        return rc
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (UserError, HierarchyNotFound, ScratchError) as exc:
+        print(f"oomguard: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except PermissionError as exc:
+        print(
+            f"oomguard: permission denied on {exc.filename or 'a kernel file'}: "
+            "run as root (or with the capabilities listed in README)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except FileNotFoundError as exc:
+        print(f"oomguard: {exc.filename or exc}: no such file or directory", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""Join the two signals of one kill into one `OomKill` record.
+
+The kernel says a kill happened twice: the killed process's cgroup counts it
+(`oom_kill`) and /dev/kmsg prints a report naming the victim. Either can be missing
+(kmsg unreadable, a ring-buffer overrun, a cgroup removed before we read it), and
+they arrive in either order within milliseconds. The kmsg report is the authority
+and is emitted at once; each one leaves a credit on its cgroup that the matching
+counter increase consumes. A counter increase with no credit waits a short grace
+for its report, then becomes a record of its own ("victim unknown"). So each kill is
+one record, from whichever signal came, and never two.
+
+Pure: time and file reads come in as arguments, which is what lets the tests drive
+every interleaving.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from oomguard.cgroup_path import parse_cgroup_path
+from oomguard.cgroups.counters import MemoryUse
+from oomguard.cgroups.watch import CounterChange
+from oomguard.classify import classify_counters, classify_kernel
+from oomguard.records import KernelOomKill, OomKill
+
+_KB = 1024
+
+
+@dataclass
+class _Pending:
+    change: CounterChange
+    deadline: float
+    wall: datetime
+
+
+def _kb(value: int | None) -> int | None:
+    return None if value is None else value * _KB
+
+
+class KillJoiner:
+    """Turns kernel reports and counter increases into one record per kill."""
+
+    CREDIT_TTL_S = 120.0
+
+    def __init__(
+        self,
+        *,
+        kmsg_available: bool,
+        grace_s: float = 2.0,
+        memory_use_of: Callable[[str], MemoryUse] | None = None,
+        kernel_clock_offset_us: int = 0,
+    ) -> None:
+        self.kmsg_available = kmsg_available
+        self.grace_s = grace_s
+        self._memory_use_of = memory_use_of
+        self._offset_us = kernel_clock_offset_us
+        self._credits: dict[str, deque[float]] = defaultdict(deque)
+        self._pending: dict[str, deque[_Pending]] = defaultdict(deque)
+
+    # ----- inputs ------------------------------------------------------------------
+
+    def on_kernel_kill(
+        self,
+        kill: KernelOomKill,
+        cgroup: str | None,
+        *,
+        counted: bool,
+        now_mono: float,
+        now_wall: datetime,
+    ) -> OomKill:
+        """A kill read from kmsg. `counted`: a watched cgroup will count it too."""
+        if cgroup is not None and counted:
+            pend = self._pending.get(cgroup)
+            if pend:
+                pend.popleft()  # the counter got there first; this report completes it
+                if not pend:
+                    del self._pending[cgroup]
+            else:
+                self._credits[cgroup].append(now_mono)
+        return self._record_from_kernel(kill, cgroup, now_mono, now_wall)
+
+    def on_counter_change(
+        self, change: CounterChange, *, now_mono: float, now_wall: datetime
+    ) -> list[OomKill]:
+        credits = self._credits.get(change.cgroup)
+        unexplained = change.kills
+        while unexplained and credits:
+            credits.popleft()
+            unexplained -= 1
+        if credits is not None and not credits:
+            del self._credits[change.cgroup]
+        if not unexplained:
+            return []
+        if not self.kmsg_available or self.grace_s <= 0:
+            return [self._record_from_counters(change, now_wall) for _ in range(unexplained)]
+        pend = self._pending[change.cgroup]
+        for _ in range(unexplained):
+            pend.append(_Pending(change, now_mono + self.grace_s, now_wall))
+        return []
+
+    def on_tick(self, *, now_mono: float) -> list[OomKill]:
+        """Emit counter-only records whose report never came; forget stale credits."""
+        out: list[OomKill] = []
+        for cgroup in list(self._pending):
+            pend = self._pending[cgroup]
+            while pend and pend[0].deadline <= now_mono:
+                p = pend.popleft()
+                out.append(self._record_from_counters(p.change, p.wall))
+            if not pend:
+                del self._pending[cgroup]
+        for cgroup in list(self._credits):
+            credits = self._credits[cgroup]
+            while credits and now_mono - credits[0] > self.CREDIT_TTL_S:
+                credits.popleft()
+            if not credits:
+                del self._credits[cgroup]
+        return out
+
+    def next_deadline(self) -> float | None:
+        deadlines = [p[0].deadline for p in self._pending.values() if p]
+        return min(deadlines) if deadlines else None
+
+    def flush(self) -> list[OomKill]:
+        """Everything still waiting, as it stands (on shutdown)."""
+        return self.on_tick(now_mono=float("inf"))
+
+    # ----- building records ----------------------------------------------------------
+
+    def _record_from_kernel(
+        self, kill: KernelOomKill, cgroup: str | None, now_mono: float, now_wall: datetime
+    ) -> OomKill:
+        kernel_s = (kill.kernel_time_us + self._offset_us) / 1_000_000
+        age_s = max(0.0, now_mono - kernel_s)
+        rss_parts = [kill.anon_rss_kb, kill.file_rss_kb, kill.shmem_rss_kb]
+        rss_kb = sum(x for x in rss_parts if x is not None) if kill.anon_rss_kb is not None else None
+        limit = _kb(kill.memcg_limit_kb)
+        usage = _kb(kill.memcg_usage_kb)
+        if limit is None and cgroup is not None and self._memory_use_of is not None:
+            use = self._memory_use_of(cgroup)
+            limit, usage = use.limit_bytes, use.usage_bytes
+        return OomKill(
+            time=now_wall - timedelta(seconds=age_s),
+            kernel_time_us=kill.kernel_time_us,
+            kmsg_seq=kill.seq,
+            constraint=classify_kernel(kill.constraint, kill.oom_memcg, cgroup or kill.task_memcg),
+            cgroup=cgroup,
+            oom_cgroup=kill.oom_memcg,
+            identity=parse_cgroup_path(cgroup or ""),
+            pid=kill.pid,
+            command=kill.command,
+            uid=kill.uid,
+            rss_bytes=_kb(rss_kb),
+            anon_rss_bytes=_kb(kill.anon_rss_kb),
+            file_rss_bytes=_kb(kill.file_rss_kb),
+            shmem_rss_bytes=_kb(kill.shmem_rss_kb),
+            oom_score_adj=kill.oom_score_adj,
+            memory_limit_bytes=limit,
+            memory_usage_bytes=usage,
+            group_kill=kill.group_memcg is not None,
+            source="kmsg",
+            detection_latency_ms=round(age_s * 1000, 3),
+        )
+
+    def _record_from_counters(self, change: CounterChange, wall: datetime) -> OomKill:
+        identity = parse_cgroup_path(change.cgroup)
+        use = (
+            self._memory_use_of(change.cgroup)
+            if self._memory_use_of is not None
+            else MemoryUse(None, None)
+        )
+        return OomKill(
+            time=wall.astimezone(UTC),
+            kernel_time_us=None,
+            kmsg_seq=None,
+            constraint=classify_counters(identity, change.limit_hit_paths),
+            cgroup=change.cgroup,
+            oom_cgroup=None,
+            identity=identity,
+            pid=None,
+            command=None,
+            uid=None,
+            rss_bytes=None,
+            anon_rss_bytes=None,
+            file_rss_bytes=None,
+            shmem_rss_bytes=None,
+            oom_score_adj=None,
+            memory_limit_bytes=use.limit_bytes,
+            memory_usage_bytes=use.usage_bytes,
+            group_kill=False,
+            source="counters",
+            detection_latency_ms=None,
+        )

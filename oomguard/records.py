@@ -1,0 +1,167 @@
+"""The typed values that flow between oomguard's parts.
+
+Every arrow in the design (detector -> attributor -> sinks) carries one of these, so
+each part can be tested by building the value by hand instead of running its
+neighbours. They are frozen: a value handed on is never changed behind the
+receiver's back.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Constraint(enum.StrEnum):
+    """Which memory limit ran out, from the container's point of view.
+
+    The names are a public contract (JSON `constraint`, Event reasons build on them).
+    """
+
+    CONTAINER = "container"  # the victim's own cgroup hit its limit
+    POD = "pod"  # the pod-level cgroup hit its limit
+    NODE_ALLOCATABLE = "node-allocatable"  # kubepods (or a QoS-level cgroup) hit its limit
+    SYSTEM = "system"  # the whole machine ran out (global OOM)
+    OTHER = "other"  # another ancestor's limit, a cpuset or a mempolicy constraint
+
+
+class CgroupKind(enum.StrEnum):
+    """What a cgroup path names, as far as the path alone can tell."""
+
+    CONTAINER = "container"  # a Kubernetes container's cgroup
+    POD = "pod"  # a pod-level cgroup
+    QOS = "qos"  # kubepods/burstable, kubepods/besteffort
+    KUBEPODS = "kubepods"  # the node-allocatable root of all pods
+    SYSTEMD_UNIT = "systemd-unit"  # off Kubernetes: a .service / .scope / .slice
+    DOCKER = "docker"  # off Kubernetes: a plain docker container
+    ROOT = "root"  # the hierarchy root "/"
+    OTHER = "other"  # anything else: not a container
+
+
+class CgroupIdentity(BaseModel):
+    """What a cgroup path says about its owner, parsed without touching the system."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    kind: CgroupKind
+    qos: str | None = None  # "guaranteed" | "burstable" | "besteffort"
+    pod_uid: str | None = None  # dashed form, e.g. 6f1e...-...
+    container_id: str | None = None  # the runtime's id, without the runtime prefix
+    runtime: str | None = None  # "containerd" | "cri-o" | "docker" | None
+    unit: str | None = None  # systemd unit or docker container name off Kubernetes
+    # The path of the container/pod/kubepods level this path belongs to, relative to the
+    # same root as `path` (so nested cgroups inside a container still map to it).
+    container_path: str | None = None
+    pod_path: str | None = None
+    kubepods_path: str | None = None
+
+    @property
+    def is_container(self) -> bool:
+        return self.kind is CgroupKind.CONTAINER
+
+
+class KernelOomKill(BaseModel):
+    """One killed process as the kernel reported it in /dev/kmsg.
+
+    Fields the kernel version did not print stay None; `seq` and `kernel_time_us` are
+    those of the "Killed process" record, so two kills never share them.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    kernel_time_us: int
+    pid: int
+    command: str
+    uid: int | None = None
+    total_vm_kb: int | None = None
+    anon_rss_kb: int | None = None
+    file_rss_kb: int | None = None
+    shmem_rss_kb: int | None = None
+    oom_score_adj: int | None = None
+    # From the "oom-kill:" summary line (4.19+) or "Task in ... killed as a result of
+    # limit of ..." (older kernels). `constraint` is the kernel's word, e.g.
+    # CONSTRAINT_MEMCG / CONSTRAINT_NONE.
+    constraint: str | None = None
+    oom_memcg: str | None = None  # None for a global OOM
+    task_memcg: str | None = None
+    # From "memory: usage NkB, limit NkB, failcnt N" (the memcg that hit its limit).
+    memcg_usage_kb: int | None = None
+    memcg_limit_kb: int | None = None
+    # From the trigger line "X invoked oom-killer: ..., oom_score_adj=N".
+    trigger_command: str | None = None
+    # Set when the kill is part of a memory.oom.group kill of this cgroup.
+    group_memcg: str | None = None
+    # "memory cgroup" (a limit) or "global" (node out of memory), from the prefix of the
+    # "Killed process" line when present.
+    scope: str | None = None
+
+
+class OomKill(BaseModel):
+    """One killed process: the record every sink receives.
+
+    The JSON form (`to_json_dict`) is a public contract for `oomguard watch --json`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    time: datetime  # wall clock, UTC
+    kernel_time_us: int | None  # kmsg timestamp (microseconds since boot), if known
+    kmsg_seq: int | None
+    constraint: Constraint
+    cgroup: str | None  # victim's cgroup, relative to the memory hierarchy root
+    oom_cgroup: str | None  # the cgroup whose limit was hit, if known
+    identity: CgroupIdentity
+    pid: int | None  # None when the kernel log was unreadable: victim unknown
+    command: str | None
+    uid: int | None
+    rss_bytes: int | None
+    anon_rss_bytes: int | None
+    file_rss_bytes: int | None
+    shmem_rss_bytes: int | None
+    oom_score_adj: int | None
+    memory_limit_bytes: int | None
+    memory_usage_bytes: int | None
+    group_kill: bool = False
+    source: str  # "kmsg" | "counters": what the record was built from
+    detection_latency_ms: float | None = None  # kernel kill line -> record, if known
+
+    @property
+    def victim_known(self) -> bool:
+        return self.pid is not None
+
+    def to_json_dict(self) -> dict[str, object]:
+        ident = self.identity
+        return {
+            "kind": "oom_kill",
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "kernel_time_s": (
+                None if self.kernel_time_us is None else self.kernel_time_us / 1_000_000
+            ),
+            "kmsg_seq": self.kmsg_seq,
+            "constraint": self.constraint.value,
+            "cgroup": self.cgroup,
+            "oom_cgroup": self.oom_cgroup,
+            "container_id": ident.container_id,
+            "pod_uid": ident.pod_uid,
+            "qos": ident.qos,
+            "runtime": ident.runtime,
+            "unit": ident.unit,
+            "pid": self.pid,
+            "command": self.command,
+            "uid": self.uid,
+            "victim_known": self.victim_known,
+            "rss_bytes": self.rss_bytes,
+            "anon_rss_bytes": self.anon_rss_bytes,
+            "file_rss_bytes": self.file_rss_bytes,
+            "shmem_rss_bytes": self.shmem_rss_bytes,
+            "oom_score_adj": self.oom_score_adj,
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "memory_usage_bytes": self.memory_usage_bytes,
+            "group_kill": self.group_kill,
+            "source": self.source,
+            "detection_latency_ms": self.detection_latency_ms,
+        }

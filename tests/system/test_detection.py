@@ -1,0 +1,162 @@
+"""Real OOM kills in kubepods-shaped cgroups on the host (cgroup v1), caught and attributed."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from oomguard.records import Constraint
+from oomguard.scratch import MIB, ScratchTree
+from tests.system.conftest import Collector
+
+pytestmark = pytest.mark.system
+
+LIMIT = 48 * MIB
+
+
+def _shape(driver: str, qos: str, runtime: str, uid: str, cid: str) -> str:
+    """A container cgroup path as kubelet and the runtime would make it."""
+    if driver == "cgroupfs":
+        qos_dir = "" if qos == "guaranteed" else f"{qos}/"
+        leaf = {"plain": cid, "containerd": f"cri-containerd-{cid}"}[runtime]
+        return f"kubepods/{qos_dir}pod{uid}/{leaf}"
+    u = uid.replace("-", "_")
+    prefix = {"containerd": "cri-containerd", "cri-o": "crio", "docker": "docker"}[runtime]
+    if qos == "guaranteed":
+        return f"kubepods.slice/kubepods-pod{u}.slice/{prefix}-{cid}.scope"
+    return (
+        f"kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{u}.slice/{prefix}-{cid}.scope"
+    )
+
+
+SHAPES = [
+    ("cgroupfs", "burstable", "plain"),
+    ("cgroupfs", "besteffort", "containerd"),
+    ("cgroupfs", "guaranteed", "plain"),
+    ("systemd", "burstable", "containerd"),
+    ("systemd", "besteffort", "cri-o"),
+    ("systemd", "burstable", "docker"),
+    ("systemd", "guaranteed", "containerd"),
+]
+
+
+@pytest.mark.parametrize(("driver", "qos", "runtime"), SHAPES, ids=["-".join(s) for s in SHAPES])
+def test_kill_is_caught_and_attributed(
+    tree: ScratchTree, watch: Callable[..., Collector], driver: str, qos: str, runtime: str
+) -> None:
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    col = watch()  # started before the container exists: it must be picked up live
+    container = tree.make(_shape(driver, qos, runtime, uid, cid), limit_bytes=LIMIT)
+    hog = tree.start_hog(container, "memhog")
+    kills = col.wait_for(1)
+    assert hog.wait(timeout=30) == -9
+    assert len(kills) == 1, kills
+    k = kills[0]
+    assert k.pid == hog.pid
+    assert k.command == "memhog"
+    assert k.cgroup == container
+    assert k.constraint is Constraint.CONTAINER
+    assert k.identity.container_id == cid
+    assert k.identity.pod_uid == uid
+    assert k.identity.qos == qos
+    expected_runtime = None if runtime == "plain" else runtime
+    if driver == "cgroupfs" and runtime == "containerd":
+        expected_runtime = "containerd"
+    assert k.identity.runtime == expected_runtime
+    assert k.source == "kmsg"
+    assert k.memory_limit_bytes == LIMIT
+    assert k.rss_bytes is not None and 0.5 * LIMIT < k.rss_bytes <= 1.2 * LIMIT
+    assert k.oom_score_adj == 0
+    # The counter signal of the same kill must not make a second record.
+    assert len(col.settle(2.5)) == 1
+
+
+def test_two_kills_in_one_container_are_two_records(
+    tree: ScratchTree, watch: Callable[..., Collector]
+) -> None:
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    container = tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=LIMIT)
+    col = watch()
+    first = tree.start_hog(container, "hog-one")
+    col.wait_for(1)
+    assert first.wait(timeout=30) == -9
+    second = tree.start_hog(container, "hog-two")
+    kills = col.wait_for(2)
+    assert second.wait(timeout=30) == -9
+    assert [k.pid for k in kills] == [first.pid, second.pid]
+    assert [k.command for k in kills] == ["hog-one", "hog-two"]
+    assert kills[0].kmsg_seq != kills[1].kmsg_seq
+    assert len(col.settle(2.5)) == 2
+
+
+def test_non_pid1_process_killed_while_first_process_survives(
+    tree: ScratchTree, watch: Callable[..., Collector]
+) -> None:
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    container = tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=LIMIT)
+    main = tree.start_sleeper(container, "app-main")
+    col = watch()
+    worker = tree.start_hog(container, "worker")
+    kills = col.wait_for(1)
+    assert worker.wait(timeout=30) == -9
+    assert main.poll() is None, "the container's first process must survive"
+    assert [(k.pid, k.command) for k in kills] == [(worker.pid, "worker")]
+    assert kills[0].identity.container_id == cid
+
+
+def test_kmsg_unreadable_gives_record_from_counters(
+    tree: ScratchTree, watch: Callable[..., Collector]
+) -> None:
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    container = tree.make(f"kubepods/besteffort/pod{uid}/{cid}", limit_bytes=LIMIT)
+    col = watch(kmsg_path=str(tree.top / "no-such-kmsg"))
+    assert col.watcher.kmsg is None
+    assert col.watcher.kmsg_error and "kmsg" in col.watcher.kmsg_error
+    hog = tree.start_hog(container, "memhog")
+    kills = col.wait_for(1)
+    assert hog.wait(timeout=30) == -9
+    assert len(kills) == 1
+    k = kills[0]
+    assert k.source == "counters"
+    assert k.pid is None and not k.victim_known
+    assert k.cgroup == container
+    assert k.identity.container_id == cid and k.identity.pod_uid == uid
+    assert k.constraint is Constraint.CONTAINER
+    assert k.memory_limit_bytes == LIMIT
+
+
+@pytest.mark.parametrize("with_kmsg", [True, False], ids=["kmsg", "counters-only"])
+def test_pod_limit_kill_is_classified_pod(
+    tree: ScratchTree, watch: Callable[..., Collector], with_kmsg: bool
+) -> None:
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    pod = tree.make(f"kubepods/burstable/pod{uid}", limit_bytes=LIMIT)
+    container = tree.make(f"kubepods/burstable/pod{uid}/{cid}")
+    kwargs = {} if with_kmsg else {"kmsg_path": str(tree.top / "no-such-kmsg")}
+    col = watch(**kwargs)
+    hog = tree.start_hog(container, "memhog")
+    kills = col.wait_for(1)
+    assert hog.wait(timeout=30) == -9
+    assert len(col.settle(2.5)) == 1
+    k = kills[0]
+    assert k.cgroup == container
+    assert k.constraint is Constraint.POD
+    if with_kmsg:
+        assert k.oom_cgroup == pod
+
+
+def test_removed_container_cgroup_is_dropped(
+    tree: ScratchTree, watch: Callable[..., Collector]
+) -> None:
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    col = watch()
+    container = tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=LIMIT)
+    col.settle(0.3)
+    assert col.watcher.watch.is_watched(container)
+    tree.hierarchy.fs_path(container).rmdir()
+    col.settle(0.3)
+    assert not col.watcher.watch.is_watched(container)
+    assert col.kills == []
