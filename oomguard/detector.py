@@ -82,6 +82,20 @@ class KillJoiner:
                 self._credits[cgroup].append(now_mono)
         return self._record_from_kernel(kill, cgroup, now_mono, now_wall)
 
+    def on_repeat_kill(self, cgroup: str, *, now_mono: float) -> None:
+        """The kernel killed an already reported victim again (memory.oom.group).
+
+        No new record, but the cgroup's counter went up once more: credit it, so the
+        increase is not taken for a kill whose report was lost.
+        """
+        pend = self._pending.get(cgroup)
+        if pend:
+            pend.popleft()
+            if not pend:
+                del self._pending[cgroup]
+        else:
+            self._credits[cgroup].append(now_mono)
+
     def on_counter_change(
         self, change: CounterChange, *, now_mono: float, now_wall: datetime
     ) -> list[OomKill]:
@@ -135,7 +149,9 @@ class KillJoiner:
         kernel_s = (kill.kernel_time_us + self._offset_us) / 1_000_000
         age_s = max(0.0, now_mono - kernel_s)
         rss_parts = [kill.anon_rss_kb, kill.file_rss_kb, kill.shmem_rss_kb]
-        rss_kb = sum(x for x in rss_parts if x is not None) if kill.anon_rss_kb is not None else None
+        rss_kb = (
+            sum(x for x in rss_parts if x is not None) if kill.anon_rss_kb is not None else None
+        )
         limit = _kb(kill.memcg_limit_kb)
         usage = _kb(kill.memcg_usage_kb)
         if limit is None and cgroup is not None and self._memory_use_of is not None:

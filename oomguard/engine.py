@@ -8,6 +8,7 @@ negligible CPU cost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -19,7 +20,7 @@ from pathlib import Path
 from oomguard.cgroup_path import parse_proc_cgroup
 from oomguard.cgroups.counters import MemoryUse, read_memory_use
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
-from oomguard.cgroups.watch import CgroupWatch
+from oomguard.cgroups.watch import CgroupWatch, CounterChange
 from oomguard.detector import KillJoiner
 from oomguard.kmsg_parse import OomReportAssembler
 from oomguard.kmsg_reader import KmsgReader, KmsgUnavailable
@@ -110,9 +111,9 @@ class OomWatcher:
     def poll_once(self, max_wait_s: float | None = None) -> None:
         now = time.monotonic()
         wake_at = self._next_resync
-        deadline = self.joiner.next_deadline()
-        if deadline is not None:
-            wake_at = min(wake_at, deadline)
+        for deadline in (self.joiner.next_deadline(), self.watch.next_recheck()):
+            if deadline is not None:
+                wake_at = min(wake_at, deadline)
         wait_s = max(0.0, wake_at - now)
         if max_wait_s is not None:
             wait_s = min(wait_s, max_wait_s)
@@ -123,30 +124,28 @@ class OomWatcher:
         ready.sort(key=lambda item: item[0] != kmsg_fd)
         for fd, _ in ready:
             if fd == self._wake:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     os.eventfd_read(self._wake)
-                except BlockingIOError:
-                    pass
             elif fd == kmsg_fd:
                 self._drain_kmsg()
             else:
-                for change in self.watch.handle_ready(fd):
-                    for kill in self.joiner.on_counter_change(
-                        change, now_mono=time.monotonic(), now_wall=datetime.now(UTC)
-                    ):
-                        self._emit(kill)
+                self._counter_changes(self.watch.handle_ready(fd))
         now = time.monotonic()
+        self._counter_changes(self.watch.due_rechecks(now))
         if now >= self._next_resync:
             self._drain_kmsg()
-            for change in self.watch.resync():
-                for kill in self.joiner.on_counter_change(
-                    change, now_mono=now, now_wall=datetime.now(UTC)
-                ):
-                    self._emit(kill)
+            self._counter_changes(self.watch.resync())
             self._next_resync = now + self.resync_interval_s
         for kill in self.joiner.on_tick(now_mono=time.monotonic()):
             self._emit(kill)
         self._sync_registrations()
+
+    def _counter_changes(self, changes: list[CounterChange]) -> None:
+        for change in changes:
+            for kill in self.joiner.on_counter_change(
+                change, now_mono=time.monotonic(), now_wall=datetime.now(UTC)
+            ):
+                self._emit(kill)
 
     def _drain_kmsg(self) -> None:
         if self.kmsg is None:
@@ -154,13 +153,23 @@ class OomWatcher:
         for record in self.kmsg.read_available():
             for kill in self._assembler.feed(record):
                 self._on_kernel_kill(kill)
+        for kill in self._assembler.flush():
+            self._on_kernel_kill(kill)
 
     def _on_kernel_kill(self, kill: KernelOomKill) -> None:
-        cgroup = kill.task_memcg or self._cgroup_of_pid(kill.pid)
+        # Members of a memory.oom.group kill other than the chosen victim are named
+        # only by pid: ask /proc while the process is still exiting, else credit the
+        # group's cgroup (kubelet sets oom.group on container cgroups, so that is
+        # where the members live).
+        cgroup = kill.task_memcg or self._cgroup_of_pid(kill.pid) or kill.group_memcg
         inside = cgroup is not None and self.watch.contains(cgroup)
         global_oom = kill.oom_memcg is None or kill.oom_memcg == "/"
         if cgroup is not None and not inside and not global_oom:
             return  # a limit kill in a cgroup tree we were not asked to watch
+        if kill.repeat:
+            if cgroup is not None and inside:
+                self.joiner.on_repeat_kill(cgroup, now_mono=time.monotonic())
+            return
         record = self.joiner.on_kernel_kill(
             kill,
             cgroup,
@@ -171,8 +180,6 @@ class OomWatcher:
         self._emit(record)
 
     def _cgroup_of_pid(self, pid: int) -> str | None:
-        # Members of a memory.oom.group kill are named only by pid; the process is
-        # usually still exiting when the line is read, so its cgroup can be asked.
         try:
             with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
                 parsed = parse_proc_cgroup(f.read())
@@ -195,10 +202,8 @@ class OomWatcher:
     def _sync_registrations(self) -> None:
         wanted = set(self.watch.fds())
         for fd in self._registered - wanted:
-            try:
+            with contextlib.suppress(KeyError):
                 self._poll.unregister(fd)
-            except KeyError:
-                pass
         for fd in wanted - self._registered:
             self._poll.register(fd, _POLL_FLAGS)
         self._registered = wanted

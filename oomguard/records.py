@@ -98,6 +98,10 @@ class KernelOomKill(BaseModel):
     # "memory cgroup" (a limit) or "global" (node out of memory), from the prefix of the
     # "Killed process" line when present.
     scope: str | None = None
+    # The kernel killed (and counted) this pid a second time in the same report: a
+    # memory.oom.group kill takes the chosen victim again with the rest of the group.
+    # Not a new victim, but its cgroup's oom_kill counter went up once more.
+    repeat: bool = False
 
 
 class OomKill(BaseModel):

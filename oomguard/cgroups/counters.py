@@ -21,7 +21,9 @@ class MemoryCounters:
     `oom_kill` counts kills of processes in this cgroup itself (v1's counter is local;
     on v2 it comes from memory.events.local), so one kill is counted by exactly one
     cgroup however many ancestors also see it. `limit_hits` rises when this cgroup's
-    own limit was reached: v2's local `oom` (OOM invocations), v1's `memory.failcnt`.
+    own limit was reached: v2's local `oom` (OOM invocations). v1 has no such counter
+    (and its `memory.failcnt` stays 0 through a limit kill on kernel 6.18), so on v1
+    the watcher takes that evidence from the OOM eventfd instead and this stays 0.
     """
 
     oom_kill: int
@@ -58,8 +60,8 @@ def counters_from_v2(events_local: dict[str, int]) -> MemoryCounters:
     )
 
 
-def counters_from_v1(oom_control: dict[str, int], failcnt: int | None) -> MemoryCounters:
-    return MemoryCounters(oom_kill=oom_control.get("oom_kill", 0), limit_hits=failcnt or 0)
+def counters_from_v1(oom_control: dict[str, int]) -> MemoryCounters:
+    return MemoryCounters(oom_kill=oom_control.get("oom_kill", 0), limit_hits=0)
 
 
 def kills_between(before: MemoryCounters | None, after: MemoryCounters) -> int:
@@ -100,12 +102,7 @@ def read_counters(version: CgroupVersion, directory: Path) -> MemoryCounters | N
                 # there is and the caller's dedupe by kmsg still keeps one record a kill.
                 text = _read(directory / "memory.events")
             return counters_from_v2(parse_flat_keyed(text))
-        oom_control = parse_flat_keyed(_read(directory / "memory.oom_control"))
-        try:
-            failcnt = parse_single_int(_read(directory / "memory.failcnt"))
-        except FileNotFoundError:
-            failcnt = None
-        return counters_from_v1(oom_control, failcnt)
+        return counters_from_v1(parse_flat_keyed(_read(directory / "memory.oom_control")))
     except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
         return None
     except OSError as exc:

@@ -124,7 +124,9 @@ def detect_memory_hierarchy() -> MemoryHierarchy:
     for m in mounts:
         if m.fstype == "cgroup2":
             try:
-                v2_controllers[m.mount_point] = Path(m.mount_point, "cgroup.controllers").read_text()
+                v2_controllers[m.mount_point] = Path(
+                    m.mount_point, "cgroup.controllers"
+                ).read_text()
             except OSError:
                 v2_controllers[m.mount_point] = ""
     return choose_memory_mount(mounts, v2_controllers)

@@ -12,6 +12,7 @@ no eventfd).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -72,6 +73,7 @@ class CgroupWatch:
         self._watched: dict[str, _Watched] = {}
         self._by_eventfd: dict[int, str] = {}
         self._by_wd: dict[int, str] = {}
+        self._rechecks: list[tuple[float, str]] = []
         self._inotify: INotify | None = INotify(nonblocking=True) if push else None
         self.push_errors = 0
         self.rescans = 0
@@ -179,10 +181,9 @@ class CgroupWatch:
             if wd >= 0:
                 self._by_wd.pop(wd, None)
                 if self._inotify is not None:
-                    try:
+                    # The kernel may have dropped it already, with the directory.
+                    with contextlib.suppress(OSError):
                         self._inotify.rm_watch(wd)
-                    except OSError:
-                        pass  # the kernel already dropped it with the directory
 
     # ----- reading -----------------------------------------------------------------
 
@@ -204,7 +205,13 @@ class CgroupWatch:
         return CounterChange(cgroup, kills, self._limit_hits_around(cgroup, now))
 
     def _limit_hits_around(self, cgroup: str, now: float) -> frozenset[str]:
-        hits: set[str] = set()
+        """The cgroups on the victim's line that recently reached their own limit.
+
+        v2 counts `oom` exactly in the cgroup that hit its limit. v1's evidence is the
+        OOM eventfd, which the kernel signals in the cgroup that hit its limit and in
+        all of its descendants, so there only the top-most one that fired is it.
+        """
+        hits: list[str] = []
         path = cgroup
         while True:
             w = self._watched.get(path)
@@ -221,11 +228,34 @@ class CgroupWatch:
                                 w.counters.oom_kill, after.limit_hits, w.counters.group_kills
                             )
                 if now - w.last_limit_hit <= self.LIMIT_HIT_WINDOW_S:
-                    hits.add(path)
+                    hits.append(path)
             if path == "/":
                 break
             path = path.rsplit("/", 1)[0] or "/"
+        if self.hierarchy.version is CgroupVersion.V1 and hits:
+            return frozenset(hits[-1:])
         return frozenset(hits)
+
+    RECHECK_DELAYS_S = (0.05, 0.5)
+
+    def _schedule_recheck(self, cgroup: str) -> None:
+        now = time.monotonic()
+        for delay in self.RECHECK_DELAYS_S:
+            self._rechecks.append((now + delay, cgroup))
+        self._rechecks.sort()
+
+    def next_recheck(self) -> float | None:
+        return self._rechecks[0][0] if self._rechecks else None
+
+    def due_rechecks(self, now: float) -> list[CounterChange]:
+        """Re-read cgroups whose wake-up showed no kill yet (see handle_ready)."""
+        changes: list[CounterChange] = []
+        while self._rechecks and self._rechecks[0][0] <= now:
+            _, cgroup = self._rechecks.pop(0)
+            change = self._reread(cgroup, now)
+            if change is not None:
+                changes.append(change)
+        return changes
 
     def resync(self) -> list[CounterChange]:
         """Rescan the tree and re-read every counter (the poll and the safety net)."""
@@ -246,12 +276,17 @@ class CgroupWatch:
         cgroup = self._by_eventfd.get(fd)
         if cgroup is None:
             return []
+        w = self._watched.get(cgroup)
         try:
             os.eventfd_read(fd)
+            if w is not None:
+                w.last_limit_hit = time.monotonic()
         except BlockingIOError:
             pass
         change = self._reread(cgroup)
-        w = self._watched.get(cgroup)
+        if change is None:
+            # The kernel may signal before it counts the kill: look again shortly.
+            self._schedule_recheck(cgroup)
         if w is not None and not w.directory.is_dir():
             # v1 signals the eventfd when the cgroup is removed, too.
             self._remove(cgroup)

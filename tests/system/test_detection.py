@@ -10,7 +10,7 @@ import pytest
 
 from oomguard.records import Constraint
 from oomguard.scratch import MIB, ScratchTree
-from tests.system.conftest import Collector
+from tests.conftest import Collector
 
 pytestmark = pytest.mark.system
 
@@ -27,9 +27,7 @@ def _shape(driver: str, qos: str, runtime: str, uid: str, cid: str) -> str:
     prefix = {"containerd": "cri-containerd", "cri-o": "crio", "docker": "docker"}[runtime]
     if qos == "guaranteed":
         return f"kubepods.slice/kubepods-pod{u}.slice/{prefix}-{cid}.scope"
-    return (
-        f"kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{u}.slice/{prefix}-{cid}.scope"
-    )
+    return f"kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{u}.slice/{prefix}-{cid}.scope"
 
 
 SHAPES = [
@@ -68,7 +66,9 @@ def test_kill_is_caught_and_attributed(
     assert k.identity.runtime == expected_runtime
     assert k.source == "kmsg"
     assert k.memory_limit_bytes == LIMIT
-    assert k.rss_bytes is not None and 0.5 * LIMIT < k.rss_bytes <= 1.2 * LIMIT
+    # The hog's interpreter (a few MiB) was charged before it moved in, so RSS may
+    # exceed the limit by that much.
+    assert k.anon_rss_bytes is not None and 0.5 * LIMIT < k.anon_rss_bytes <= LIMIT + 16 * MIB
     assert k.oom_score_adj == 0
     # The counter signal of the same kill must not make a second record.
     assert len(col.settle(2.5)) == 1

@@ -1,0 +1,497 @@
+"""Turn a cgroup path into the workload that owns it, without touching the system.
+
+The kernel names an OOM victim only by its cgroup path; everything a user wants to
+see (pod, container, QoS class) has to be read back out of the names the kubelet and
+the container runtime chose. Those names differ by cgroup driver, runtime, kubelet
+`--cgroup-root`, and by where the reader sits (a private cgroup namespace shows other
+cgroups as `/../..`-relative). The parser therefore reads each level by its own
+shape, checks that the levels fit together the way the kubelet builds them, and
+answers OTHER rather than guessing when they do not: a wrong pod in an Event is
+worse than no pod.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from oomguard.records import CgroupIdentity, CgroupKind
+
+# Longer than any path the kernel prints (PATH_MAX is 4096): such input is not a
+# cgroup path, and refusing it early keeps hostile input cheap.
+MAX_PATH_CHARS = 65536
+
+# Real paths hold one or two kubelet-made starting points (two: Docker Desktop's
+# "/kubepods/kubepods", a kubelet inside a pod); more is junk. Bounds the work
+# hostile input can cause.
+MAX_KUBERNETES_ANCHORS = 8
+
+_QOS_GUARANTEED = "guaranteed"
+
+# The runtime prefix in a cgroup name -> the runtime as a pod's containerID URI names it.
+_RUNTIME_BY_PREFIX = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker"}
+_RUNTIME_BY_SCHEME = {"containerd": "containerd", "cri-o": "cri-o", "docker": "docker"}
+
+# One systemd slice-name component of a custom kubelet --cgroup-root, e.g. the
+# "kubelet-" in kind's "kubelet-kubepods.slice". Dashes separate components in
+# systemd names, so a component never holds one; backslash appears in \x2d escapes.
+_SLICE_PART = r"[A-Za-z0-9_.:@\\]+-"
+
+_UID_DASHED = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UID_UNDERSCORED = r"[0-9a-f]{8}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{4}_[0-9a-f]{12}"
+_CONFIG_HASH = r"[0-9a-f]{32}"
+_CONTAINER_ID = r"[0-9a-f]{64}"
+
+_KUBEPODS_CGROUPFS = re.compile(
+    r"""
+    kubepods            # cgroupfs driver: the node-allocatable root is a bare name
+    """,
+    re.VERBOSE,
+)
+
+_KUBEPODS_SYSTEMD = re.compile(
+    rf"""
+    (?P<stem>
+        (?:{_SLICE_PART})*?   # parent slices of a custom --cgroup-root ("kubelet-" in kind)
+        kubepods
+    )
+    \.slice               # systemd driver: every level above the container is a slice
+    """,
+    re.VERBOSE,
+)
+
+_QOS_CGROUPFS = re.compile(
+    r"""
+    (?P<qos>burstable|besteffort)   # cgroupfs driver; Guaranteed pods have no QoS level
+    """,
+    re.VERBOSE,
+)
+
+_QOS_SYSTEMD = re.compile(
+    rf"""
+    (?P<stem>
+        (?:{_SLICE_PART})*?              # parent slices of a custom --cgroup-root
+        kubepods-
+        (?P<qos>burstable|besteffort)    # Guaranteed pods have no QoS level
+    )
+    (?:\.slice)?          # optional: some agents' fixtures show these names bare
+    """,
+    re.VERBOSE,
+)
+
+_POD_CGROUPFS = re.compile(
+    rf"""
+    pod
+    (?P<uid>
+        {_UID_DASHED}     # a UID the API server assigned
+      | {_CONFIG_HASH}    # a static pod: the kubelet's hash of its manifest
+    )
+    """,
+    re.VERBOSE,
+)
+
+# Shared by the pod slice and the "slice:runtime:id" container name below.
+_POD_SYSTEMD_STEM = rf"""
+    (?P<stem>
+        (?:{_SLICE_PART})*?              # parent slices of a custom --cgroup-root
+        kubepods
+        (?:-(?P<qos>burstable|besteffort))?   # absent: a Guaranteed pod
+        -pod
+        (?P<uid>
+            {_UID_UNDERSCORED}   # systemd reserves "-", so the kubelet writes "_"
+          | {_CONFIG_HASH}       # a static pod: the kubelet's hash of its manifest
+        )
+    )
+"""
+
+_POD_SYSTEMD = re.compile(
+    rf"""
+    {_POD_SYSTEMD_STEM}
+    (?:\.slice)?          # optional: some agents' fixtures show these names bare
+    """,
+    re.VERBOSE,
+)
+
+_CONTAINER = re.compile(
+    rf"""
+    (?:
+        (?P<prefix>cri-containerd|crio|docker)   # the runtime that made the cgroup
+        -
+        (?P<id>{_CONTAINER_ID})
+        (?:\.scope)?          # systemd driver: a transient scope unit
+      |
+        (?P<bare_id>{_CONTAINER_ID})   # cgroupfs driver: the id alone, runtime unsaid
+    )
+    """,
+    re.VERBOSE,
+)
+
+_CONMON = re.compile(
+    rf"""
+    crio-conmon-          # CRI-O's per-container monitor process, not the container
+    (?P<id>{_CONTAINER_ID})
+    (?:\.scope)?
+    """,
+    re.VERBOSE,
+)
+
+# Seen in the wild when the runtime's cgroup driver does not match the kubelet's: the
+# systemd "slice:prefix:name" cgroupsPath is used verbatim as one cgroupfs name.
+_CONTAINER_IN_POD_NAME = re.compile(
+    rf"""
+    {_POD_SYSTEMD_STEM}
+    \.slice
+    :
+    (?P<prefix>cri-containerd|crio|docker)   # the runtime that made the cgroup
+    :
+    (?P<id>{_CONTAINER_ID})
+    """,
+    re.VERBOSE,
+)
+
+_DOCKER_CGROUPFS_PARENT = re.compile(
+    r"""
+    docker                # dockerd's cgroupfs driver: /docker/<id>
+    """,
+    re.VERBOSE,
+)
+
+_DOCKER_ID = re.compile(
+    rf"""
+    {_CONTAINER_ID}       # dockerd names the container's cgroup by its full id
+    """,
+    re.VERBOSE,
+)
+
+_DOCKER_SCOPE = re.compile(
+    rf"""
+    docker-
+    (?P<id>{_CONTAINER_ID})
+    \.scope               # dockerd's systemd driver: /system.slice/docker-<id>.scope
+    """,
+    re.VERBOSE,
+)
+
+_SYSTEMD_UNIT = re.compile(
+    r"""
+    [A-Za-z0-9:_.\\@-]{1,250}   # systemd's unit-name alphabet ("\x2d" escapes, "@" instances)
+    \.
+    (?P<type>service|scope|slice|socket|mount|swap)   # the unit types that own cgroups
+    """,
+    re.VERBOSE,
+)
+
+_URI = re.compile(
+    rf"""
+    (?P<scheme>containerd|cri-o|docker)   # how status.containerStatuses names the runtime
+    ://
+    (?P<id>{_CONTAINER_ID})
+    """,
+    re.VERBOSE,
+)
+
+_PROC_CGROUP_LINE = re.compile(
+    r"""
+    (?P<hierarchy>[0-9]+)     # hierarchy ID; 0 is the cgroup v2 unified hierarchy
+    :
+    (?P<controllers>[^:]*)    # v1: comma-separated controllers; v2: empty
+    :
+    (?P<path>.+)              # the rest, colons included (a cgroup name may hold them)
+    """,
+    re.VERBOSE,
+)
+
+# cgroup v2 marks a process whose cgroup was removed (it can only be a zombie).
+_DELETED_SUFFIX = " (deleted)"
+
+
+@dataclass(frozen=True)
+class ProcCgroup:
+    """The two lines of /proc/PID/cgroup that say where a process's memory is charged.
+
+    On cgroup v1 only the memory controller's line matters (other controllers may sit
+    elsewhere); on v2 or a hybrid host the unified line does.
+    """
+
+    memory_v1: str | None
+    unified: str | None
+
+
+def parse_proc_cgroup(text: str) -> ProcCgroup:
+    """Read /proc/PID/cgroup leniently: a process may vanish or the file be torn."""
+    memory_v1: str | None = None
+    unified: str | None = None
+    if not isinstance(text, str):
+        return ProcCgroup(memory_v1=None, unified=None)
+    for line in text.split("\n"):
+        match = _PROC_CGROUP_LINE.fullmatch(line)
+        if match is None:
+            continue
+        path = match["path"]
+        if match["hierarchy"] == "0" and match["controllers"] == "":
+            if unified is None:
+                if path.endswith(_DELETED_SUFFIX):
+                    path = path[: -len(_DELETED_SUFFIX)]
+                unified = path or None
+        elif "memory" in match["controllers"].split(",") and memory_v1 is None:
+            memory_v1 = path
+    return ProcCgroup(memory_v1=memory_v1, unified=unified)
+
+
+def container_id_from_runtime_uri(uri: str) -> tuple[str | None, str | None]:
+    """Split a pod status containerID so it can be matched against cgroup names."""
+    if not isinstance(uri, str):
+        return None, None
+    match = _URI.fullmatch(uri)
+    if match is None:
+        return None, None
+    return _RUNTIME_BY_SCHEME[match["scheme"]], match["id"]
+
+
+def parse_cgroup_path(path: str) -> CgroupIdentity:
+    """Say whose cgroup `path` is; never raises, answers OTHER when unsure."""
+    if not isinstance(path, str):
+        return CgroupIdentity(path=repr(path), kind=CgroupKind.OTHER)
+    other = CgroupIdentity(path=path, kind=CgroupKind.OTHER)
+    if not path or len(path) > MAX_PATH_CHARS or "\0" in path:
+        return other
+    view = _View.split(path)
+    if view is None:
+        return other
+    if not view.names:
+        return CgroupIdentity(path=path, kind=CgroupKind.ROOT) if not view.ups else other
+
+    anchors = view.kubernetes_anchors()
+    if len(anchors) > MAX_KUBERNETES_ANCHORS:
+        return other
+    # Past a namespace's "/../.." any level may come first, even one that does not
+    # name itself (a cgroupfs "pod<uid>", a container id).
+    starts = [0, *anchors] if view.ups and 0 not in anchors else anchors
+    found = [ident for ident in map(view.walk_kubernetes, starts) if ident]
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        # Kubernetes inside a Kubernetes container (kubelet-in-pod, kind on a node):
+        # the outer container and the inner one both fit, and which one the reader
+        # means depends on which node it runs on.
+        return other
+    if anchors:
+        # Kubelet-made names that do not fit together: calling "crio-<id>.scope"
+        # a plain systemd unit would hide that something is off.
+        return other
+    return view.off_kubernetes() or other
+
+
+@dataclass(frozen=True)
+class _View:
+    """A path cut into names, remembering how to rebuild the path up to any of them."""
+
+    path: str
+    lead: str  # "/" as the kernel prints; "" when the input had no leading slash
+    ups: tuple[str, ...]  # leading ".." names: seen from inside a cgroup namespace
+    names: tuple[str, ...]
+
+    @classmethod
+    def split(cls, path: str) -> _View | None:
+        parts = [part for part in path.split("/") if part]
+        ups = 0
+        while ups < len(parts) and parts[ups] == "..":
+            ups += 1
+        names = tuple(parts[ups:])
+        if any(name in (".", "..") for name in names):
+            return None  # the kernel never prints these past a namespace's "/../.."
+        lead = "/" if path.startswith("/") else ""
+        return cls(path=path, lead=lead, ups=tuple(parts[:ups]), names=names)
+
+    def upto(self, index: int) -> str:
+        return self.lead + "/".join(self.ups + self.names[: index + 1])
+
+    def kubernetes_anchors(self) -> list[int]:
+        """Where a kubelet-made hierarchy may start.
+
+        A kubepods level always starts one. Systemd names carry their ancestry
+        ("kubepods-burstable-pod<uid>.slice"), so one may also start the visible
+        part when its parents are hidden.
+        """
+        anchors: list[int] = []
+        previous_is_level = False
+        for index, name in enumerate(self.names):
+            is_kubepods = _is_kubepods(name)
+            if is_kubepods or (_starts_by_itself(name) and not previous_is_level):
+                anchors.append(index)
+            previous_is_level = is_kubepods or bool(_QOS_SYSTEMD.fullmatch(name))
+        return anchors
+
+    def walk_kubernetes(self, start: int) -> CgroupIdentity | None:
+        """Read kubepods -> QoS -> pod -> container from `start`, or None if they don't fit.
+
+        Each level must be the child the kubelet would create under the previous
+        one; after the container level anything goes (processes may sit in nested
+        cgroups of their container).
+        """
+        names = self.names
+        in_namespace_view = bool(self.ups) and start == 0
+        index = start
+        # The systemd name of the last level seen ("kubepods-burstable"): a systemd
+        # child's name is its parent's plus "-<its own part>".
+        stem: str | None = None
+        stem_is_cgroupfs = False
+        kubepods_path: str | None = None
+        qos: str | None = None
+        seen_qos_level = False
+
+        def at(i: int) -> str | None:
+            return names[i] if i < len(names) else None
+
+        name = at(index)
+        if name is not None and _KUBEPODS_CGROUPFS.fullmatch(name):
+            stem, stem_is_cgroupfs = "kubepods", True
+            kubepods_path = self.upto(index)
+            index += 1
+        elif name is not None and (match := _KUBEPODS_SYSTEMD.fullmatch(name)):
+            stem, stem_is_cgroupfs = match["stem"], False
+            kubepods_path = self.upto(index)
+            index += 1
+        elif not in_namespace_view and not _starts_by_itself(name):
+            return None
+
+        # The QoS level (absent for Guaranteed pods).
+        name = at(index)
+        if name is not None:
+            qos_match = _QOS_SYSTEMD.fullmatch(name)
+            fs_qos_match = _QOS_CGROUPFS.fullmatch(name)
+            if qos_match and _extends(stem, qos_match["stem"]):
+                qos, seen_qos_level = qos_match["qos"], True
+                stem, stem_is_cgroupfs = qos_match["stem"], False
+                index += 1
+            elif fs_qos_match and (
+                (stem is not None and stem_is_cgroupfs) or (stem is None and in_namespace_view)
+            ):
+                qos, seen_qos_level = fs_qos_match["qos"], True
+                stem = None if stem is None else f"{stem}-{qos}"
+                index += 1
+
+        if at(index) is None:
+            if seen_qos_level:
+                return self._identity(CgroupKind.QOS, qos=qos, kubepods_path=kubepods_path)
+            if kubepods_path is not None:
+                return self._identity(CgroupKind.KUBEPODS, kubepods_path=kubepods_path)
+            return None
+
+        # The pod level.
+        name = names[index]
+        pod_uid: str | None = None
+        pod_path: str | None = None
+        if (match := _CONTAINER_IN_POD_NAME.fullmatch(name)) is not None:
+            pod_qos = match["qos"] or _QOS_GUARANTEED
+            if not _extends(stem, match["stem"]) or (seen_qos_level and pod_qos != qos):
+                return None
+            return self._identity(
+                CgroupKind.CONTAINER,
+                qos=pod_qos,
+                pod_uid=match["uid"].replace("_", "-"),
+                container_id=match["id"],
+                runtime=_RUNTIME_BY_PREFIX[match["prefix"]],
+                container_path=self.upto(index),
+                kubepods_path=kubepods_path,
+            )
+        if (match := _POD_SYSTEMD.fullmatch(name)) is not None:
+            pod_qos = match["qos"] or _QOS_GUARANTEED
+            if not _extends(stem, match["stem"]) or (seen_qos_level and pod_qos != qos):
+                return None
+            qos, pod_uid, pod_path = pod_qos, match["uid"].replace("_", "-"), self.upto(index)
+            index += 1
+        elif (match := _POD_CGROUPFS.fullmatch(name)) is not None:
+            if stem is not None and not stem_is_cgroupfs:
+                return None
+            if stem is None and not in_namespace_view:
+                return None
+            if not seen_qos_level and kubepods_path is not None:
+                qos = _QOS_GUARANTEED
+            pod_uid, pod_path = match["uid"], self.upto(index)
+            index += 1
+        elif not (in_namespace_view and index == start):
+            return None
+
+        levels = {
+            "qos": qos,
+            "pod_uid": pod_uid,
+            "pod_path": pod_path,
+            "kubepods_path": kubepods_path,
+        }
+        name_or_none = at(index)
+        if name_or_none is None:
+            return self._identity(CgroupKind.POD, **levels) if pod_uid is not None else None
+
+        # The container level, then anything nested inside it.
+        name = name_or_none
+        if (match := _CONMON.fullmatch(name)) is not None:
+            if pod_uid is None:
+                return None
+            # conmon shares the pod's cgroup budget but is no container of the pod:
+            # name the unit so a reader sees what was killed, and leave the id unset
+            # so nobody blames the container it watches.
+            return self._identity(CgroupKind.OTHER, unit=name, **levels)
+        if (match := _CONTAINER.fullmatch(name)) is not None:
+            prefix = match["prefix"]
+            return self._identity(
+                CgroupKind.CONTAINER,
+                container_id=match["id"] or match["bare_id"],
+                runtime=_RUNTIME_BY_PREFIX[prefix] if prefix else None,
+                container_path=self.upto(index),
+                **levels,
+            )
+        return None
+
+    def off_kubernetes(self) -> CgroupIdentity | None:
+        """Name a plain docker container or systemd unit, for `oomguard watch` on any host."""
+        for index, name in enumerate(self.names):
+            scope = _DOCKER_SCOPE.fullmatch(name)
+            next_name = self.names[index + 1] if index + 1 < len(self.names) else ""
+            if scope is not None or (
+                _DOCKER_CGROUPFS_PARENT.fullmatch(name) and _DOCKER_ID.fullmatch(next_name)
+            ):
+                at = index if scope is not None else index + 1
+                return self._identity(
+                    CgroupKind.DOCKER,
+                    container_id=scope["id"] if scope is not None else next_name,
+                    runtime="docker",
+                    container_path=self.upto(at),
+                )
+        for index in range(len(self.names) - 1, -1, -1):
+            unit = _SYSTEMD_UNIT.fullmatch(self.names[index])
+            if unit is not None:
+                # A service or scope is the workload's own box, like a container;
+                # a slice only groups others.
+                owns = unit["type"] != "slice"
+                return self._identity(
+                    CgroupKind.SYSTEMD_UNIT,
+                    unit=self.names[index],
+                    container_path=self.upto(index) if owns else None,
+                )
+        return None
+
+    def _identity(self, kind: CgroupKind, **fields: str | None) -> CgroupIdentity:
+        return CgroupIdentity(path=self.path, kind=kind, **fields)
+
+
+def _is_kubepods(name: str) -> bool:
+    return bool(_KUBEPODS_CGROUPFS.fullmatch(name) or _KUBEPODS_SYSTEMD.fullmatch(name))
+
+
+def _starts_by_itself(name: str | None) -> bool:
+    return name is not None and bool(
+        _QOS_SYSTEMD.fullmatch(name)
+        or _POD_SYSTEMD.fullmatch(name)
+        or _CONTAINER_IN_POD_NAME.fullmatch(name)
+    )
+
+
+def _extends(parent_stem: str | None, child_stem: str) -> bool:
+    """Whether a systemd child name is its parent's name plus one more part.
+
+    Systemd nests slices by name, so "kubepods-besteffort-pod<uid>" under
+    "kubepods-burstable", or a Burstable pod straight under kubepods, was not made
+    by a kubelet. With no parent in view there is nothing to check.
+    """
+    return parent_stem is None or child_stem.rpartition("-")[0] == parent_stem
