@@ -54,7 +54,10 @@ def measure(kills_wanted: int) -> list[float]:
                     watcher.poll_once(max_wait_s=0.5)
                 hog.wait(timeout=30)
                 if len(kills) == before or kills[-1].detection_latency_ms is None:
-                    raise SystemExit("a kill was not detected from the kernel log within 30 s")
+                    raise SystemExit(
+                        f"kill {len(latencies) + 1}: not detected from the kernel log within "
+                        f"30 s (hog exit {hog.returncode}, records: {kills[before:]})"
+                    )
                 latencies.append(kills[-1].detection_latency_ms)
         finally:
             watcher.close()

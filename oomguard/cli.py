@@ -139,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--resync-interval-s",
         type=float,
-        default=30.0,
+        default=60.0,
         help="seconds between full rescans of the cgroup tree and its counters "
-        "(default: 30; kills are pushed by the kernel in between)",
+        "(default: 60; kills are pushed by the kernel in between)",
     )
     watch.add_argument(
         "--poll",

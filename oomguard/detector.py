@@ -9,6 +9,14 @@ counter increase consumes. A counter increase with no credit waits a short grace
 for its report, then becomes a record of its own ("victim unknown"). So each kill is
 one record, from whichever signal came, and never two.
 
+A report whose cgroup is unknown (the kernel rate-limits the report header to 10 per
+5 s, so in a storm only the bare "Killed process" line is printed, and the victim has
+left /proc by the time it is read) is paired with the next counter increase that no
+report explains: the counter says where, the report says who. Unpaired after the
+grace, it is emitted as it is when it may concern us (a global OOM, or a watch of the
+whole hierarchy) and dropped otherwise, since every cgroup we watch would have counted
+it.
+
 Pure: time and file reads come in as arguments, which is what lets the tests drive
 every interleaving.
 """
@@ -36,6 +44,14 @@ class _Pending:
     wall: datetime
 
 
+@dataclass
+class _Orphan:
+    kill: KernelOomKill
+    deadline: float
+    now_mono: float
+    now_wall: datetime
+
+
 def _kb(value: int | None) -> int | None:
     return None if value is None else value * _KB
 
@@ -52,6 +68,7 @@ class KillJoiner:
         grace_s: float = 2.0,
         memory_use_of: Callable[[str], MemoryUse] | None = None,
         kernel_clock_offset_us: int = 0,
+        report_unpaired: bool = True,
     ) -> None:
         self.kmsg_available = kmsg_available
         self.grace_s = grace_s
@@ -59,6 +76,8 @@ class KillJoiner:
         self._offset_us = kernel_clock_offset_us
         self._credits: dict[str, deque[float]] = defaultdict(deque)
         self._pending: dict[str, deque[_Pending]] = defaultdict(deque)
+        self._orphans: deque[_Orphan] = deque()
+        self._report_unpaired = report_unpaired
 
     # ----- inputs ------------------------------------------------------------------
 
@@ -70,13 +89,26 @@ class KillJoiner:
         counted: bool,
         now_mono: float,
         now_wall: datetime,
-    ) -> OomKill:
-        """A kill read from kmsg. `counted`: a watched cgroup will count it too."""
-        if cgroup is not None and counted:
-            pend = self._pending.get(cgroup)
-            if pend:
-                pend.popleft()  # the counter got there first; this report completes it
-                if not pend:
+    ) -> OomKill | None:
+        """A kill read from kmsg. `counted`: a watched cgroup will count it too.
+
+        None when its cgroup is unknown and no counter increase is waiting for it yet:
+        it is held for the grace period (see the module docstring).
+        """
+        if cgroup is None:
+            for pend_cgroup, pend in self._pending.items():
+                if pend:
+                    p = pend.popleft()
+                    if not pend:
+                        del self._pending[pend_cgroup]
+                    return self._record_paired(kill, p.change, now_mono, now_wall)
+            self._orphans.append(_Orphan(kill, now_mono + self.grace_s, now_mono, now_wall))
+            return None
+        if counted:
+            waiting = self._pending.get(cgroup)
+            if waiting:
+                waiting.popleft()  # the counter got there first; this report completes it
+                if not waiting:
                     del self._pending[cgroup]
             else:
                 self._credits[cgroup].append(now_mono)
@@ -108,16 +140,29 @@ class KillJoiner:
             del self._credits[change.cgroup]
         if not unexplained:
             return []
+        paired: list[OomKill] = []
+        while unexplained and self._orphans:
+            o = self._orphans.popleft()
+            paired.append(self._record_paired(o.kill, change, o.now_mono, o.now_wall))
+            unexplained -= 1
+        if not unexplained:
+            return paired
         if not self.kmsg_available or self.grace_s <= 0:
-            return [self._record_from_counters(change, now_wall) for _ in range(unexplained)]
+            return paired + [
+                self._record_from_counters(change, now_wall) for _ in range(unexplained)
+            ]
         pend = self._pending[change.cgroup]
         for _ in range(unexplained):
             pend.append(_Pending(change, now_mono + self.grace_s, now_wall))
-        return []
+        return paired
 
     def on_tick(self, *, now_mono: float) -> list[OomKill]:
         """Emit counter-only records whose report never came; forget stale credits."""
         out: list[OomKill] = []
+        while self._orphans and self._orphans[0].deadline <= now_mono:
+            o = self._orphans.popleft()
+            if self._report_unpaired or o.kill.scope == "global":
+                out.append(self._record_from_kernel(o.kill, None, o.now_mono, o.now_wall))
         for cgroup in list(self._pending):
             pend = self._pending[cgroup]
             while pend and pend[0].deadline <= now_mono:
@@ -135,6 +180,8 @@ class KillJoiner:
 
     def next_deadline(self) -> float | None:
         deadlines = [p[0].deadline for p in self._pending.values() if p]
+        if self._orphans:
+            deadlines.append(self._orphans[0].deadline)
         return min(deadlines) if deadlines else None
 
     def flush(self) -> list[OomKill]:
@@ -179,6 +226,18 @@ class KillJoiner:
             source="kmsg",
             detection_latency_ms=round(age_s * 1000, 3),
         )
+
+    def _record_paired(
+        self, kill: KernelOomKill, change: CounterChange, now_mono: float, now_wall: datetime
+    ) -> OomKill:
+        """A bare kernel report joined with the counter increase it explains."""
+        record = self._record_from_kernel(kill, change.cgroup, now_mono, now_wall)
+        if kill.constraint is None and kill.oom_memcg is None and kill.scope != "global":
+            # The header with the memcgs was rate-limited away: the counters classify.
+            record = record.model_copy(
+                update={"constraint": classify_counters(record.identity, change.limit_hit_paths)}
+            )
+        return record
 
     def _record_from_counters(self, change: CounterChange, wall: datetime) -> OomKill:
         identity = parse_cgroup_path(change.cgroup)

@@ -42,7 +42,7 @@ class OomWatcher:
         *,
         kmsg_path: str | None = "/dev/kmsg",
         push: bool = True,
-        resync_interval_s: float = 30.0,
+        resync_interval_s: float = 60.0,
         grace_s: float = 2.0,
         kernel_clock_offset_us: int = 0,
     ) -> None:
@@ -81,6 +81,7 @@ class OomWatcher:
             grace_s=self._grace_s,
             memory_use_of=self._memory_use_of,
             kernel_clock_offset_us=self._offset_us,
+            report_unpaired=self.watch.contains("/"),
         )
         self._poll.register(self._wake, select.POLLIN)
         if self.kmsg is not None:
@@ -177,7 +178,8 @@ class OomWatcher:
             now_mono=time.monotonic(),
             now_wall=datetime.now(UTC),
         )
-        self._emit(record)
+        if record is not None:
+            self._emit(record)
 
     def _cgroup_of_pid(self, pid: int) -> str | None:
         try:

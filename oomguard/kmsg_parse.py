@@ -385,6 +385,12 @@ class OomReportAssembler:
             if earlier.group_memcg is None:
                 update["group_memcg"] = report.group_memcg
             return earlier.model_copy(update=update)
+        if report.killed and report.group_memcg is None and report.chosen_pid is None:
+            # A second victim with no group or "sacrifice child" line between: this is a
+            # new OOM whose report header the kernel rate-limited away (oom_rs: 10
+            # reports per 5 s; the kill line itself is always printed). The earlier
+            # report's memcgs and usage do not describe it.
+            report = self._report = _Report()
         comm = m["comm"]
 
         # The summary and the legacy "Task in" line describe the task the killer chose;

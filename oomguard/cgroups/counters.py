@@ -83,7 +83,7 @@ def limit_was_hit(before: MemoryCounters | None, after: MemoryCounters) -> bool:
     return after.limit_hits != before.limit_hits
 
 
-def _read(path: Path) -> str:
+def _read(path: str) -> str:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         return os.read(fd, 4096).decode("ascii", errors="replace")
@@ -91,18 +91,18 @@ def _read(path: Path) -> str:
         os.close(fd)
 
 
-def read_counters(version: CgroupVersion, directory: Path) -> MemoryCounters | None:
+def read_counters(version: CgroupVersion, directory: str | Path) -> MemoryCounters | None:
     """Read one cgroup's counters; None when the cgroup is gone (a normal event)."""
     try:
         if version is CgroupVersion.V2:
             try:
-                text = _read(directory / "memory.events.local")
+                text = _read(f"{directory}/memory.events.local")
             except FileNotFoundError:
                 # Kernels before 5.7 have no .local; the hierarchical file is the best
                 # there is and the caller's dedupe by kmsg still keeps one record a kill.
-                text = _read(directory / "memory.events")
+                text = _read(f"{directory}/memory.events")
             return counters_from_v2(parse_flat_keyed(text))
-        return counters_from_v1(parse_flat_keyed(_read(directory / "memory.oom_control")))
+        return counters_from_v1(parse_flat_keyed(_read(f"{directory}/memory.oom_control")))
     except (FileNotFoundError, NotADirectoryError, ProcessLookupError):
         return None
     except OSError as exc:
@@ -120,12 +120,12 @@ class MemoryUse:
 _NO_LIMIT_V1 = 1 << 62  # v1 prints PAGE_COUNTER_MAX * PAGE_SIZE (rounded) for "no limit"
 
 
-def read_memory_use(version: CgroupVersion, directory: Path) -> MemoryUse:
+def read_memory_use(version: CgroupVersion, directory: str | Path) -> MemoryUse:
     """Limit and peak usage, for the record; anything unreadable is None."""
 
     def maybe(name: str) -> int | None:
         try:
-            return parse_single_int(_read(directory / name))
+            return parse_single_int(_read(f"{directory}/{name}"))
         except OSError:
             return None
 

@@ -50,7 +50,7 @@ class CounterChange:
 
 @dataclass
 class _Watched:
-    directory: Path
+    directory: str
     counters: MemoryCounters | None
     eventfd: int = -1
     dir_wd: int = -1
@@ -69,6 +69,7 @@ class CgroupWatch:
     def __init__(self, hierarchy: MemoryHierarchy, root: Path, *, push: bool = True) -> None:
         self.hierarchy = hierarchy
         self.root = Path(root)
+        self._mount = str(hierarchy.mount).rstrip("/")
         self.push = push
         self._watched: dict[str, _Watched] = {}
         self._by_eventfd: dict[int, str] = {}
@@ -94,21 +95,27 @@ class CgroupWatch:
 
     def directory_of(self, cgroup: str) -> Path | None:
         w = self._watched.get(cgroup)
-        return None if w is None else w.directory
+        return None if w is None else Path(w.directory)
+
+    def _name(self, directory: str) -> str:
+        """The kernel's name for a directory below the mount (cheap: runs per cgroup)."""
+        if directory.startswith(self._mount + "/"):
+            return directory[len(self._mount) :]
+        return self.hierarchy.cgroup_of(directory)
 
     def contains(self, cgroup: str) -> bool:
         """Whether a cgroup path lies at or below the watched root."""
         root = self.hierarchy.cgroup_of(self.root)
         return root == "/" or cgroup == root or cgroup.startswith(root.rstrip("/") + "/")
 
-    def _walk(self) -> Iterator[Path]:
-        stack = [self.root]
+    def _walk(self, top: str) -> Iterator[str]:
+        stack = [top]
         while stack:
             d = stack.pop()
             yield d
             try:
                 with os.scandir(d) as it:
-                    stack.extend(Path(e.path) for e in it if e.is_dir(follow_symlinks=False))
+                    stack.extend([e.path for e in it if e.is_dir(follow_symlinks=False)])
             except (FileNotFoundError, NotADirectoryError):
                 continue
 
@@ -117,8 +124,8 @@ class CgroupWatch:
         self.rescans += 1
         seen: set[str] = set()
         changes: list[CounterChange] = []
-        for d in self._walk():
-            cg = self.hierarchy.cgroup_of(d)
+        for d in self._walk(str(self.root)):
+            cg = self._name(d)
             seen.add(cg)
             if cg not in self._watched:
                 self._add(cg, d, baseline_from_disk=baseline_from_disk)
@@ -134,7 +141,7 @@ class CgroupWatch:
             self._remove(cg)
         return changes
 
-    def _add(self, cgroup: str, directory: Path, *, baseline_from_disk: bool) -> None:
+    def _add(self, cgroup: str, directory: str, *, baseline_from_disk: bool) -> None:
         # A cgroup found after start is new: its counters began at zero, so everything
         # it counted is a kill we have not reported (a container killed seconds after
         # it started).
@@ -151,10 +158,10 @@ class CgroupWatch:
     def _register_push(self, cgroup: str, w: _Watched) -> None:
         assert self._inotify is not None
         try:
-            w.dir_wd = self._inotify.add_watch(str(w.directory), _DIR_MASK)
+            w.dir_wd = self._inotify.add_watch(w.directory, _DIR_MASK)
             self._by_wd[w.dir_wd] = cgroup
             if self.hierarchy.version is CgroupVersion.V2:
-                w.file_wd = self._inotify.add_watch(str(w.directory / "memory.events"), _FILE_MASK)
+                w.file_wd = self._inotify.add_watch(w.directory + "/memory.events", _FILE_MASK)
                 self._by_wd[w.file_wd] = cgroup
             else:
                 w.eventfd = register_oom_eventfd(w.directory)
@@ -287,7 +294,7 @@ class CgroupWatch:
         if change is None:
             # The kernel may signal before it counts the kill: look again shortly.
             self._schedule_recheck(cgroup)
-        if w is not None and not w.directory.is_dir():
+        if w is not None and not os.path.isdir(w.directory):
             # v1 signals the eventfd when the cgroup is removed, too.
             self._remove(cgroup)
         return [change] if change is not None else []
@@ -313,7 +320,7 @@ class CgroupWatch:
             elif ev.mask & flags.CREATE and ev.mask & flags.ISDIR:
                 parent = self._watched.get(cgroup)
                 if parent is not None:
-                    self._add_subtree(parent.directory / ev.name, changes)
+                    self._add_subtree(os.path.join(parent.directory, ev.name), changes)
             elif ev.mask & flags.DELETE and ev.mask & flags.ISDIR:
                 child = cgroup.rstrip("/") + "/" + ev.name
                 for cg in [c for c in self._watched if c == child or c.startswith(child + "/")]:
@@ -326,22 +333,15 @@ class CgroupWatch:
             changes.extend(self.resync())
         return changes
 
-    def _add_subtree(self, directory: Path, changes: list[CounterChange]) -> None:
-        stack = [directory]
-        while stack:
-            d = stack.pop()
-            cg = self.hierarchy.cgroup_of(d)
+    def _add_subtree(self, directory: str, changes: list[CounterChange]) -> None:
+        for d in self._walk(directory):
+            cg = self._name(d)
             if cg in self._watched:
                 continue
             self._add(cg, d, baseline_from_disk=False)
             change = self._reread(cg)
             if change is not None:
                 changes.append(change)
-            try:
-                with os.scandir(d) as it:
-                    stack.extend(Path(e.path) for e in it if e.is_dir(follow_symlinks=False))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
 
     def close(self) -> None:
         for cg in list(self._watched):
@@ -351,7 +351,7 @@ class CgroupWatch:
             self._inotify = None
 
 
-def register_oom_eventfd(directory: Path) -> int:
+def register_oom_eventfd(directory: str) -> int:
     """Ask a v1 memory cgroup to signal an eventfd when it goes under OOM.
 
     The kernel keeps its own reference to the eventfd; closing ours later tells it to
@@ -359,9 +359,9 @@ def register_oom_eventfd(directory: Path) -> int:
     """
     efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     try:
-        cfd = os.open(directory / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        cfd = os.open(directory + "/memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            ctl = os.open(directory / "cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
+            ctl = os.open(directory + "/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.write(ctl, f"{efd} {cfd}".encode())
             finally:
@@ -371,6 +371,6 @@ def register_oom_eventfd(directory: Path) -> int:
     except OSError as exc:
         os.close(efd)
         if exc.errno == errno.ENOENT:
-            raise FileNotFoundError(str(directory)) from exc
+            raise FileNotFoundError(directory) from exc
         raise
     return efd

@@ -153,3 +153,53 @@ def test_json_contract_fields() -> None:
         assert key in d
     assert d["kind"] == "oom_kill" and d["time"] == "2026-11-26T07:00:00Z"
     assert d["qos"] == "burstable" and d["constraint"] == "container"
+
+
+def bare_kill(seq: int, pid: int) -> KernelOomKill:
+    """A kill line whose report header the kernel rate-limited away."""
+    return KernelOomKill(
+        seq=seq,
+        kernel_time_us=1_000_000,
+        pid=pid,
+        command="hog",
+        uid=0,
+        anon_rss_kb=65280,
+        file_rss_kb=1112,
+        shmem_rss_kb=0,
+        oom_score_adj=0,
+        scope="memory cgroup",
+    )
+
+
+def test_bare_report_then_counter_pairs_into_one_record() -> None:
+    j = joiner()
+    assert (
+        j.on_kernel_kill(bare_kill(10, 100), None, counted=False, now_mono=1.0, now_wall=WALL)
+        is None
+    )
+    (rec,) = j.on_counter_change(change(1, frozenset({CONTAINER})), now_mono=1.01, now_wall=WALL)
+    assert (rec.pid, rec.command, rec.cgroup, rec.source) == (100, "hog", CONTAINER, "kmsg")
+    assert rec.identity.container_id == CID
+    assert rec.constraint is Constraint.CONTAINER  # from the counters: no header
+    assert j.on_tick(now_mono=100.0) == []
+
+
+def test_counter_then_bare_report_pairs_into_one_record() -> None:
+    j = joiner()
+    assert j.on_counter_change(change(1), now_mono=1.0, now_wall=WALL) == []
+    rec = j.on_kernel_kill(bare_kill(10, 100), None, counted=False, now_mono=1.01, now_wall=WALL)
+    assert rec is not None and (rec.pid, rec.cgroup) == (100, CONTAINER)
+    assert j.on_tick(now_mono=100.0) == []
+
+
+def test_unpaired_bare_report_is_dropped_when_watching_a_subtree() -> None:
+    j = KillJoiner(kmsg_available=True, grace_s=2.0, report_unpaired=False)
+    assert (
+        j.on_kernel_kill(bare_kill(10, 100), None, counted=False, now_mono=1.0, now_wall=WALL)
+        is None
+    )
+    assert j.on_tick(now_mono=10.0) == []
+    whole = KillJoiner(kmsg_available=True, grace_s=2.0, report_unpaired=True)
+    whole.on_kernel_kill(bare_kill(10, 100), None, counted=False, now_mono=1.0, now_wall=WALL)
+    (rec,) = whole.on_tick(now_mono=10.0)
+    assert rec.pid == 100 and rec.cgroup is None

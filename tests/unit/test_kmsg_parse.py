@@ -1052,3 +1052,17 @@ def test_repeat_gets_the_group_even_when_the_group_line_is_not_adjacent() -> Non
         (144, False, "/probe, with comma/grp"),
         (145, True, "/probe, with comma/grp"),
     ]
+
+
+def test_rate_limited_report_does_not_inherit_the_previous_context() -> None:
+    # The kernel prints at most 10 report headers per 5 s; in a storm the later kills
+    # come as bare "Killed process" lines. Verbatim from the test host (6.18, v1).
+    bare = (
+        "Memory cgroup out of memory: Killed process 13488 (benchhog) total-vm:79280kB, "
+        "anon-rss:69492kB, file-rss:6628kB, shmem-rss:0kB, UID:0 pgtables:200kB oom_score_adj:0"
+    )
+    first, second = assemble([*V1_6_18, bare])
+    assert first.task_memcg is not None and first.oom_memcg is not None
+    assert (second.pid, second.command, second.uid) == (13488, "benchhog", 0)
+    assert (second.task_memcg, second.oom_memcg, second.constraint) == (None, None, None)
+    assert second.memcg_limit_kb is None and second.scope == "memory cgroup"

@@ -1,0 +1,728 @@
+"""This node's pods, kept current from the API, so a kill can be put on the right pod.
+
+The kernel names a victim only by cgroup, and the cgroup names only a pod UID (or, for a
+static pod, its config hash) and a container ID. Asking the API at kill time would be
+slow and would fail exactly when it matters (an outage, a storm of kills), so the agent
+keeps a small projection of every pod on its node and looks kills up locally.
+
+Why a hand-written list -> watch loop and not the client's Watch or SharedInformer: on an
+in-stream 410 the client's Watch retries once with the same stale version and then
+raises; its `deserialize=False` mode crashes on ERROR events; SharedInformer relists on
+410 with no backoff (56 relists in 2 s against a permanent 410). Here: one list, then a
+watch that follows resourceVersion with bookmarks and a server-side timeout; a 410 in
+either form relists; errors and outages back off with jittered exponential waits so a
+fleet of agents does not stampede a recovering apiserver; a stream that ends or drops
+after delivering events is normal and just reconnects.
+
+Only projections are kept (ECOSYSTEM.md: raw JSON plus a small projection is what keeps
+the agent near 85 MiB instead of 107+ with typed models).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import enum
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+from typing import Any
+
+import tenacity
+
+from oomguard.k8s.client import (
+    ApiConnectionError,
+    ApiStatusError,
+    KubeApi,
+    KubeApiError,
+    WatchStream,
+)
+
+log = logging.getLogger(__name__)
+
+PODS_PATH = "/api/v1/pods"
+CONFIG_HASH_ANNOTATION = "kubernetes.io/config.hash"
+CONFIG_MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+
+
+# ---------------------------------------------------------------------------------------
+# Quantities
+
+_QUANTITY = re.compile(
+    r"""
+    (?P<number> [+-]? (?: \d+ (?: \. \d* )? | \. \d+ ) )
+    (?P<suffix>
+        [KMGTPE]i            # binary SI: Ki = 2**10 ... Ei = 2**60
+      | [eE] [+-]? \d+       # decimal exponent: 1e3, 5E-2 (before decimal SI: "1E3" != "1E")
+      | [numkMGTPE]          # decimal SI: n u m "" k M G T P E
+    )?
+    """,
+    re.VERBOSE,
+)
+_BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+# Beyond this a "limit" means nothing on any machine; refusing it also keeps a hostile
+# "1e999999999" from costing gigabytes to turn into an int.
+_MAX_BYTES = 2**63 - 1
+
+
+def parse_quantity(value: object) -> int | None:
+    """A Kubernetes quantity ("128Mi", "1.5G", "100m", "1e9") as a whole number, rounded
+    up as resource.Quantity.Value() does; None for anything the API would not accept."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if abs(value) <= _MAX_BYTES else None
+    if isinstance(value, float):
+        value = repr(value)
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    match = _QUANTITY.fullmatch(value)
+    if match is None:
+        return None
+    try:
+        number = Decimal(match["number"])
+    except InvalidOperation:
+        return None
+    suffix = match["suffix"] or ""
+    if suffix in _BINARY:
+        scaled = number * (2 ** _BINARY[suffix])
+    else:
+        exponent = int(suffix[1:]) if suffix[:1] in ("e", "E") and len(suffix) > 1 else None
+        if exponent is None:
+            exponent = _DECIMAL.get(suffix, 0)
+        if abs(exponent) > 40:
+            return None
+        scaled = number.scaleb(exponent)
+    whole = int(scaled.to_integral_value(rounding="ROUND_UP"))
+    return whole if abs(whole) <= _MAX_BYTES else None
+
+
+# ---------------------------------------------------------------------------------------
+# Projections
+
+
+class ContainerKind(enum.StrEnum):
+    CONTAINER = "container"
+    INIT = "init"  # includes sidecars (init containers with restartPolicy Always)
+    EPHEMERAL = "ephemeral"
+
+
+_SPEC_FIELD = {
+    ContainerKind.CONTAINER: ("containers", "containerStatuses"),
+    ContainerKind.INIT: ("initContainers", "initContainerStatuses"),
+    ContainerKind.EPHEMERAL: ("ephemeralContainers", "ephemeralContainerStatuses"),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContainerView:
+    name: str
+    kind: ContainerKind
+    restart_policy: str | None  # "Always" on an init container makes it a sidecar
+    memory_request_bytes: int | None
+    memory_limit_bytes: int | None
+    container_id: str | None  # current, without the "containerd://" scheme
+    runtime: str | None  # the scheme: "containerd", "cri-o", "docker"
+    # Older IDs of this container, newest first: lastState.terminated's, then IDs this
+    # cache saw as current before. A kill racing a restart carries one of these.
+    past_container_ids: tuple[str, ...]
+    running: bool
+    restart_count: int
+
+    @property
+    def is_sidecar(self) -> bool:
+        return self.kind is ContainerKind.INIT and self.restart_policy == "Always"
+
+    @property
+    def field_path(self) -> str:
+        """The Event involvedObject.fieldPath naming this container."""
+        return f"spec.{_SPEC_FIELD[self.kind][0]}{{{self.name}}}"
+
+    @property
+    def all_ids(self) -> tuple[str, ...]:
+        current = (self.container_id,) if self.container_id else ()
+        return current + self.past_container_ids
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodView:
+    uid: str
+    namespace: str
+    name: str
+    node_name: str
+    annotations: Mapping[str, str]  # read-only
+    qos_class: str | None  # "Guaranteed" | "Burstable" | "BestEffort"
+    priority: int | None
+    priority_class_name: str | None
+    # Static pods: the kubelet names the pod cgroup after this hash, not the mirror's UID.
+    config_hash: str | None
+    phase: str | None
+    containers: tuple[ContainerView, ...]
+    resource_version: str | None
+
+    def container(self, name: str, kind: ContainerKind | None = None) -> ContainerView | None:
+        for container in self.containers:
+            if container.name == name and kind in (None, container.kind):
+                return container
+        return None
+
+
+class MalformedPod(ValueError):
+    """A pod object this cache cannot index (no UID); it is skipped, never fatal."""
+
+
+def _dict(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def split_container_id(container_id: str) -> tuple[str | None, str]:
+    """("containerd", "abc...") from "containerd://abc..."; a bare ID has no runtime."""
+    runtime, sep, bare = container_id.partition("://")
+    return (runtime or None, bare.lower()) if sep else (None, container_id.lower())
+
+
+def _container(
+    kind: ContainerKind, spec: Mapping[str, Any], status: Mapping[str, Any]
+) -> ContainerView:
+    # status.resources is what the runtime applied (it differs during an in-place
+    # resize); the spec is what was asked for.
+    resources = _dict(status.get("resources")) or _dict(spec.get("resources"))
+    runtime, container_id = None, None
+    if raw_id := _str(status.get("containerID")):
+        runtime, container_id = split_container_id(raw_id)
+    past: list[str] = []
+    terminated = _dict(_dict(status.get("lastState")).get("terminated"))
+    if last_id := _str(terminated.get("containerID")):
+        _, bare = split_container_id(last_id)
+        if bare != container_id:
+            past.append(bare)
+    return ContainerView(
+        name=_str(spec.get("name")) or _str(status.get("name")) or "",
+        kind=kind,
+        restart_policy=_str(spec.get("restartPolicy")),
+        memory_request_bytes=parse_quantity(_dict(resources.get("requests")).get("memory")),
+        memory_limit_bytes=parse_quantity(_dict(resources.get("limits")).get("memory")),
+        container_id=container_id,
+        runtime=runtime,
+        past_container_ids=tuple(past),
+        running="running" in _dict(status.get("state")),
+        restart_count=_int(status.get("restartCount")) or 0,
+    )
+
+
+def project_pod(obj: object) -> PodView:
+    """The small, immutable view of a pod object; tolerant of any missing or mistyped
+    field except the UID it is indexed by."""
+    if not isinstance(obj, Mapping):
+        raise MalformedPod("pod object is not a JSON object")
+    meta, spec, status = (
+        _dict(obj.get("metadata")),
+        _dict(obj.get("spec")),
+        _dict(obj.get("status")),
+    )
+    uid = _str(meta.get("uid"))
+    if uid is None:
+        raise MalformedPod(f"pod {meta.get('namespace')}/{meta.get('name')} has no metadata.uid")
+    annotations = {k: v for k, v in _dict(meta.get("annotations")).items() if isinstance(v, str)}
+    containers = []
+    for kind, (spec_field, status_field) in _SPEC_FIELD.items():
+        statuses = {
+            name: item
+            for item in _list(status.get(status_field))
+            if isinstance(item, Mapping) and (name := _str(item.get("name")))
+        }
+        for spec_item in _list(spec.get(spec_field)):
+            if isinstance(spec_item, Mapping) and (name := _str(spec_item.get("name"))):
+                containers.append(_container(kind, spec_item, statuses.pop(name, {})))
+        for name, status_item in statuses.items():  # a status whose spec we did not get
+            containers.append(_container(kind, {"name": name}, status_item))
+    return PodView(
+        uid=uid,
+        namespace=_str(meta.get("namespace")) or "",
+        name=_str(meta.get("name")) or "",
+        node_name=_str(spec.get("nodeName")) or "",
+        annotations=MappingProxyType(annotations),
+        qos_class=_str(status.get("qosClass")),
+        priority=_int(spec.get("priority")),
+        priority_class_name=_str(spec.get("priorityClassName")),
+        config_hash=_str(annotations.get(CONFIG_HASH_ANNOTATION))
+        or _str(annotations.get(CONFIG_MIRROR_ANNOTATION)),
+        phase=_str(status.get("phase")),
+        containers=tuple(containers),
+        resource_version=_str(meta.get("resourceVersion")),
+    )
+
+
+def _with_history(new: PodView, old: PodView | None, keep: int) -> PodView:
+    """Carry IDs the previous version knew into the new one, so a kill of a container
+    that restarted twice since (and left lastState) is still found."""
+    if old is None:
+        return new
+    containers = []
+    for container in new.containers:
+        before = old.container(container.name, container.kind)
+        ids = list(container.past_container_ids)
+        if before is not None:
+            ids += [i for i in before.all_ids if i != container.container_id]
+        unique = tuple(dict.fromkeys(ids))[:keep]
+        containers.append(dataclasses.replace(container, past_container_ids=unique))
+    return dataclasses.replace(new, containers=tuple(containers))
+
+
+def normalize_pod_key(uid_or_hash: str) -> str:
+    """One form for UIDs and config hashes however a cgroup path spells them (dashes in
+    cgroupfs, underscores in systemd slice names, none in a static pod's hash)."""
+    return uid_or_hash.lower().replace("-", "").replace("_", "")
+
+
+# ---------------------------------------------------------------------------------------
+# The cache
+
+
+@dataclasses.dataclass(frozen=True)
+class PodCacheSettings:
+    # Server-side end of each watch: bounds how long a silently broken stream can last.
+    watch_timeout_s: float = 300.0
+    # Added to watch_timeout_s for the client read timeout, so only a dead connection
+    # (not a quiet one) trips it.
+    watch_read_slack_s: float = 30.0
+    list_timeout_s: float = 60.0
+    # Jittered exponential backoff after failures: random in [0, min(max, initial * 2**n)].
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    # Deleted pods stay findable this long: a kill is often reported after its pod went.
+    deleted_retention_s: float = 120.0
+    deleted_max_pods: int = 512
+    past_ids_per_container: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class PodCacheCounters:
+    """Totals since start, for metrics (a snapshot: read `PodCache.counters` again)."""
+
+    relists: int = 0  # full lists, the first one included
+    watch_restarts: int = 0  # watches that ended or dropped normally and were reopened
+    errors: int = 0  # failed attempts that led to a backoff
+    malformed_objects: int = 0  # pod objects or events skipped as unusable
+    events: int = 0  # ADDED/MODIFIED/DELETED events applied (bookmarks not counted)
+    last_error: str | None = None
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410): relist."""
+
+    def __init__(self, message: object = "", *, after_events: bool = False) -> None:
+        super().__init__(message)
+        self.after_events = after_events
+
+
+class _StreamEndedEarly(Exception):
+    """The watch ended before delivering anything: back off instead of spinning."""
+
+
+class PodCache:
+    """This node's pods, from one thread that lists and watches; lookups from any thread."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        node_name: str,
+        settings: PodCacheSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not node_name:
+            raise ValueError("node_name is required: the cache watches only this node's pods")
+        self._api = api
+        self.node_name = node_name
+        self.settings = settings or PodCacheSettings()
+        self._clock = clock
+        self.synced = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._changed = threading.Condition()
+        self._pods: dict[str, PodView] = {}  # normalized uid -> view
+        self._by_hash: dict[str, str] = {}  # normalized config hash -> normalized uid
+        self._by_container: dict[str, tuple[PodView, ContainerView]] = {}
+        self._deleted: collections.OrderedDict[str, tuple[float, PodView]] = (
+            collections.OrderedDict()
+        )
+        self._deleted_containers: dict[str, tuple[PodView, ContainerView]] = {}
+        self._deleted_hashes: dict[str, str] = {}
+        self._counters = PodCacheCounters()
+        self._resource_version: str | None = None
+        self._gone_streak = 0
+        self._stream_lock = threading.Lock()
+        self._stream: WatchStream | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("PodCache.start() called twice")
+        self._thread = threading.Thread(target=self._run, name="pod-cache", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ends the watch at once (shutting its socket down) and waits for the thread.
+
+        A list request in flight is not interrupted: it ends by its own timeout, on a
+        daemon thread, after this returns."""
+        self._stopping.set()
+        with self._stream_lock:
+            if self._stream is not None:
+                self._stream.close()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- lookups ----------------------------------------------------------------------
+
+    def pods(self) -> list[PodView]:
+        with self._changed:
+            return list(self._pods.values())
+
+    def lookup_pod(self, uid_or_config_hash: str) -> PodView | None:
+        with self._changed:
+            return self._lookup_pod(normalize_pod_key(uid_or_config_hash))
+
+    def lookup_container(self, container_id: str) -> tuple[PodView, ContainerView] | None:
+        _, bare = split_container_id(container_id)
+        with self._changed:
+            self._expire_deleted()
+            return self._by_container.get(bare) or self._deleted_containers.get(bare)
+
+    def wait_for_container(
+        self, container_id: str, timeout_s: float
+    ) -> tuple[PodView, ContainerView] | None:
+        """Waits (bounded) for a container the kernel killed before its pod reached the
+        cache, e.g. a kill within moments of the container's start."""
+        _, bare = split_container_id(container_id)
+        deadline = self._clock() + timeout_s
+        with self._changed:
+            while True:
+                hit = self._by_container.get(bare) or self._deleted_containers.get(bare)
+                remaining = deadline - self._clock()
+                if hit is not None or remaining <= 0 or self._stopping.is_set():
+                    return hit
+                self._changed.wait(remaining)
+
+    def wait_for_pod(self, uid_or_config_hash: str, timeout_s: float) -> PodView | None:
+        key = normalize_pod_key(uid_or_config_hash)
+        deadline = self._clock() + timeout_s
+        with self._changed:
+            while True:
+                hit = self._lookup_pod(key)
+                remaining = deadline - self._clock()
+                if hit is not None or remaining <= 0 or self._stopping.is_set():
+                    return hit
+                self._changed.wait(remaining)
+
+    @property
+    def counters(self) -> PodCacheCounters:
+        with self._changed:
+            return self._counters
+
+    @property
+    def resource_version(self) -> str | None:
+        return self._resource_version
+
+    def _lookup_pod(self, key: str) -> PodView | None:
+        self._expire_deleted()
+        uid = key if key in self._pods else self._by_hash.get(key)
+        if uid is not None and uid in self._pods:
+            return self._pods[uid]
+        uid = key if key in self._deleted else self._deleted_hashes.get(key)
+        return self._deleted[uid][1] if uid is not None and uid in self._deleted else None
+
+    def _count(self, **deltas: int) -> None:
+        values = {k: getattr(self._counters, k) + v for k, v in deltas.items()}
+        self._counters = dataclasses.replace(self._counters, **values)
+
+    # -- index maintenance (callers hold self._changed) --------------------------------
+
+    def _index(self, view: PodView) -> None:
+        key = normalize_pod_key(view.uid)
+        self._pods[key] = view
+        if view.config_hash:
+            self._by_hash[normalize_pod_key(view.config_hash)] = key
+        for container in view.containers:
+            for container_id in container.all_ids:
+                self._by_container[container_id] = (view, container)
+
+    def _unindex(self, key: str) -> PodView | None:
+        view = self._pods.pop(key, None)
+        if view is None:
+            return None
+        if view.config_hash:
+            self._by_hash.pop(normalize_pod_key(view.config_hash), None)
+        for container in view.containers:
+            for container_id in container.all_ids:
+                hit = self._by_container.get(container_id)
+                if hit is not None and hit[0].uid == view.uid:
+                    del self._by_container[container_id]
+        return view
+
+    def _bury(self, view: PodView) -> None:
+        key = normalize_pod_key(view.uid)
+        self._deleted[key] = (self._clock() + self.settings.deleted_retention_s, view)
+        self._deleted.move_to_end(key)
+        if view.config_hash:
+            self._deleted_hashes[normalize_pod_key(view.config_hash)] = key
+        for container in view.containers:
+            for container_id in container.all_ids:
+                self._deleted_containers[container_id] = (view, container)
+        while len(self._deleted) > self.settings.deleted_max_pods:
+            self._forget(next(iter(self._deleted)))
+
+    def _forget(self, key: str) -> None:
+        _, view = self._deleted.pop(key)
+        if (
+            view.config_hash
+            and self._deleted_hashes.get(normalize_pod_key(view.config_hash)) == key
+        ):
+            del self._deleted_hashes[normalize_pod_key(view.config_hash)]
+        for container in view.containers:
+            for container_id in container.all_ids:
+                hit = self._deleted_containers.get(container_id)
+                if hit is not None and hit[0].uid == view.uid:
+                    del self._deleted_containers[container_id]
+
+    def _expire_deleted(self) -> None:
+        now = self._clock()
+        while self._deleted:
+            key, (deadline, _) = next(iter(self._deleted.items()))
+            if deadline > now:
+                break
+            self._forget(key)
+
+    def _upsert(self, obj: Mapping[str, Any]) -> None:
+        view = project_pod(obj)
+        key = normalize_pod_key(view.uid)
+        with self._changed:
+            if view.node_name != self.node_name:
+                # Never attribute a kill to another node's pod, whatever the server sent.
+                if (gone := self._unindex(key)) is not None:
+                    self._bury(gone)
+            else:
+                old = self._unindex(key)
+                self._index(_with_history(view, old, self.settings.past_ids_per_container))
+                if key in self._deleted:  # a pod seen deleted cannot come back; be safe
+                    self._forget(key)
+            self._changed.notify_all()
+
+    def _delete(self, obj: Mapping[str, Any]) -> None:
+        view = project_pod(obj)
+        key = normalize_pod_key(view.uid)
+        with self._changed:
+            old = self._unindex(key)
+            self._bury(_with_history(view, old, self.settings.past_ids_per_container))
+            self._changed.notify_all()
+
+    def _replace_all(self, items: Iterable[object]) -> None:
+        views: dict[str, PodView] = {}
+        malformed = 0
+        for item in items:
+            try:
+                view = project_pod(item)
+            except Exception as exc:  # one odd object must not hide the others
+                malformed += 1
+                log.warning("skipping a pod the API listed: %r", exc)
+                continue
+            if view.node_name == self.node_name:
+                views[normalize_pod_key(view.uid)] = view
+        with self._changed:
+            for key in list(self._pods):
+                old = self._unindex(key)
+                if old is None:
+                    continue
+                if key in views:
+                    views[key] = _with_history(
+                        views[key], old, self.settings.past_ids_per_container
+                    )
+                else:  # deleted while we were not watching
+                    self._bury(old)
+            for view in views.values():
+                self._index(view)
+            self._count(relists=1, malformed_objects=malformed)
+            self._changed.notify_all()
+
+    # -- the list -> watch loop -------------------------------------------------------
+
+    def _run(self) -> None:
+        settings = self.settings
+        retrying = tenacity.Retrying(
+            wait=tenacity.wait_random_exponential(
+                multiplier=settings.backoff_initial_s, max=settings.backoff_max_s
+            ),
+            stop=lambda _: self._stopping.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._note_failure,
+            reraise=True,
+        )
+        while not self._stopping.is_set():
+            try:
+                retrying(self._round)
+            except Exception:  # only when stopping: tenacity re-raises the last failure
+                if not self._stopping.is_set():
+                    log.exception("pod cache loop failed; restarting it")
+        log.debug("pod cache stopped")
+
+    def _sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def _note_failure(self, retry_state: tenacity.RetryCallState) -> None:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        wait_s = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        if isinstance(exc, _StreamEndedEarly):
+            log.info("pod watch ended before any event; reconnecting in %.1fs", wait_s)
+            return
+        with self._changed:
+            self._count(errors=1)
+            self._counters = dataclasses.replace(self._counters, last_error=repr(exc))
+        level = (
+            logging.ERROR
+            if isinstance(exc, ApiStatusError) and exc.status in (401, 403)
+            else logging.WARNING
+        )
+        log.log(
+            level,
+            "pod list/watch failed (attempt %d): %s; retrying in %.1fs",
+            retry_state.attempt_number,
+            exc,
+            wait_s,
+        )
+
+    def _round(self) -> None:
+        """One list (when needed) and one watch. Returns when the watch ended normally;
+        raises to make tenacity back off."""
+        if self._stopping.is_set():
+            return
+        listed = False
+        if self._resource_version is None:
+            self._relist()
+            listed = True
+        try:
+            self._watch()
+        except _Gone as gone:
+            self._resource_version = None
+            log.info("pod watch expired (410): %s; relisting", gone)
+            # One 410 is routine: relist at once. A second with no event in between means
+            # the server keeps expiring fresh versions: back off rather than spin.
+            self._gone_streak = 0 if gone.after_events else self._gone_streak + 1
+            if listed and self._gone_streak >= 2:
+                raise
+
+    def _relist(self) -> None:
+        # "0" lets the apiserver answer from its watch cache (cheap, for a DaemonSet on
+        # every node); after a 410, "" asks for a consistent read.
+        since = "0" if not self.synced.is_set() else ""
+        body = self._api.get(
+            PODS_PATH,
+            [("fieldSelector", f"spec.nodeName={self.node_name}"), ("resourceVersion", since)],
+            timeout_s=self.settings.list_timeout_s,
+        )
+        items = body.get("items")
+        version = _str(_dict(body.get("metadata")).get("resourceVersion"))
+        if not isinstance(items, list) or version is None:
+            raise KubeApiError("pod list without items or resourceVersion")
+        self._replace_all(items)
+        self._resource_version = version
+        self.synced.set()
+        log.debug("listed %d pods at resourceVersion %s", len(items), version)
+
+    def _watch(self) -> None:
+        settings = self.settings
+        assert self._resource_version is not None
+        query = [
+            ("fieldSelector", f"spec.nodeName={self.node_name}"),
+            ("resourceVersion", self._resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(max(1, round(settings.watch_timeout_s)))),
+        ]
+        try:
+            stream = self._api.watch(
+                PODS_PATH,
+                query,
+                read_timeout_s=settings.watch_timeout_s + settings.watch_read_slack_s,
+            )
+        except ApiStatusError as exc:
+            if exc.is_gone:
+                raise _Gone from exc
+            raise
+        with self._stream_lock:
+            self._stream = stream
+            if self._stopping.is_set():
+                stream.close()
+        received = 0
+        try:
+            for event in stream:
+                try:
+                    self._apply(event)
+                except _Gone as gone:
+                    raise _Gone(str(gone), after_events=received > 0) from None
+                received += 1
+        except ApiConnectionError:
+            if self._stopping.is_set():
+                return
+            if not received:
+                raise _StreamEndedEarly from None
+            log.debug("pod watch dropped after %d events; resuming", received)
+        finally:
+            with self._stream_lock:
+                self._stream = None
+            stream.close()
+        with self._changed:
+            self._count(watch_restarts=1)
+
+    def _apply(self, event: Mapping[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object")
+        if kind == "ERROR":
+            status = _dict(obj)
+            code = _int(status.get("code")) or 0
+            if code == 410:
+                raise _Gone(status.get("message"))
+            raise ApiStatusError.from_status(code or 500, dict(status))
+        if not isinstance(obj, Mapping):
+            with self._changed:
+                self._count(malformed_objects=1)
+            return
+        version = _str(_dict(obj.get("metadata")).get("resourceVersion"))
+        try:
+            if kind in ("ADDED", "MODIFIED"):
+                self._upsert(obj)
+            elif kind == "DELETED":
+                self._delete(obj)
+            elif kind != "BOOKMARK":
+                raise MalformedPod(f"unknown watch event type {kind!r}")
+        except Exception as exc:  # one odd object must not stop the watch
+            log.warning("skipping a pod %s event: %r", kind, exc)
+            with self._changed:
+                self._count(malformed_objects=1)
+        if version is not None:
+            self._resource_version = version
+        if kind != "BOOKMARK":
+            with self._changed:
+                self._count(events=1)
