@@ -69,6 +69,7 @@ class KillJoiner:
         memory_use_of: Callable[[str], MemoryUse] | None = None,
         kernel_clock_offset_us: int = 0,
         report_unpaired: bool = True,
+        cgroup_of_pid: Callable[[int], str | None] | None = None,
     ) -> None:
         self.kmsg_available = kmsg_available
         self.grace_s = grace_s
@@ -78,6 +79,7 @@ class KillJoiner:
         self._pending: dict[str, deque[_Pending]] = defaultdict(deque)
         self._orphans: deque[_Orphan] = deque()
         self._report_unpaired = report_unpaired
+        self._cgroup_of_pid = cgroup_of_pid
 
     # ----- inputs ------------------------------------------------------------------
 
@@ -141,8 +143,15 @@ class KillJoiner:
         if not unexplained:
             return []
         paired: list[OomKill] = []
-        while unexplained and self._orphans:
-            o = self._orphans.popleft()
+        for o in list(self._orphans):
+            if not unexplained:
+                break
+            # A victim still in /proc (exiting, or a zombie not yet reaped) says where
+            # it lived: never pair it with another cgroup's increase.
+            where = self._cgroup_of_pid(o.kill.pid) if self._cgroup_of_pid else None
+            if where is not None and where != change.cgroup:
+                continue
+            self._orphans.remove(o)
             paired.append(self._record_paired(o.kill, change, o.now_mono, o.now_wall))
             unexplained -= 1
         if not unexplained:

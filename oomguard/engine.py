@@ -82,6 +82,7 @@ class OomWatcher:
             memory_use_of=self._memory_use_of,
             kernel_clock_offset_us=self._offset_us,
             report_unpaired=self.watch.contains("/"),
+            cgroup_of_pid=self._cgroup_of_pid,
         )
         self._poll.register(self._wake, select.POLLIN)
         if self.kmsg is not None:

@@ -203,3 +203,18 @@ def test_unpaired_bare_report_is_dropped_when_watching_a_subtree() -> None:
     whole.on_kernel_kill(bare_kill(10, 100), None, counted=False, now_mono=1.0, now_wall=WALL)
     (rec,) = whole.on_tick(now_mono=10.0)
     assert rec.pid == 100 and rec.cgroup is None
+
+
+def test_bare_report_of_a_process_elsewhere_is_not_paired() -> None:
+    elsewhere = {100: "/system.slice/other.service"}
+    j = KillJoiner(kmsg_available=True, grace_s=2.0, cgroup_of_pid=elsewhere.get)
+    assert (
+        j.on_kernel_kill(bare_kill(10, 100), None, counted=False, now_mono=1.0, now_wall=WALL)
+        is None
+    )
+    assert (
+        j.on_kernel_kill(bare_kill(11, 101), None, counted=False, now_mono=1.0, now_wall=WALL)
+        is None
+    )
+    (rec,) = j.on_counter_change(change(1), now_mono=1.01, now_wall=WALL)
+    assert (rec.pid, rec.cgroup) == (101, CONTAINER)
