@@ -117,6 +117,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(sys.stdout)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from oomguard.agent import Agent, JsonLogFormatter, install_signal_handlers
+    from oomguard.k8s.client import KubeApi, KubeApiError
+    from oomguard.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(
+            node_name=args.node_name,
+            kubeconfig=args.kubeconfig,
+            cgroup_root=args.cgroup_root,
+            state_dir=args.state_dir,
+            metrics_address=args.metrics_address,
+            dry_run=True if args.dry_run else None,
+            log_format=args.log_format,
+            policy_file=args.policy_file,
+            event_window_s=args.event_window_s,
+            reconcile_interval_s=args.reconcile_interval_s,
+            resync_interval_s=args.resync_interval_s,
+        )
+    except SettingsError as exc:
+        raise UserError(str(exc)) from None
+    root_logger = logging.getLogger()
+    if settings.log_format == "json":
+        for handler in root_logger.handlers:
+            handler.setFormatter(JsonLogFormatter())
+    if args.log_level.upper() == "WARNING":
+        root_logger.setLevel(logging.INFO)  # an agent's log says what it does
+    hierarchy = detect_memory_hierarchy()
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        api = KubeApi.from_kubeconfig(settings.kubeconfig)
+    except (KubeApiError, ConfigException, OSError, ValueError) as exc:
+        raise UserError(f"cannot load the Kubernetes client configuration: {exc}") from exc
+    try:
+        agent = Agent(settings, hierarchy, api)
+    except ValueError as exc:  # e.g. a malformed --metrics-address
+        raise UserError(str(exc)) from exc
+    install_signal_handlers(agent)
+    try:
+        agent.start()
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    agent.run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oomguard",
@@ -156,6 +203,36 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--json", action="store_true", help="a JSON list of objects")
     top.add_argument("-n", type=int, default=20, help="show N processes (default 20, 0 = all)")
     top.set_defaults(func=cmd_top)
+
+    run = sub.add_parser(
+        "run",
+        help="the node agent: OOM kills to Kubernetes Events (every flag also from "
+        "OOMGUARD_<FLAG>, e.g. OOMGUARD_STATE_DIR)",
+    )
+    run.add_argument("--node-name", help="this node's name (default: env NODE_NAME)")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config)")
+    run.add_argument(
+        "--cgroup-root", help="memory cgroups to watch (default: this node's kubepods level)"
+    )
+    run.add_argument(
+        "--state-dir", help="undelivered Events and the kmsg position (default /var/lib/oomguard)"
+    )
+    run.add_argument(
+        "--metrics-address", help="host:port for /metrics, /healthz, /readyz (default 0.0.0.0:9753)"
+    )
+    run.add_argument("--dry-run", action="store_true", help="compute and report, write nothing")
+    run.add_argument("--log-format", choices=["text", "json"], help="default: text")
+    run.add_argument("--policy-file", help="admin policy (default /etc/oomguard/policy.yaml)")
+    run.add_argument(
+        "--event-window-s", type=float, help="repeats within it update one Event (default 600)"
+    )
+    run.add_argument(
+        "--reconcile-interval-s", type=float, help="oom_score_adj pass interval (default 5)"
+    )
+    run.add_argument(
+        "--resync-interval-s", type=float, help="cgroup tree safety-net rescan (default 60)"
+    )
+    run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="cause one real OOM kill in a scratch cgroup and catch it")
     demo.set_defaults(func=cmd_demo)

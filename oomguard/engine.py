@@ -45,6 +45,7 @@ class OomWatcher:
         resync_interval_s: float = 60.0,
         grace_s: float = 2.0,
         kernel_clock_offset_us: int = 0,
+        kmsg_after_seq: int | None = None,
     ) -> None:
         self.hierarchy = hierarchy
         self.root = Path(root)
@@ -54,6 +55,9 @@ class OomWatcher:
         self.kmsg: KmsgReader | None = None
         self.kmsg_error: str | None = None
         self._kmsg_path = kmsg_path
+        # None: only new records. A restarted agent passes the last sequence number it
+        # handled, and the kills it missed while down are read back from the ring buffer.
+        self._kmsg_after_seq = kmsg_after_seq
         self._assembler = OomReportAssembler()
         self._grace_s = grace_s
         self._offset_us = kernel_clock_offset_us
@@ -71,7 +75,7 @@ class OomWatcher:
         """Open every source and take the baseline; raises on an unusable root."""
         if self._kmsg_path is not None:
             try:
-                self.kmsg = KmsgReader(self._kmsg_path)
+                self.kmsg = KmsgReader(self._kmsg_path, after_seq=self._kmsg_after_seq)
             except KmsgUnavailable as exc:
                 self.kmsg_error = str(exc)
                 log.info("%s", exc)

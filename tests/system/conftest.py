@@ -14,8 +14,8 @@ from oomguard.cgroups.hierarchy import (
 )
 
 
-@pytest.fixture
-def hierarchy() -> MemoryHierarchy:
+def lane1_hierarchy() -> MemoryHierarchy:
+    """The host's v1 memory hierarchy, or skip with the reason lane 1 cannot run."""
     if os.geteuid() != 0:
         pytest.skip("lane 1 needs root (real cgroups and OOM kills)")
     try:
@@ -25,3 +25,8 @@ def hierarchy() -> MemoryHierarchy:
     if found.version is not CgroupVersion.V1:
         pytest.skip("lane 1 runs on the host's cgroup v1; v2 is covered by the VM lane")
     return found
+
+
+@pytest.fixture
+def hierarchy() -> MemoryHierarchy:
+    return lane1_hierarchy()

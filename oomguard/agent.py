@@ -1,0 +1,280 @@
+"""`oomguard run`: the DaemonSet's main process.
+
+Threads and what flows between them, in one direction:
+
+    detector thread (OomWatcher) --OomKill--> queue.Queue --> main loop
+    main loop: attribute (pod cache) -> EventSender.submit (persisted) -> deliver
+    pod cache thread: list + watch this node's pods
+    metrics thread: /metrics, /healthz, /readyz
+
+A kill is safe once `submit` has written it to the state directory; the kmsg sequence
+number persisted beside it is that of the last kill submitted, so a restarted agent
+reads back from there and the event queue's memory of kill ids drops what it already
+has. Reading back a little too much is harmless; too little would lose kills.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from oomguard import __version__
+from oomguard.cgroups.hierarchy import MemoryHierarchy, default_cgroup_root
+from oomguard.engine import OomWatcher
+from oomguard.k8s.attribution import attribute
+from oomguard.k8s.client import KubeApi
+from oomguard.k8s.event_queue import (
+    EventQueue,
+    EventSender,
+    EventSenderSettings,
+    read_boot_id,
+)
+from oomguard.k8s.pod_cache import PodCache
+from oomguard.metrics import Metrics, Server, serve
+from oomguard.output import json_line
+from oomguard.records import OomKill
+from oomguard.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+KMSG_POSITION_FILE = "kmsg-position.json"
+STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write-then-rename, fsynced: a crash leaves the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class KmsgPosition:
+    """The last kmsg sequence number handed on, per boot (numbers restart at boot)."""
+
+    def __init__(self, state_dir: Path, boot_id: str | None) -> None:
+        self.path = state_dir / KMSG_POSITION_FILE
+        self.boot_id = boot_id
+        self.saved: int | None = None
+
+    def resume_after(self) -> int | None:
+        """Where a (re)started agent reads kmsg from.
+
+        No state: only new records (kills before the first install are history).
+        Same boot: after the last kill handed on. A new boot: the whole ring buffer,
+        since kills at boot happened while no agent ran.
+        """
+        try:
+            data = json.loads(self.path.read_text())
+            seq, boot = int(data["seq"]), str(data["boot_id"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            log.warning("kmsg position file %s is unreadable (%s); set aside", self.path, exc)
+            os.replace(self.path, aside)
+            return None
+        if self.boot_id is not None and boot == self.boot_id:
+            self.saved = seq
+            return seq
+        return -1
+
+    def save(self, seq: int) -> None:
+        if self.saved is not None and seq <= self.saved:
+            return
+        body = json.dumps({"seq": seq, "boot_id": self.boot_id}).encode()
+        try:
+            atomic_write(self.path, body)
+            self.saved = seq
+        except OSError as exc:
+            log.warning("cannot save the kmsg position in %s: %s", self.path, exc)
+
+
+class Agent:
+    """Wires the node-side engine to the cluster side."""
+
+    def __init__(
+        self,
+        settings: RunSettings,
+        hierarchy: MemoryHierarchy,
+        api: KubeApi,
+        *,
+        kmsg_path: str | None = "/dev/kmsg",
+    ) -> None:
+        self.settings = settings
+        self.metrics = Metrics(__version__)
+        self.api = api
+        self.cache = PodCache(api, settings.node_name)
+        state_dir = settings.state_dir
+        state_dir.mkdir(parents=True, exist_ok=True)
+        boot_id = read_boot_id()
+        self.position = KmsgPosition(state_dir, boot_id)
+        self.events = EventQueue(state_dir / "events")
+        self.sender = EventSender(
+            api,
+            self.events,
+            settings.node_name,
+            boot_id=boot_id,
+            settings=EventSenderSettings(event_window_s=settings.event_window_s),
+            observe_latency=self.metrics.observe_api_request,
+        )
+        root = (
+            Path(settings.cgroup_root) if settings.cgroup_root else default_cgroup_root(hierarchy)
+        )
+        self._kills: queue.Queue[OomKill] = queue.Queue()
+        self.watcher = OomWatcher(
+            hierarchy,
+            root,
+            self._kills.put,
+            kmsg_path=kmsg_path,
+            resync_interval_s=settings.resync_interval_s,
+            kmsg_after_seq=self.position.resume_after(),
+        )
+        self._stop = threading.Event()
+        self._detector: threading.Thread | None = None
+        self._server: Server | None = None
+        self._waited: set[str] = set()
+
+    # ----- health -----------------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        if not self.cache.synced.is_set():
+            return False, "pod cache not synced yet"
+        if self._detector is None or not self._detector.is_alive():
+            return False, "cgroups not watched yet"
+        return True, "ok"
+
+    def alive(self) -> tuple[bool, str]:
+        if self._detector is not None and not self._detector.is_alive() and not self._stop.is_set():
+            return False, "the detector thread died"
+        return True, "ok"
+
+    # ----- life cycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._server = serve(self.metrics, self.settings.metrics_address, self.ready, self.alive)
+        self.cache.start()
+        self.watcher.start()
+        if self.watcher.kmsg_error:
+            log.warning("%s", self.watcher.kmsg_error)
+        self._detector = threading.Thread(target=self.watcher.run, name="detector", daemon=True)
+        self._detector.start()
+        log.info(
+            "oomguard %s on node %s: watching %d cgroups below %s",
+            __version__,
+            self.settings.node_name,
+            len(self.watcher.watch.cgroups()),
+            self.watcher.root,
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """The main loop, until `stop()` (SIGTERM); then flush and shut down."""
+        try:
+            while not self._stop.is_set():
+                self.step(max_wait_s=1.0)
+        finally:
+            self.shutdown()
+
+    def step(self, max_wait_s: float) -> None:
+        """Hand on what the detector found, deliver what is due, refresh gauges."""
+        wait = min(max_wait_s, self.sender.seconds_until_due() or max_wait_s)
+        try:
+            first = self._kills.get(timeout=max(0.01, wait))
+        except queue.Empty:
+            first = None
+        if first is not None:
+            self._handle(first)
+            while True:
+                try:
+                    self._handle(self._kills.get_nowait())
+                except queue.Empty:
+                    break
+        self.sender.deliver_once()
+        self._refresh_gauges()
+
+    def _handle(self, kill: OomKill) -> None:
+        cid = kill.identity.container_id
+        if cid and self.cache.lookup_container(cid) is None and cid not in self._waited:
+            # A container killed seconds after it started may not be in the cache yet.
+            self._waited.add(cid)
+            self.cache.wait_for_container(cid, self.settings.pod_wait_s)
+        target = attribute(kill, self.cache)
+        self.sender.submit(kill, target)
+        if kill.kmsg_seq is not None:
+            self.position.save(kill.kmsg_seq)
+        if target.is_node or target.namespace is None or target.name is None:
+            self.metrics.oom_kill_without_pod(kill.constraint)
+        else:
+            self.metrics.oom_kill(
+                target.namespace, target.name, target.container or "", kill.constraint
+            )
+        log.info("oom kill: %s", json_line(kill))
+
+    def _refresh_gauges(self) -> None:
+        c = self.cache.counters
+        self.metrics.observe_pod_cache(
+            relists=c.relists, watch_restarts=c.watch_restarts, pods_cached=len(self.cache.pods())
+        )
+        self.metrics.cgroups_watched.set(len(self.watcher.watch.cgroups()))
+
+    def shutdown(self) -> None:
+        self.watcher.stop()
+        if self._detector is not None:
+            self._detector.join(timeout=5)
+        while True:
+            try:
+                self._handle(self._kills.get_nowait())
+            except queue.Empty:
+                break
+        deadline = time.monotonic() + STOP_FLUSH_S
+        while self.events.pending_kills() and time.monotonic() < deadline:
+            if not self.sender.deliver_once():
+                time.sleep(min(0.2, self.sender.seconds_until_due() or 0.2))
+        self.events.flush()
+        self.watcher.close()
+        self.cache.stop()
+        if self._server is not None:
+            self._server.stop()
+        self.api.close()
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line (`--log-format json`), for log pipelines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            body["exception"] = self.formatException(record.exc_info)
+        return json.dumps(body, ensure_ascii=False)

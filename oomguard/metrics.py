@@ -1,0 +1,431 @@
+"""Prometheus metrics and the agent's /metrics, /healthz and /readyz endpoints.
+
+`Metrics` owns its own `CollectorRegistry` (never the process-wide default), so several
+agents or tests in one process do not collide and nothing a library registers globally
+leaks into the agent's scrape. Every series whose labels are known in advance is
+created at start, so a dashboard reads 0 rather than nothing.
+
+Metrics (all names start with `oomguard_`; counters end in `_total`)
+--------------------------------------------------------------------
+    oom_kills_total{namespace,pod,container,constraint}
+        OOM kills seen. `constraint` is a `records.Constraint` value (container, pod,
+        node-allocatable, system, other). Kills that belong to no pod (a system daemon,
+        a kill the cache could not attribute) are counted with namespace="" pod=""
+        container=""; those five series exist from the start. A pod's series appear
+        with its first kill.
+    events_sent_total, events_retried_total, events_failed_total, events_dropped_total
+        Kubernetes Events: accepted by the API; attempts retried after an error; given
+        up on (a permanent error such as 403 or 422); aggregated away or discarded
+        because the queue was full.
+    watch_restarts_total, pod_relists_total
+        The pod cache's watch reopened; full lists (the first one included).
+    api_request_duration_seconds{verb} (histogram)
+        Kubernetes API latency by verb. For a watch, time to the response headers, not
+        the stream's life. get, list, watch, create and patch exist from the start.
+    pods_cached, cgroups_watched (gauges)
+    kmsg_records_lost_total
+        Records the kernel overwrote before /dev/kmsg was read (EPIPE gaps).
+    score_adjustments_total{result}
+        oom_score_adj work, result in applied (a value was written), refused (the
+        policy refused a pod's request; the baseline stands), error (the write failed).
+    policy_reload_errors_total
+        Admin policy ConfigMaps rejected (the last good policy stays in force).
+    build_info{version} (gauge, always 1)
+    process_* (resident memory, CPU, open fds; Linux only)
+
+Cardinality: only `oom_kills_total` carries pod labels, and only for pods that had a
+kill. Pods come and go, so their series must go too: call `Metrics.forget_pod` when a
+deleted pod leaves the pod cache (after its retention, not at the DELETED event, since a
+kill is often reported after its pod is gone). Everything else has a fixed label set.
+
+Endpoints (`serve`)
+-------------------
+    GET /metrics   Prometheus text format (OpenMetrics when the scraper asks for it)
+    GET /healthz   200 "ok" while `alive()` holds, else 503
+    GET /readyz    200 "ok" while `ready()` holds, else 503 with a one-line reason
+    anything else  404
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import ipaddress
+import logging
+import socket
+import socketserver
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any, TypeAlias
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    make_wsgi_app,
+)
+from prometheus_client.exposition import ThreadingWSGIServer
+
+from oomguard import __version__
+from oomguard.records import Constraint
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "oomguard"
+
+# The verbs the agent's RBAC allows (pods get/list/watch, events create/patch): their
+# latency series exist from the start. Other verbs are accepted and appear on first use.
+API_VERBS = ("get", "list", "watch", "create", "patch")
+
+# Kubernetes API latency: a healthy apiserver answers in milliseconds, an overloaded one
+# in seconds, and a list of a big node can take tens of seconds.
+API_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class ScoreAdjustmentResult(enum.StrEnum):
+    """The `result` label of `oomguard_score_adjustments_total`."""
+
+    APPLIED = "applied"  # a value was written to /proc/PID/oom_score_adj
+    REFUSED = "refused"  # the policy refused a pod's request: the baseline stands
+    ERROR = "error"  # the write failed
+
+
+class Metrics:
+    """The agent's Prometheus metrics, in a registry of their own (`registry`).
+
+    Thread-safe. Unlabelled metrics are public attributes and used directly
+    (`metrics.events_sent.inc()`, `metrics.pods_cached.set(n)`); labelled ones go
+    through the methods below, which keep their label sets bounded.
+    """
+
+    def __init__(self, version: str = __version__, *, process_metrics: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(name, doc, labels, namespace=NAMESPACE, registry=r)
+
+        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+            return Gauge(name, doc, labels, namespace=NAMESPACE, registry=r)
+
+        self.oom_kills = counter(
+            "oom_kills_total",
+            "OOM kills, by victim (namespace, pod, container empty when no pod) "
+            "and the limit that was hit.",
+            ("namespace", "pod", "container", "constraint"),
+        )
+        self.events_sent = counter("events_sent_total", "Kubernetes Events the API accepted.")
+        self.events_retried = counter(
+            "events_retried_total", "Kubernetes Event requests retried after an error."
+        )
+        self.events_failed = counter(
+            "events_failed_total", "Kubernetes Events given up on after a permanent error."
+        )
+        self.events_dropped = counter(
+            "events_dropped_total",
+            "Kubernetes Events aggregated away or discarded because the queue was full.",
+        )
+        self.watch_restarts = counter(
+            "watch_restarts_total", "Pod watches that ended or dropped and were reopened."
+        )
+        self.pod_relists = counter(
+            "pod_relists_total", "Full lists of this node's pods, the first one included."
+        )
+        self.api_request_duration = Histogram(
+            "api_request_duration_seconds",
+            "Kubernetes API request latency (for a watch: until the response headers).",
+            ("verb",),
+            namespace=NAMESPACE,
+            registry=r,
+            buckets=API_DURATION_BUCKETS_S,
+        )
+        self.pods_cached = gauge("pods_cached", "Pods of this node in the pod cache.")
+        self.cgroups_watched = gauge("cgroups_watched", "Memory cgroups being watched.")
+        self.kmsg_records_lost = counter(
+            "kmsg_records_lost_total",
+            "Kernel log records overwritten before they were read from /dev/kmsg.",
+        )
+        self.score_adjustments = counter(
+            "score_adjustments_total",
+            "oom_score_adj adjustments: applied, refused by the policy, or failed.",
+            ("result",),
+        )
+        self.policy_reload_errors = counter(
+            "policy_reload_errors_total",
+            "Admin policy documents rejected (the last good policy stays in force).",
+        )
+        self.build_info = gauge("build_info", "The running oomguard build; always 1.", ("version",))
+        if process_metrics:
+            ProcessCollector(registry=r)
+
+        for constraint in Constraint:
+            self.oom_kills.labels("", "", "", constraint.value)
+        for verb in API_VERBS:
+            self.api_request_duration.labels(verb)
+        for result in ScoreAdjustmentResult:
+            self.score_adjustments.labels(result.value)
+        self.build_info.labels(version).set(1)
+
+        self._lock = threading.Lock()
+        # (namespace, pod) -> {(container, constraint)}: the series forget_pod removes.
+        self._pod_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._pod_cache_seen = (0, 0)  # relists, watch_restarts at the last observation
+
+    def oom_kill(self, namespace: str, pod: str, container: str, constraint: Constraint) -> None:
+        """Count a kill in a pod (`container` may be "" when the container is unknown)."""
+        if not namespace or not pod:
+            raise ValueError(
+                f"an OOM kill in a pod needs its namespace and name (got {namespace!r}/"
+                f"{pod!r}); count kills that belong to no pod with oom_kill_without_pod"
+            )
+        value = Constraint(constraint).value
+        with self._lock:
+            self._pod_series.setdefault((namespace, pod), set()).add((container, value))
+            self.oom_kills.labels(namespace, pod, container, value).inc()
+
+    def oom_kill_without_pod(self, constraint: Constraint) -> None:
+        """Count a kill that belongs to no pod (namespace, pod and container are "")."""
+        self.oom_kills.labels("", "", "", Constraint(constraint).value).inc()
+
+    def forget_pod(self, namespace: str, pod: str) -> None:
+        """Remove a deleted pod's series. Unknown pods are ignored; a later kill re-adds."""
+        with self._lock:
+            for container, constraint in self._pod_series.pop((namespace, pod), ()):
+                self.oom_kills.remove(namespace, pod, container, constraint)
+
+    def score_adjustment(self, result: ScoreAdjustmentResult) -> None:
+        """Count one oom_score_adj adjustment by its result."""
+        self.score_adjustments.labels(ScoreAdjustmentResult(result).value).inc()
+
+    def observe_api_request(self, verb: str, seconds: float) -> None:
+        """Record one Kubernetes API request's duration."""
+        self.api_request_duration.labels(verb).observe(seconds)
+
+    def time_api_request(self, verb: str) -> contextlib.AbstractContextManager[Any]:
+        """A context manager that records the duration of the block it wraps."""
+        return self.api_request_duration.labels(verb).time()
+
+    def observe_pod_cache(self, *, relists: int, watch_restarts: int, pods_cached: int) -> None:
+        """Bring the pod-cache metrics up to the cache's own running totals.
+
+        For `PodCacheCounters`, which are totals since the cache started: the counters
+        grow by the difference since the last call. Totals that went down (a new cache)
+        count from zero again.
+        """
+        with self._lock:
+            last_relists, last_restarts = self._pod_cache_seen
+            self.pod_relists.inc(_growth(last_relists, relists))
+            self.watch_restarts.inc(_growth(last_restarts, watch_restarts))
+            self._pod_cache_seen = (relists, watch_restarts)
+        self.pods_cached.set(pods_cached)
+
+
+def _growth(last: int, total: int) -> int:
+    if total < 0:
+        raise ValueError(f"a running total cannot be negative: {total}")
+    return total - last if total >= last else total
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP
+
+HealthCheck: TypeAlias = Callable[[], bool | tuple[bool, str]]
+"""What `serve` calls on each probe, from the server's threads (so: cheap, thread-safe).
+
+Return True/False, or (ok, reason) to say why in the 503's body; the reason should be one
+short line (newlines are replaced and it is cut to 200 characters). A check that raises
+counts as failing, with the exception as the reason. A plain `Callable[[], bool]` fits.
+"""
+
+# How long a connection may stay silent before its thread gives up on it.
+_REQUEST_TIMEOUT_S = 10.0
+# How often the serving loop looks for stop(): the worst-case delay of stop().
+_STOP_POLL_S = 0.2
+_REASON_MAX_CHARS = 200
+
+
+class Server:
+    """A running metrics/health server. Stop it with `stop()` (or use it as a context)."""
+
+    def __init__(self, httpd: ThreadingWSGIServer, thread: threading.Thread) -> None:
+        self._httpd = httpd
+        self._thread = thread
+        self._stopped = False
+        self._stop_lock = threading.Lock()
+        self.host = str(httpd.server_address[0])
+        self.port = int(httpd.server_address[1])
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket (the port is free on return)."""
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._httpd.shutdown()
+            self._thread.join()
+            self._httpd.server_close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def serve(metrics: Metrics, address: str, ready: HealthCheck, alive: HealthCheck) -> Server:
+    """Serve /metrics, /healthz and /readyz on `address` from a daemon thread.
+
+    `address` is "host:port": "0.0.0.0:9753", "[::]:9753" (IPv6 and IPv4),
+    "127.0.0.1:0" (an ephemeral port: read `Server.port`), ":9753" (all IPv4
+    interfaces). Raises ValueError for an address that cannot be meant, OSError when
+    the port cannot be bound (in use, not permitted).
+    """
+    host, port = parse_address(address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise ValueError(f"metrics address {address!r}: cannot resolve {host!r}: {error}") from None
+    family, _, _, _, sockaddr = infos[0]
+    server_class = _IPv6Server if family == socket.AF_INET6 else _IPv4Server
+    app = _dispatcher(make_wsgi_app(metrics.registry), ready=ready, alive=alive)
+    try:
+        httpd = make_server(str(sockaddr[0]), port, app, server_class, handler_class=_QuietHandler)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot listen on {address}: {error.strerror}") from None
+    thread = threading.Thread(
+        target=httpd.serve_forever,
+        kwargs={"poll_interval": _STOP_POLL_S},
+        name=f"oomguard-metrics-{httpd.server_address[1]}",
+        daemon=True,
+    )
+    thread.start()
+    server = Server(httpd, thread)
+    log.info("serving /metrics, /healthz and /readyz on %s port %d", server.host, server.port)
+    return server
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """Split "host:port" ("[v6]:port" for IPv6) into its parts, or raise ValueError."""
+
+    def bad(why: str) -> ValueError:
+        return ValueError(
+            f"metrics address {address!r}: {why}; expected host:port such as "
+            f"0.0.0.0:9753, [::]:9753 or 127.0.0.1:0"
+        )
+
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        raise bad("no port")
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
+            raise bad("unbalanced brackets")
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise bad(f"{host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise bad("an IPv6 address needs brackets, as in [::1]:9753")
+    elif host == "":
+        host = "0.0.0.0"
+    if any(c.isspace() for c in host):
+        raise bad("spaces in the host")
+    # ASCII digits only: int() would also take " 80", "+80", "8_0" and "\u0668\u0660".
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise bad(f"port {port_text!r} is not a number")
+    port = int(port_text)
+    if port > 65535:
+        raise bad(f"port {port} is out of range 0..65535")
+    return host, port
+
+
+class _IPv4Server(ThreadingWSGIServer):
+    address_family = socket.AF_INET
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind asks DNS for the host's FQDN (socket.getfqdn), which can
+        # hang for seconds on a node whose resolver is down; nothing here needs it.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+        self.setup_environ()
+
+
+class _IPv6Server(_IPv4Server):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        # "[::]" serves IPv4 too, whatever net.ipv6.bindv6only says (as http.server does).
+        with contextlib.suppress(OSError):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Probes every few seconds would flood stderr: requests go to the debug log."""
+
+    timeout = _REQUEST_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+
+def _dispatcher(
+    metrics_app: WSGIApplication, *, ready: HealthCheck, alive: HealthCheck
+) -> WSGIApplication:
+    checks = {"/healthz": ("alive", alive), "/readyz": ("ready", ready)}
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        if path not in checks:
+            return _text(start_response, "404 Not Found", "not found: try /metrics\n")
+        if environ.get("REQUEST_METHOD") != "GET":
+            return _text(start_response, "405 Method Not Allowed", "use GET\n", allow="GET")
+        what, check = checks[path]
+        ok, reason = _run_check(what, check)
+        if ok:
+            return _text(start_response, "200 OK", "ok\n")
+        return _text(start_response, "503 Service Unavailable", reason + "\n")
+
+    return app
+
+
+def _run_check(what: str, check: HealthCheck) -> tuple[bool, str]:
+    try:
+        result = check()
+    except Exception as error:
+        log.warning("the %s check failed: %r", what, error)
+        return False, _one_line(f"{what} check failed: {type(error).__name__}: {error}")
+    if isinstance(result, tuple):
+        ok, reason = result
+        return bool(ok), _one_line(str(reason)) or f"not {what}"
+    return bool(result), f"not {what}"
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    if len(line) > _REASON_MAX_CHARS:
+        line = line[: _REASON_MAX_CHARS - 3] + "..."
+    return line
+
+
+def _text(
+    start_response: StartResponse, status: str, body: str, *, allow: str | None = None
+) -> list[bytes]:
+    data = body.encode()
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(data))),
+        ("Cache-Control", "no-store"),
+    ]
+    if allow is not None:
+        headers.append(("Allow", allow))
+    start_response(status, headers)
+    return [data]

@@ -1,0 +1,144 @@
+"""`oomguard run` end to end: a real OOM kill (lane 1) to an Event on the right pod.
+
+Real cgroups and a real kill on the host's cgroup v1, the real `kubernetes` client over
+real HTTP against the test API server; the agent runs in this process so the test can
+stop and restart it on the same state directory.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oomguard.agent import Agent
+from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.k8s.client import KubeApi
+from oomguard.scratch import MIB, ScratchTree
+from oomguard.settings import load_settings
+from tests.cluster.apiserver import EVENTS, ApiServer
+from tests.system.conftest import lane1_hierarchy
+
+pytestmark = pytest.mark.system
+
+NODE = "node-a"
+NS = "shop"
+
+
+def app_pod(uid: str, cid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "cart-7d9f", "namespace": NS, "uid": uid},
+        "spec": {
+            "nodeName": NODE,
+            "containers": [
+                {"name": "app", "image": "cart", "resources": {"limits": {"memory": "48Mi"}}},
+                {"name": "sidecar", "image": "proxy"},
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "qosClass": "Burstable",
+            "containerStatuses": [
+                {"name": "app", "containerID": f"containerd://{cid}", "state": {"running": {}}},
+                {
+                    "name": "sidecar",
+                    "containerID": "containerd://" + "e" * 64,
+                    "state": {"running": {}},
+                },
+            ],
+        },
+    }
+
+
+class RunningAgent:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.thread = threading.Thread(target=agent.run, daemon=True)
+
+    def __enter__(self) -> Agent:
+        self.agent.start()
+        self.thread.start()
+        return self.agent
+
+    def __exit__(self, *exc: object) -> None:
+        self.agent.stop()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def hierarchy() -> MemoryHierarchy:
+    return lane1_hierarchy()
+
+
+@pytest.fixture
+def make_agent(
+    apiserver: ApiServer, kubeconfig: Path, tmp_path: Path, tree: ScratchTree
+) -> Iterator[Any]:
+    def make() -> RunningAgent:
+        settings = load_settings(
+            node_name=NODE,
+            kubeconfig=str(kubeconfig),
+            cgroup_root=str(tree.top),
+            state_dir=tmp_path / "state",
+            metrics_address="127.0.0.1:0",
+        )
+        return RunningAgent(Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig)))
+
+    yield make
+
+
+def wait_for(predicate: Any, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_real_kill_becomes_an_event_on_the_pod_and_a_restart_resends_nothing(
+    apiserver: ApiServer, make_agent: Any, tree: ScratchTree
+) -> None:
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    apiserver.apply(app_pod(uid, cid))
+    container = tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=48 * MIB)
+    with make_agent() as agent:
+        wait_for(lambda: agent.ready()[0])
+        hog = tree.start_hog(container, "cart-worker")
+        assert hog.wait(timeout=30) == -9
+        (event,) = wait_for(lambda: apiserver.objects(EVENTS, NS))
+        port = agent._server.port if agent._server else 0
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    assert event["type"] == "Warning"
+    assert event["reason"] == "OOMKilled"
+    assert event["count"] == 1
+    assert event["reportingComponent"] == "oomguard"
+    assert event["reportingInstance"] == NODE
+    assert event["source"] == {"component": "oomguard", "host": NODE}
+    obj = event["involvedObject"]
+    assert (obj["kind"], obj["namespace"], obj["name"], obj["uid"]) == ("Pod", NS, "cart-7d9f", uid)
+    assert obj["fieldPath"] == "spec.containers{app}"
+    assert "cart-worker" in event["message"] and str(hog.pid) in event["message"]
+    assert (
+        'oomguard_oom_kills_total{constraint="container",container="app",'
+        'namespace="shop",pod="cart-7d9f"} 1.0'
+    ) in metrics
+
+    # A restart on the same state directory reads the kill back from kmsg and must not
+    # report it again.
+    with make_agent() as again:
+        wait_for(lambda: again.ready()[0])
+        time.sleep(1.5)
+    events = apiserver.objects(EVENTS, NS)
+    assert len(events) == 1 and events[0]["count"] == 1
