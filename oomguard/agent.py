@@ -150,6 +150,7 @@ class Agent:
         self._detector: threading.Thread | None = None
         self._server: Server | None = None
         self._waited: set[str] = set()
+        self._seen_totals: dict[int, int] = {}
 
     # ----- health -----------------------------------------------------------------------
 
@@ -235,6 +236,20 @@ class Agent:
             relists=c.relists, watch_restarts=c.watch_restarts, pods_cached=len(self.cache.pods())
         )
         self.metrics.cgroups_watched.set(len(self.watcher.watch.cgroups()))
+        # Counters kept by the parts, turned into Prometheus counters by their growth.
+        sc = self.sender.counters
+        totals = {
+            self.metrics.events_sent: sc.sent,
+            self.metrics.events_retried: sc.retried,
+            self.metrics.events_failed: sc.failed,
+            self.metrics.events_dropped: sc.dropped,
+            self.metrics.kmsg_records_lost: self.watcher.lost_kmsg_records,
+        }
+        for counter, total in totals.items():
+            seen = self._seen_totals.get(id(counter), 0)
+            if total > seen:
+                counter.inc(total - seen)
+            self._seen_totals[id(counter)] = total
 
     def shutdown(self) -> None:
         self.watcher.stop()

@@ -43,7 +43,14 @@ class KmsgUnavailable(OSError):
 
 def _unavailable(path: str, exc: OSError) -> KmsgUnavailable:
     code = exc.errno
-    if code in (errno.EACCES, errno.EPERM):
+    if code == errno.EPERM:
+        # In a container the runtime's device cgroup refuses /dev/kmsg to unprivileged
+        # containers whatever their capabilities (the chart's kmsg.privileged).
+        reason = (
+            "operation not permitted (in a container: the runtime allows /dev/kmsg only "
+            "to privileged containers; on a host: needs CAP_SYSLOG)"
+        )
+    elif code == errno.EACCES:
         reason = (
             "permission denied (needs root or CAP_SYSLOG, and kernel.dmesg_restrict "
             "may forbid it to others)"

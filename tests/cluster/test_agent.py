@@ -119,7 +119,12 @@ def test_real_kill_becomes_an_event_on_the_pod_and_a_restart_resends_nothing(
         assert hog.wait(timeout=30) == -9
         (event,) = wait_for(lambda: apiserver.objects(EVENTS, NS))
         port = agent._server.port if agent._server else 0
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+
+        def scrape() -> str:
+            text: str = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            return text if "oomguard_events_sent_total 1.0" in text else ""
+
+        metrics = wait_for(scrape, 10)
     assert event["type"] == "Warning"
     assert event["reason"] == "OOMKilled"
     assert event["count"] == 1

@@ -167,17 +167,33 @@ def test_missing_device_raises_a_clear_error(tmp_path: Path) -> None:
     assert "\n" not in message
 
 
-def test_permission_denied_names_the_capability(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (
+            errno.EACCES,
+            "permission denied (needs root or CAP_SYSLOG, and kernel.dmesg_restrict may "
+            "forbid it to others)",
+        ),
+        (
+            errno.EPERM,
+            "operation not permitted (in a container: the runtime allows /dev/kmsg only to "
+            "privileged containers; on a host: needs CAP_SYSLOG)",
+        ),
+    ],
+)
+def test_permission_denied_names_the_cause(
+    monkeypatch: pytest.MonkeyPatch, code: int, reason: str
+) -> None:
     # As root nothing is denied here, so stand in for an unprivileged agent's open().
     def deny(path: str, flags: int, mode: int = 0o777) -> int:
-        raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        raise PermissionError(code, os.strerror(code), path)
 
     monkeypatch.setattr(os, "open", deny)
     with pytest.raises(KmsgUnavailable) as info:
         KmsgReader()
-    assert info.value.errno == errno.EPERM
+    assert info.value.errno == code
     assert str(info.value) == (
-        "cannot read /dev/kmsg: permission denied (needs root or CAP_SYSLOG, and "
-        "kernel.dmesg_restrict may forbid it to others); OOM kills will be reported from "
+        f"cannot read /dev/kmsg: {reason}; OOM kills will be reported from "
         "cgroup counters without the victim's name"
     )
