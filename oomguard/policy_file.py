@@ -1,0 +1,156 @@
+"""The admin policy file, reloaded when it changes, never lost to a bad edit.
+
+The policy comes from a ConfigMap mounted as a directory. The kubelet updates such a
+mount atomically: it writes a new timestamped directory, then renames a `..data`
+symlink over the old one, and the visible file (`policy.yaml -> ..data/policy.yaml`)
+changes all at once. So a change shows up as a different resolved file (inode,
+device, size, mtime), not as a write to the path the agent opened; stat-ing the path
+through the symlinks on each check catches both that and a plain in-place edit.
+
+`PolicySource.current()` is cheap enough to call on every reconcile pass: it stats at
+most once every `poll_interval_s` and re-reads only when the stat changed.
+
+- a missing file means the default policy (`load_policy("{}")`): nothing trusted,
+  only raising works;
+- an invalid file keeps the last good policy in force; `last_error` says why,
+  `errors` counts rejected versions, and each distinct error is logged once, loudly;
+- a file that becomes valid again clears `last_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from oomguard.metrics import Metrics
+from oomguard.policy import AdminPolicy, PolicyError, load_policy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_INTERVAL_S = 2.0
+# A policy is a few lines; a huge file is a mistake (or an attack), not a policy.
+MAX_POLICY_BYTES = 1024 * 1024
+
+# What identifies one version of the file: resolved path, device, inode, size, mtime.
+_Stamp = tuple[str, int, int, int, int] | None
+
+
+def _stamp(path: Path) -> _Stamp:
+    """The identity of the file `path` resolves to now; None when there is none."""
+    try:
+        resolved = os.path.realpath(path)
+        st = os.stat(resolved)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return (resolved, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class PolicySource:
+    """The admin policy at `path`, as of the last check; thread-safe."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self.poll_interval_s = poll_interval_s
+        self._metrics = metrics
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._policy: AdminPolicy = load_policy("{}")
+        self._stamp: _Stamp = None
+        self._checked_at: float | None = None
+        self._seen = False  # the file was checked at least once
+        self._logged_errors: set[str] = set()
+        self.last_error: str | None = None
+        self.errors = 0  # versions of the file rejected since start
+        self.reloads = 0  # versions of the file (or its absence) taken into force
+        self.loaded_from_file = False  # False: the defaults are in force (no file)
+
+    def current(self) -> AdminPolicy:
+        """The policy in force; re-checks the file at most every `poll_interval_s`."""
+        with self._lock:
+            now = self._clock()
+            if self._checked_at is None or now - self._checked_at >= self.poll_interval_s:
+                self._checked_at = now
+                self._check()
+            return self._policy
+
+    def reload(self) -> AdminPolicy:
+        """Check the file now, whatever the poll interval (e.g. on an inotify event)."""
+        with self._lock:
+            self._checked_at = self._clock()
+            self._check()
+            return self._policy
+
+    # -- internals (callers hold the lock) ---------------------------------------------
+
+    def _check(self) -> None:
+        stamp = _stamp(self.path)
+        first = not self._seen
+        self._seen = True
+        if stamp == self._stamp and not first:
+            return
+        if stamp is None:
+            if self._stamp is not None or first:
+                if self.loaded_from_file:
+                    log.warning(
+                        "policy file %s is gone: the default policy is in force "
+                        "(nothing trusted; pods may only ask to be killed sooner)",
+                        self.path,
+                    )
+                self._policy = load_policy("{}")
+                self.loaded_from_file = False
+                self.last_error = None
+                self.reloads += 1
+            self._stamp = None
+            return
+        try:
+            text = self._read(stamp[0])
+            policy = load_policy(text)
+        except (PolicyError, OSError, UnicodeDecodeError) as exc:
+            self._stamp = stamp  # do not re-read an unchanged bad file on every poll
+            self._reject(exc)
+            return
+        self._stamp = stamp
+        self._policy = policy
+        self.loaded_from_file = True
+        if self.last_error is not None:
+            log.warning("policy file %s is valid again; it is now in force", self.path)
+        else:
+            log.info("policy file %s loaded", self.path)
+        self.last_error = None
+        self.reloads += 1
+
+    def _read(self, resolved: str) -> str:
+        with open(resolved, "rb") as f:
+            data = f.read(MAX_POLICY_BYTES + 1)
+        if len(data) > MAX_POLICY_BYTES:
+            raise PolicyError(f"the policy file is larger than {MAX_POLICY_BYTES} bytes.")
+        return data.decode("utf-8")
+
+    def _reject(self, exc: BaseException) -> None:
+        if isinstance(exc, PolicyError):
+            why = str(exc)
+        elif isinstance(exc, UnicodeDecodeError):
+            why = "the policy file is not UTF-8 text."
+        else:
+            why = f"the policy file cannot be read: {exc}"
+        self.last_error = why
+        self.errors += 1
+        if self._metrics is not None:
+            self._metrics.policy_reload_errors.inc()
+        kept = "the previous policy" if self.loaded_from_file else "the default policy"
+        if why not in self._logged_errors:
+            if len(self._logged_errors) >= 64:
+                self._logged_errors.clear()
+            self._logged_errors.add(why)
+            log.error("INVALID oomguard policy in %s: %s %s stays in force.", self.path, why, kept)
