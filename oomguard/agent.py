@@ -15,6 +15,7 @@ has. Reading back a little too much is harmless; too little would lose kills.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,23 +23,27 @@ import queue
 import signal
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from oomguard import __version__
 from oomguard.cgroups.hierarchy import MemoryHierarchy, default_cgroup_root
 from oomguard.engine import OomWatcher
-from oomguard.k8s.attribution import attribute
-from oomguard.k8s.client import KubeApi
+from oomguard.k8s.attribution import Target, TargetKind, attribute
+from oomguard.k8s.client import ApiStatusError, KubeApi, KubeApiError
 from oomguard.k8s.event_queue import (
     EventQueue,
     EventSender,
     EventSenderSettings,
     read_boot_id,
 )
-from oomguard.k8s.pod_cache import PodCache
+from oomguard.k8s.events import timestamp
+from oomguard.k8s.pod_cache import PodCache, PodView
 from oomguard.metrics import Metrics, Server, serve
 from oomguard.output import json_line
+from oomguard.policy_file import PolicySource
+from oomguard.reconciler import Reconciler
 from oomguard.records import OomKill
 from oomguard.settings import RunSettings
 
@@ -146,6 +151,17 @@ class Agent:
             resync_interval_s=settings.resync_interval_s,
             kmsg_after_seq=self.position.resume_after(),
         )
+        self.policy = PolicySource(settings.policy_file, metrics=self.metrics)
+        self.reconciler = Reconciler(
+            hierarchy,
+            root,
+            dry_run=settings.dry_run,
+            policy_source=self.policy,
+            on_event=self._pod_event,
+            metrics=self.metrics,
+        )
+        self._next_reconcile = 0.0
+        self._policy_error_reported: str | None = None
         self._stop = threading.Event()
         self._detector: threading.Thread | None = None
         self._server: Server | None = None
@@ -210,7 +226,64 @@ class Agent:
                 except queue.Empty:
                     break
         self.sender.deliver_once()
+        self._reconcile()
         self._refresh_gauges()
+
+    def _reconcile(self) -> None:
+        """One oom_score_adj pass every reconcile_interval_s, once the pod list is in."""
+        now = time.monotonic()
+        if now < self._next_reconcile or not self.cache.synced.is_set():
+            return
+        self._next_reconcile = now + self.settings.reconcile_interval_s
+        self.reconciler.pass_once(self.cache.pods())
+        error = self.policy.last_error
+        if error and error != self._policy_error_reported:
+            self._policy_error_reported = error
+            self._post_event(
+                Target.node(),
+                "Warning",
+                "OOMGuardPolicyInvalid",
+                f"the admin policy {self.settings.policy_file} is invalid, the last good "
+                f"one stays in force: {error}",
+            )
+
+    def _pod_event(self, pod: PodView, type_: str, reason: str, message: str) -> None:
+        target = Target(kind=TargetKind.POD, namespace=pod.namespace, name=pod.name, uid=pod.uid)
+        self._post_event(target, type_, reason, message)
+
+    def _post_event(self, target: Target, type_: str, reason: str, message: str) -> None:
+        """A policy Event, best effort: a lost one is said again by the next change.
+
+        Its name derives from what it says, so a restarted agent repeating the same
+        Event gets 409 AlreadyExists instead of a duplicate.
+        """
+        builder = self.sender.builder
+        obj = builder.involved_object(target)
+        namespace = obj["namespace"] or "default"
+        digest = hashlib.sha256(f"{obj.get('uid', obj['name'])}|{reason}|{message}".encode())
+        now = timestamp(datetime.now(UTC))
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{obj['name'][:200]}.{digest.hexdigest()[:16]}"},
+            "involvedObject": obj,
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "count": 1,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "source": {"component": "oomguard", "host": self.settings.node_name},
+            "reportingComponent": "oomguard",
+            "reportingInstance": self.settings.node_name,
+        }
+        try:
+            self.api.create(f"/api/v1/namespaces/{namespace}/events", body)
+        except ApiStatusError as exc:
+            if exc.status != 409:  # 409: already said, by us before a restart
+                log.warning("cannot post %s Event %s: %s", type_, reason, exc)
+        except KubeApiError as exc:
+            log.warning("cannot post %s Event %s: %s", type_, reason, exc)
 
     def _handle(self, kill: OomKill) -> None:
         cid = kill.identity.container_id
@@ -255,6 +328,9 @@ class Agent:
         self.watcher.stop()
         if self._detector is not None:
             self._detector.join(timeout=5)
+        # Closing flushes kills the detector still held (a counter increase waiting out
+        # its grace for a report) into the queue drained below.
+        self.watcher.close()
         while True:
             try:
                 self._handle(self._kills.get_nowait())
@@ -265,7 +341,6 @@ class Agent:
             if not self.sender.deliver_once():
                 time.sleep(min(0.2, self.sender.seconds_until_due() or 0.2))
         self.events.flush()
-        self.watcher.close()
         self.cache.stop()
         if self._server is not None:
             self._server.stop()

@@ -78,6 +78,7 @@ class KillJoiner:
         self._credits: dict[str, deque[float]] = defaultdict(deque)
         self._pending: dict[str, deque[_Pending]] = defaultdict(deque)
         self._orphans: deque[_Orphan] = deque()
+        self._burst_until = float("-inf")
         self._report_unpaired = report_unpaired
         self._cgroup_of_pid = cgroup_of_pid
 
@@ -98,14 +99,21 @@ class KillJoiner:
         it is held for the grace period (see the module docstring).
         """
         if cgroup is None:
-            for pend_cgroup, pend in self._pending.items():
-                if pend:
-                    p = pend.popleft()
-                    if not pend:
-                        del self._pending[pend_cgroup]
-                    return self._record_paired(kill, p.change, now_mono, now_wall)
-            self._orphans.append(_Orphan(kill, now_mono + self.grace_s, now_mono, now_wall))
-            return None
+            awaiting = [(cg, pend) for cg, pend in self._pending.items() if pend]
+            if not awaiting or self._orphans:
+                self._orphans.append(_Orphan(kill, now_mono + self.grace_s, now_mono, now_wall))
+                return None
+            pend_cgroup, pend = awaiting[0]
+            p = pend.popleft()
+            if not pend:
+                del self._pending[pend_cgroup]
+            if len(awaiting) == 1 and not pend and now_mono >= self._burst_until:
+                return self._record_paired(kill, p.change, now_mono, now_wall)
+            self._burst_until = now_mono + self.grace_s
+            # Several cgroups await a report: which one this victim came from cannot be
+            # told. The counter's record (right cgroup, right reason, victim unknown)
+            # beats a guess that could blame the wrong container.
+            return self._record_from_counters(p.change, p.wall)
         if counted:
             waiting = self._pending.get(cgroup)
             if waiting:
@@ -143,17 +151,38 @@ class KillJoiner:
         if not unexplained:
             return []
         paired: list[OomKill] = []
+        unknown: list[_Orphan] = []
         for o in list(self._orphans):
             if not unexplained:
                 break
             # A victim still in /proc (exiting, or a zombie not yet reaped) says where
-            # it lived: never pair it with another cgroup's increase.
+            # it lived: pair it with its own cgroup's increase, never another's.
             where = self._cgroup_of_pid(o.kill.pid) if self._cgroup_of_pid else None
-            if where is not None and where != change.cgroup:
-                continue
-            self._orphans.remove(o)
-            paired.append(self._record_paired(o.kill, change, o.now_mono, o.now_wall))
-            unexplained -= 1
+            if where == change.cgroup:
+                self._orphans.remove(o)
+                paired.append(self._record_paired(o.kill, change, o.now_mono, o.now_wall))
+                unexplained -= 1
+            elif where is None:
+                unknown.append(o)
+        if unexplained and unknown:
+            others_waiting = any(self._pending.values())
+            calm = now_mono >= self._burst_until
+            if len(unknown) == 1 and unexplained == 1 and not others_waiting and calm:
+                o = unknown[0]
+                self._orphans.remove(o)
+                paired.append(self._record_paired(o.kill, change, o.now_mono, o.now_wall))
+                unexplained -= 1
+            else:
+                # Several bare reports and several increases at once (the agent fell
+                # behind a storm): which victim died where cannot be told. Each increase
+                # takes one report off the books and becomes a counter record with the
+                # right cgroup and reason and the victim unknown, rather than a guess.
+                # The tail of such a burst is no clearer: stay cautious for a grace.
+                self._burst_until = now_mono + self.grace_s
+                for o in unknown[:unexplained]:
+                    self._orphans.remove(o)
+                    paired.append(self._record_from_counters(change, now_wall))
+                    unexplained -= 1
         if not unexplained:
             return paired
         if not self.kmsg_available or self.grace_s <= 0:

@@ -168,8 +168,13 @@ class OomWatcher:
         # group's cgroup (kubelet sets oom.group on container cgroups, so that is
         # where the members live).
         cgroup = kill.task_memcg or self._cgroup_of_pid(kill.pid) or kill.group_memcg
+        # A bare kill line (the kernel rate-limited the report header) still says by
+        # its prefix whether a memory cgroup's limit or the whole node ran out.
+        bare_memcg = (
+            kill.oom_memcg is None and kill.constraint is None and kill.scope == "memory cgroup"
+        )
+        global_oom = not bare_memcg and (kill.oom_memcg is None or kill.oom_memcg == "/")
         inside = cgroup is not None and self.watch.contains(cgroup)
-        global_oom = kill.oom_memcg is None or kill.oom_memcg == "/"
         if cgroup is not None and not inside and not global_oom:
             return  # a limit kill in a cgroup tree we were not asked to watch
         if kill.repeat:
@@ -178,7 +183,9 @@ class OomWatcher:
             return
         record = self.joiner.on_kernel_kill(
             kill,
-            cgroup,
+            # Which limit a bare line hit only the counters can tell: pair it with its
+            # cgroup's counter increase, as for a victim whose cgroup is unknown.
+            None if bare_memcg else cgroup,
             counted=inside,
             now_mono=time.monotonic(),
             now_wall=datetime.now(UTC),
@@ -192,9 +199,9 @@ class OomWatcher:
                 parsed = parse_proc_cgroup(f.read())
         except OSError:
             return None
-        if self.hierarchy.version is CgroupVersion.V1:
-            return parsed.memory_v1
-        return parsed.unified
+        path = parsed.memory_v1 if self.hierarchy.version is CgroupVersion.V1 else parsed.unified
+        # A zombie (exited, not yet reaped) reads "/" on v1: that says nothing.
+        return None if path in (None, "/") else path
 
     def _memory_use_of(self, cgroup: str) -> MemoryUse:
         return read_memory_use(self.hierarchy.version, self.hierarchy.fs_path(cgroup))

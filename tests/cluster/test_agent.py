@@ -84,13 +84,15 @@ def hierarchy() -> MemoryHierarchy:
 def make_agent(
     apiserver: ApiServer, kubeconfig: Path, tmp_path: Path, tree: ScratchTree
 ) -> Iterator[Any]:
-    def make() -> RunningAgent:
+    def make(**extra: Any) -> RunningAgent:
         settings = load_settings(
             node_name=NODE,
             kubeconfig=str(kubeconfig),
             cgroup_root=str(tree.top),
             state_dir=tmp_path / "state",
             metrics_address="127.0.0.1:0",
+            policy_file=tmp_path / "no-policy.yaml",  # absent: the default policy
+            **extra,
         )
         return RunningAgent(Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig)))
 
@@ -147,3 +149,43 @@ def test_real_kill_becomes_an_event_on_the_pod_and_a_restart_resends_nothing(
         time.sleep(1.5)
     events = apiserver.objects(EVENTS, NS)
     assert len(events) == 1 and events[0]["count"] == 1
+
+
+def test_annotations_adjust_processes_and_say_so_in_events(
+    apiserver: ApiServer, make_agent: Any, tree: ScratchTree
+) -> None:
+    sacrificed = app_pod(str(uuid.uuid4()), secrets.token_hex(32))
+    sacrificed["metadata"]["annotations"] = {"oomguard.io/sacrifice": "true"}
+    invalid = app_pod(str(uuid.uuid4()), secrets.token_hex(32))
+    invalid["metadata"]["name"] = "typo-1"
+    invalid["status"]["containerStatuses"][1]["containerID"] = "containerd://" + "f" * 64
+    invalid["metadata"]["annotations"] = {"oomguard.io/oom-score-adj": "+5"}
+    procs = {}
+    for pod in (sacrificed, invalid):
+        apiserver.apply(pod)
+        uid = pod["metadata"]["uid"]
+        cid = pod["status"]["containerStatuses"][0]["containerID"].split("//")[1]
+        cg = tree.make(f"kubepods/burstable/pod{uid}/{cid}")
+        procs[pod["metadata"]["name"]] = tree.start_sleeper(cg, "worker")
+
+    def adj(name: str) -> int:
+        with open(f"/proc/{procs[name].pid}/oom_score_adj") as f:
+            return int(f.read())
+
+    def reasons() -> set[tuple[str, str, str]]:
+        return {
+            (e["involvedObject"]["name"], e["type"], e["reason"])
+            for e in apiserver.objects(EVENTS, NS)
+        }
+
+    with make_agent(reconcile_interval_s=0.2) as agent:
+        wait_for(lambda: agent.ready()[0])
+        wait_for(lambda: adj("cart-7d9f") == 1000)
+        wait_for(lambda: ("typo-1", "Warning", "OOMScoreAdjInvalid") in reasons())
+        wait_for(lambda: ("cart-7d9f", "Normal", "OOMScoreAdjApplied") in reasons())
+        time.sleep(1.0)  # several more passes: no repeated Events, nothing else written
+        assert adj("typo-1") == 0
+        events = apiserver.objects(EVENTS, NS)
+    assert len(events) == 2, [(e["reason"], e["message"]) for e in events]
+    warning = next(e for e in events if e["type"] == "Warning")
+    assert "+5" in warning["message"]

@@ -160,3 +160,44 @@ def test_removed_container_cgroup_is_dropped(
     col.settle(0.3)
     assert not col.watcher.watch.is_watched(container)
     assert col.kills == []
+
+
+@pytest.mark.parametrize("live", [True, False], ids=["watching-live", "fell-behind"])
+def test_kills_past_the_kernels_report_rate_limit_keep_container_and_reason(
+    tree: ScratchTree, watch: Callable[..., Collector], live: bool
+) -> None:
+    # The kernel prints at most 10 OOM report headers per 5 s; past that only the bare
+    # "Killed process" line comes, without memcgs. Each kill must still be one record
+    # with its container and the limit it hit (never "the node ran out"). Watching
+    # live, each bare line pairs with its cgroup's counter and names the victim; when
+    # the watcher fell behind a burst, a victim it cannot place stays unknown rather
+    # than being blamed on another container.
+    containers = []
+    for _ in range(3):
+        uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+        containers.append(
+            (cid, tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=32 * MIB))
+        )
+    col = watch()
+    hogs = []
+    for i in range(15):
+        cid, cg = containers[i % 3]
+        hog = tree.start_hog(cg, f"storm{i}")
+        if live:
+            col.wait_for(i + 1)
+        assert hog.wait(timeout=30) == -9
+        hogs.append((hog.pid, cid))
+    col.wait_for(15, 60)
+    kills = col.settle(3.0)
+    assert len(kills) == 15
+    container_of = dict(hogs)
+    per_container = {cid: 0 for cid, _ in containers}
+    for k in kills:
+        assert k.constraint is Constraint.CONTAINER, k
+        assert k.identity.container_id in per_container, k
+        per_container[k.identity.container_id] += 1
+        if k.pid is not None:
+            assert container_of[k.pid] == k.identity.container_id, k
+    assert sorted(per_container.values()) == [5, 5, 5]
+    if live:
+        assert sorted(k.pid for k in kills if k.pid) == sorted(container_of)

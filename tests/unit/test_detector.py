@@ -218,3 +218,21 @@ def test_bare_report_of_a_process_elsewhere_is_not_paired() -> None:
     )
     (rec,) = j.on_counter_change(change(1), now_mono=1.01, now_wall=WALL)
     assert (rec.pid, rec.cgroup) == (101, CONTAINER)
+
+
+def test_a_burst_of_bare_reports_is_never_guessed_into_the_wrong_container() -> None:
+    # The agent fell behind: three bare reports, then two containers' increases. Which
+    # victim died where is unknowable, so the records carry the right cgroups and no
+    # victim, and no report is left over to be counted twice.
+    other = f"{POD}/{'b' * 64}"
+    j = joiner()
+    for pid in (100, 101, 102):
+        assert (
+            j.on_kernel_kill(bare_kill(pid, pid), None, counted=False, now_mono=1.0, now_wall=WALL)
+            is None
+        )
+    recs = j.on_counter_change(change(2), now_mono=1.1, now_wall=WALL)
+    recs += j.on_counter_change(CounterChange(other, 1, frozenset()), now_mono=1.1, now_wall=WALL)
+    assert sorted(r.cgroup or "" for r in recs) == sorted([CONTAINER, CONTAINER, other])
+    assert all(r.pid is None and r.source == "counters" for r in recs)
+    assert j.on_tick(now_mono=100.0) == []

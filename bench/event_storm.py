@@ -1,0 +1,489 @@
+"""Event storm: 1,000 OOM kills in a minute across 20 containers of 10 pods.
+
+NOT REAL KILLS. At ~17 kills/s, real hogs (a Python start and 64 MiB touched each) would
+take most of this 2-core machine and the measurement would be of the machine. So the
+kills are injected at the detector boundary instead: each is a `KernelOomKill` as the
+kmsg parser yields it for a full memcg report, turned into an `OomKill` by the engine's
+own `KillJoiner.on_kernel_kill` (the code the detector thread runs), and put on the
+agent's kill queue, the queue the detector thread feeds. Everything after that is real:
+attribution through the pod cache (list+watch over HTTP), the persisted event queue,
+aggregation, the official client's HTTP to the test API server (tests/cluster/apiserver.py)
+on 127.0.0.1. The container cgroups are real (kubepods-shaped, below our own cgroup),
+watched by the agent as in production; nothing runs in them.
+
+The agent (`Agent`, wired as `oomguard run` wires it) runs in a child process of this
+script (the same file, `--agent-child`), so its RSS is its own, read from /proc: after
+it is ready (before), the peak during the storm, and after every kill is delivered.
+The injection has to be in-process with the agent, hence the child rather than the
+`oomguard run` command itself.
+
+Two storms, each with a fresh agent, state directory and server:
+- plain;
+- with an API outage of 10 s (connections refused) in the middle of the storm.
+Checked for each: the Events in the server (one per container per event window, their
+counts summing to exactly 1,000: none lost, none doubled), the delivery time of the
+whole storm (first kill injected -> the server holding all 1,000; and from the last
+kill), the API calls made (as the server saw them; refused connections never reach it,
+the agent's retry count shows those). Needs root (cgroups).
+
+    python bench/event_storm.py [--kills 1000] [--seconds 60]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/event_storm.py`: make `tests` importable
+    sys.path.insert(0, str(REPO))
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import secrets  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from typing import IO, Any  # noqa: E402
+
+import attrs  # noqa: E402
+
+from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
+from oomguard.k8s.events import window_start  # noqa: E402
+from oomguard.scratch import ScratchTree  # noqa: E402
+from tests.cluster.apiserver import EVENTS, ApiServer, KubernetesApi, ResourceType  # noqa: E402
+
+NODE = "bench-node"
+NAMESPACE = "storm"
+PODS = 10
+CONTAINERS_PER_POD = 2
+LIMIT_KB = 64 * 1024
+EVENT_WINDOW_S = 600.0  # the agent's default
+OUTAGE_S = 10.0
+# Synthetic kmsg sequence numbers, far above any real one: kill ids never collide.
+SEQ_BASE = 1 << 40
+START_TIMEOUT_S = 60.0
+DELIVERY_TIMEOUT_S = 120.0
+
+
+# ---------------------------------------------------------------------------------------
+# The agent child: an Agent as `oomguard run` builds it, plus the injector
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def say(out: IO[str], **message: Any) -> None:
+    out.write(json.dumps(message) + "\n")
+    out.flush()
+
+
+def agent_child(config: dict[str, Any]) -> None:
+    """Run the agent; on "go" inject the storm; on "stop" stop it and report counters."""
+    from oomguard.agent import Agent
+    from oomguard.cgroups.hierarchy import detect_memory_hierarchy
+    from oomguard.detector import KillJoiner
+    from oomguard.k8s.client import KubeApi
+    from oomguard.records import KernelOomKill
+    from oomguard.settings import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = sys.stdout
+    settings = load_settings(
+        node_name=NODE,
+        kubeconfig=config["kubeconfig"],
+        cgroup_root=config["cgroup_root"],
+        state_dir=config["state_dir"],
+        metrics_address="127.0.0.1:0",
+        event_window_s=EVENT_WINDOW_S,
+    )
+    agent = Agent(
+        settings, detect_memory_hierarchy(), KubeApi.from_kubeconfig(config["kubeconfig"])
+    )
+    agent.start()
+    loop = threading.Thread(target=agent.run, name="agent", daemon=True)
+    loop.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not agent.ready()[0]:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"agent not ready: {agent.ready()[1]}")
+        time.sleep(0.05)
+    say(out, state="ready")
+    if sys.stdin.readline().strip() != "go":
+        return
+
+    joiner = KillJoiner(kmsg_available=True)
+    containers: list[str] = config["containers"]
+    kills, seconds = int(config["kills"]), float(config["seconds"])
+    max_pending = 0
+    t0 = time.monotonic()
+    first_wall = datetime.now(UTC)
+    for i in range(kills):
+        time.sleep(max(0.0, t0 + i * seconds / kills - time.monotonic()))
+        cgroup = containers[i % len(containers)]
+        now = time.monotonic()
+        kernel = KernelOomKill(  # a full memcg report, as OomReportAssembler yields it
+            seq=SEQ_BASE + i,
+            kernel_time_us=int(now * 1_000_000),
+            pid=200_000 + i,
+            command="storm-worker",
+            uid=0,
+            total_vm_kb=LIMIT_KB + 20_000,
+            anon_rss_kb=LIMIT_KB - 512,
+            file_rss_kb=256,
+            shmem_rss_kb=0,
+            oom_score_adj=985,
+            constraint="CONSTRAINT_MEMCG",
+            oom_memcg=cgroup,
+            task_memcg=cgroup,
+            memcg_usage_kb=LIMIT_KB,
+            memcg_limit_kb=LIMIT_KB,
+            trigger_command="storm-worker",
+            scope="memory cgroup",
+        )
+        record = joiner.on_kernel_kill(
+            kernel, cgroup, counted=False, now_mono=now, now_wall=datetime.now(UTC)
+        )
+        assert record is not None
+        agent._kills.put(record)  # the detector thread's `on_kill`
+        max_pending = max(max_pending, len(agent.events))
+    say(
+        out,
+        state="injected",
+        first_mono=t0,
+        last_mono=time.monotonic(),
+        first_wall=first_wall.timestamp(),
+        last_wall=time.time(),
+    )
+    while sys.stdin.readline().strip() not in ("stop", ""):
+        pass
+    agent.stop()
+    loop.join(timeout=30)
+    sender, queue = agent.sender.counters, agent.events.counters
+    state = agent.events.state_path
+    say(
+        out,
+        state="stopped",
+        stopped=not loop.is_alive(),
+        rss_kib=rss_kib(),
+        max_pending=max_pending,
+        state_bytes=state.stat().st_size if state is not None and state.exists() else 0,
+        sent=sender.sent,
+        created=sender.created,
+        patched=sender.patched,
+        retried=sender.retried,
+        failed=sender.failed,
+        dropped=sender.dropped,
+        accepted=queue.accepted,
+        duplicates=queue.duplicates,
+        merged=queue.merged,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The bench: server, cgroups, pods, the child, and the measurements
+
+
+@attrs.define(kw_only=True)
+class StampingApi(KubernetesApi):
+    """The test server's handler, noting when each Event write is stored, and its count."""
+
+    event_writes: list[tuple[float, str, int]] = attrs.field(factory=list, init=False)
+
+    def commit(
+        self,
+        rtype: ResourceType,
+        namespace: str,
+        name: str,
+        obj: dict[str, Any] | None,
+        *,
+        stamp: bool = True,
+    ) -> dict[str, Any]:
+        new = super().commit(rtype, namespace, name, obj, stamp=stamp)
+        if rtype is EVENTS and obj is not None:
+            self.event_writes.append((time.monotonic(), name, int(new.get("count") or 0)))
+        return new
+
+
+def pod(index: int, uid: str, cids: list[str]) -> dict[str, Any]:
+    names = [f"c{j}" for j in range(len(cids))]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"storm-{index}", "namespace": NAMESPACE, "uid": uid},
+        "spec": {"nodeName": NODE, "containers": [{"name": n, "image": "app"} for n in names]},
+        "status": {
+            "phase": "Running",
+            "qosClass": "Burstable",
+            "containerStatuses": [
+                {"name": n, "containerID": f"containerd://{cid}", "state": {"running": {}}}
+                for n, cid in zip(names, cids, strict=True)
+            ],
+        },
+    }
+
+
+@dataclass
+class RssSampler:
+    pid: int
+    peak_kib: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self._stop.wait(0.2):
+            with contextlib.suppress(OSError):
+                self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        threading.Thread(target=self.run, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+@dataclass
+class StormResult:
+    name: str
+    rss_before_kib: int
+    rss_peak_kib: int
+    rss_after_kib: int
+    events: int
+    expected_events: int
+    count_sum: int
+    max_count_per_container_window: int
+    delivery_s: float
+    tail_s: float
+    creates: int
+    patches: int
+    other_calls: int
+    child: dict[str, Any]
+
+
+def read_message(proc: subprocess.Popen[str], state: str, log: Path) -> dict[str, Any]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+        raise SystemExit(f"the agent child exited ({proc.wait()}) before '{state}':\n{tail}")
+    message: dict[str, Any] = json.loads(line)
+    if message.get("state") != state:
+        raise SystemExit(f"the agent child said {message}, expected '{state}'")
+    return message
+
+
+def storm(name: str, kills: int, seconds: float, outage: bool) -> StormResult:
+    hierarchy = detect_memory_hierarchy()
+    server = ApiServer(host="127.0.0.1", port=0)
+    server._handler_factory = StampingApi  # the server's one seam for its handler
+    server.start()
+    try:
+        handler = server.handler
+        assert isinstance(handler, StampingApi)
+        top = f"oomguard-bench-storm-{os.getpid()}-{int(outage)}"
+        with tempfile.TemporaryDirectory() as tmp, ScratchTree(hierarchy, top) as tree:
+            containers: list[tuple[str, str]] = []  # (pod uid, container cgroup)
+            for p in range(PODS):
+                uid = str(uuid.uuid4())
+                cids = [secrets.token_hex(32) for _ in range(CONTAINERS_PER_POD)]
+                server.apply(pod(p, uid, cids))
+                for cid in cids:
+                    cgroup = tree.make(
+                        f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=LIMIT_KB * 1024
+                    )
+                    containers.append((uid, cgroup))
+            config = {
+                "kubeconfig": str(server.write_kubeconfig(Path(tmp) / "kubeconfig")),
+                "cgroup_root": str(tree.top),
+                "state_dir": str(Path(tmp) / "state"),
+                "containers": [cgroup for _, cgroup in containers],
+                "kills": kills,
+                "seconds": seconds,
+            }
+            log = Path(tmp) / "agent.log"
+            with log.open("w") as log_file:
+                proc = subprocess.Popen(
+                    [sys.executable, __file__, "--agent-child", json.dumps(config)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log_file,
+                    text=True,
+                )
+                try:
+                    return drive(name, proc, server, handler, kills, seconds, outage, log)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                    proc.wait()
+    finally:
+        server.stop()
+
+
+def drive(
+    name: str,
+    proc: subprocess.Popen[str],
+    server: ApiServer,
+    handler: StampingApi,
+    kills: int,
+    seconds: float,
+    outage: bool,
+    log: Path,
+) -> StormResult:
+    assert proc.stdin is not None
+    read_message(proc, "ready", log)
+    time.sleep(1.0)  # let start-up allocations settle
+    rss_before = rss_kib(proc.pid)
+    with RssSampler(proc.pid) as sampler:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        timer = None
+        if outage:
+            timer = threading.Timer(
+                max(0.0, seconds / 2 - OUTAGE_S / 2), lambda: server.outage(OUTAGE_S)
+            )
+            timer.start()
+        injected = read_message(proc, "injected", log)
+        if timer is not None:
+            timer.join()
+        deadline = time.monotonic() + DELIVERY_TIMEOUT_S
+        while True:
+            writes = server.run(lambda: list(handler.event_writes))
+            latest: dict[str, int] = {}
+            done_at = None
+            for at, event, count in writes:
+                latest[event] = count
+                if done_at is None and sum(latest.values()) >= kills:
+                    done_at = at
+            if done_at is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # anything beyond `kills` (a double) would show up now
+        rss_after = rss_kib(proc.pid)
+    proc.stdin.write("stop\n")
+    proc.stdin.flush()
+    child = read_message(proc, "stopped", log)
+    proc.wait(timeout=30)
+
+    events = server.objects(EVENTS, NAMESPACE)
+    windows = {
+        window_start(datetime.fromtimestamp(t, UTC), EVENT_WINDOW_S)
+        for t in (injected["first_wall"], injected["last_wall"])
+    }
+    per_container_window: collections.Counter[tuple[str, str, str]] = collections.Counter()
+    for ev in events:
+        obj = ev["involvedObject"]
+        first = ev["firstTimestamp"]
+        when = window_start(datetime.fromisoformat(first.replace("Z", "+00:00")), EVENT_WINDOW_S)
+        per_container_window[(obj["uid"], obj.get("fieldPath", ""), when.isoformat())] += 1
+    calls = server.requests()
+    creates = sum(1 for r in calls if r.verb == "create" and r.resource == "events")
+    patches = sum(1 for r in calls if r.verb == "patch" and r.resource == "events")
+    delivered_at = done_at if done_at is not None else float("nan")
+    return StormResult(
+        name=name,
+        rss_before_kib=rss_before,
+        rss_peak_kib=sampler.peak_kib,
+        rss_after_kib=rss_after,
+        events=len(events),
+        expected_events=PODS * CONTAINERS_PER_POD * len(windows),
+        count_sum=sum(int(ev.get("count") or 0) for ev in events),
+        max_count_per_container_window=max(per_container_window.values(), default=0),
+        delivery_s=delivered_at - float(injected["first_mono"]),
+        tail_s=delivered_at - float(injected["last_mono"]),
+        creates=creates,
+        patches=patches,
+        other_calls=len(calls) - creates - patches,
+        child=child,
+    )
+
+
+def mib(kib: int) -> str:
+    return f"{kib / 1024:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of the storm")
+    parser.add_argument("--agent-child", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.agent_child:
+        agent_child(json.loads(args.agent_child))
+        return
+    results = [
+        storm("plain", args.kills, args.seconds, outage=False),
+        storm(f"{OUTAGE_S:.0f} s API outage mid-storm", args.kills, args.seconds, outage=True),
+    ]
+    print(
+        f"event storm: {args.kills} kills in {args.seconds:.0f} s over "
+        f"{PODS * CONTAINERS_PER_POD} containers of {PODS} pods; kills INJECTED at the "
+        "detector boundary (agent kill queue, records built by the engine's KillJoiner), "
+        "not real OOM kills; agent in a child process, real HTTP to the test API server"
+    )
+    cols = [
+        ("storm", 30),
+        ("RSS MiB before/peak/after", 25),
+        ("Events (expected)", 17),
+        ("count sum", 9),
+        ("lost", 4),
+        ("delivered s (after last)", 24),
+        ("API create/patch/other", 22),
+        ("retried", 7),
+    ]
+    print("| " + " | ".join(f"{h:<{w}}" for h, w in cols) + " |")
+    print("|" + "|".join("-" * (w + 2) for _, w in cols) + "|")
+    for r in results:
+        cells = [
+            r.name,
+            f"{mib(r.rss_before_kib)} / {mib(r.rss_peak_kib)} / {mib(r.rss_after_kib)}",
+            f"{r.events} ({r.expected_events})",
+            str(r.count_sum),
+            str(args.kills - r.count_sum),
+            f"{r.delivery_s:.1f} ({r.tail_s:.1f})",
+            f"{r.creates} / {r.patches} / {r.other_calls}",
+            str(r.child["retried"]),
+        ]
+        print("| " + " | ".join(f"{c:<{w}}" for c, (_, w) in zip(cells, cols, strict=True)) + " |")
+    print()
+    print("agent's own counters (kills):")
+    keys = ["accepted", "sent", "duplicates", "merged", "dropped", "failed", "created", "patched"]
+    keys += ["max_pending", "state_bytes"]
+    print("| storm" + " " * 25 + " | " + " | ".join(f"{k:>11}" for k in keys) + " |")
+    print("|" + "-" * 32 + "|" + "|".join("-" * 13 for _ in keys) + "|")
+    for r in results:
+        print(f"| {r.name:<30} | " + " | ".join(f"{r.child[k]:>11}" for k in keys) + " |")
+    print()
+    for r in results:
+        ok = (
+            r.count_sum == args.kills
+            and r.events == r.expected_events
+            and r.max_count_per_container_window == 1
+            and r.child["dropped"] == 0
+            and r.child["failed"] == 0
+        )
+        print(
+            f"{r.name}: "
+            + (
+                "none lost, none doubled, one Event per container per window"
+                if ok
+                else "CHECK FAILED"
+            )
+            + f"; RSS grew {mib(r.rss_after_kib - r.rss_before_kib)} MiB over the storm"
+        )
+
+
+if __name__ == "__main__":
+    main()
