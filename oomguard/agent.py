@@ -46,28 +46,12 @@ from oomguard.policy_file import PolicySource
 from oomguard.reconciler import Reconciler
 from oomguard.records import OomKill
 from oomguard.settings import RunSettings
+from oomguard.statefile import atomic_write
 
 log = logging.getLogger(__name__)
 
 KMSG_POSITION_FILE = "kmsg-position.json"
 STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write-then-rename, fsynced: a crash leaves the old file or the new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class KmsgPosition:

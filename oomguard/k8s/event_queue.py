@@ -32,7 +32,6 @@ is moved aside as `<name>.corrupt-<timestamp>` with a log line, and the agent go
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import json
 import logging
@@ -62,6 +61,7 @@ from oomguard.k8s.events import (
     aggregate_patch,
 )
 from oomguard.records import OomKill
+from oomguard.statefile import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -508,27 +508,12 @@ class EventQueue:
             "pending": [e.to_json() for e in self._pending],
             "seen": list(self._seen),
         }
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            data = json.dumps(state, separators=(",", ":")).encode()
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            atomic_write(path, json.dumps(state, separators=(",", ":")).encode())
         except OSError as exc:
             # A full or read-only disk must not stop delivery: memory still holds it all.
             self._count(persist_errors=1)
             log.error("cannot write event queue state %s: %s; keeping it in memory", path, exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
 
     def _load(self) -> None:
         path = self.state_path
@@ -585,13 +570,6 @@ class EventQueue:
                 aside.name,
             )
         self._count(state_files_set_aside=1)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 # ---------------------------------------------------------------------------------------
