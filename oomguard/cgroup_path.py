@@ -238,6 +238,28 @@ def parse_proc_cgroup(text: str) -> ProcCgroup:
     return ProcCgroup(memory_v1=memory_v1, unified=unified)
 
 
+def memory_cgroup(proc_cgroup: str, v1: bool) -> str | None:
+    """The memory cgroup in a /proc/PID/cgroup text (v1: the memory line; v2: "0::").
+
+    A fast path for the usual shapes (the reconciler calls it once per process per
+    pass), and the full parser for anything else.
+    """
+    if v1:
+        at = proc_cgroup.find(":memory:")
+        if at > 0:
+            line_start = proc_cgroup.rfind("\n", 0, at) + 1
+            if proc_cgroup[line_start:at].isdigit():
+                end = proc_cgroup.find("\n", at)
+                return proc_cgroup[at + 8 : end if end >= 0 else None] or None
+        return parse_proc_cgroup(proc_cgroup).memory_v1
+    if proc_cgroup.startswith("0::"):
+        end = proc_cgroup.find("\n")
+        path = proc_cgroup[3 : end if end >= 0 else None]
+        if path and not path.endswith(")"):  # not " (deleted)"
+            return path
+    return parse_proc_cgroup(proc_cgroup).unified
+
+
 def container_id_from_runtime_uri(uri: str) -> tuple[str | None, str | None]:
     """Split a pod status containerID so it can be matched against cgroup names."""
     if not isinstance(uri, str):

@@ -17,9 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from oomguard.cgroup_path import parse_proc_cgroup
 from oomguard.cgroups.counters import MemoryUse, read_memory_use
-from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
+from oomguard.cgroups.hierarchy import MemoryHierarchy
 from oomguard.cgroups.watch import CgroupWatch, CounterChange
 from oomguard.detector import KillJoiner
 from oomguard.kmsg_parse import OomReportAssembler
@@ -196,10 +195,9 @@ class OomWatcher:
     def _cgroup_of_pid(self, pid: int) -> str | None:
         try:
             with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
-                parsed = parse_proc_cgroup(f.read())
+                path = self.hierarchy.memory_cgroup(f.read())
         except OSError:
             return None
-        path = parsed.memory_v1 if self.hierarchy.version is CgroupVersion.V1 else parsed.unified
         # A zombie (exited, not yet reaped) reads "/" on v1: that says nothing.
         return None if path in (None, "/") else path
 

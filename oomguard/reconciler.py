@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from oomguard.cgroup_path import parse_cgroup_path, parse_proc_cgroup
+from oomguard.cgroup_path import memory_cgroup, parse_cgroup_path
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.k8s.pod_cache import ContainerKind as PodContainerKind
 from oomguard.k8s.pod_cache import ContainerView, PodView, normalize_pod_key
@@ -189,27 +189,6 @@ def kubelet_scores(pod: PodView, node_memory_bytes: int) -> dict[str, int] | Non
         ),
     )
     return {m.name: kubelet_oom_score_adj(memory, m.name, node_memory_bytes) for m in memories}
-
-
-def memory_cgroup(proc_cgroup: str, v1: bool) -> str | None:
-    """The memory cgroup in a /proc/PID/cgroup text (v1: the memory line; v2: "0::").
-
-    A fast path for the usual shapes, and the full parser for anything else.
-    """
-    if v1:
-        at = proc_cgroup.find(":memory:")
-        if at > 0:
-            line_start = proc_cgroup.rfind("\n", 0, at) + 1
-            if proc_cgroup[line_start:at].isdigit():
-                end = proc_cgroup.find("\n", at)
-                return proc_cgroup[at + 8 : end if end >= 0 else None] or None
-        return parse_proc_cgroup(proc_cgroup).memory_v1
-    if proc_cgroup.startswith("0::"):
-        end = proc_cgroup.find("\n")
-        path = proc_cgroup[3 : end if end >= 0 else None]
-        if path and not path.endswith(")"):  # not " (deleted)"
-            return path
-    return parse_proc_cgroup(proc_cgroup).unified
 
 
 def _looks_like_container_dir(name: str) -> bool:

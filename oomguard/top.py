@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oomguard.cgroup_path import parse_cgroup_path, parse_proc_cgroup
-from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
+from oomguard.cgroup_path import parse_cgroup_path
+from oomguard.cgroups.hierarchy import MemoryHierarchy
 from oomguard.procfs import ProcHandle, list_pids
 from oomguard.records import CgroupIdentity
 
@@ -57,8 +57,7 @@ def read_process(pid: int, hierarchy: MemoryHierarchy) -> ProcessScore | None:
         cgroup_text = handle.cgroup()
     if score is None or adj is None or comm is None or cgroup_text is None:
         return None
-    parsed = parse_proc_cgroup(cgroup_text)
-    cgroup = parsed.memory_v1 if hierarchy.version is CgroupVersion.V1 else parsed.unified
+    cgroup = hierarchy.memory_cgroup(cgroup_text)
     return ProcessScore(
         pid=pid,
         command=comm,

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from oomguard.cgroup_path import parse_proc_cgroup
+from oomguard.cgroup_path import memory_cgroup
 
 
 class CgroupVersion(enum.IntEnum):
@@ -45,6 +45,10 @@ class MemoryHierarchy:
         if rel.startswith(".."):
             raise ValueError(f"{directory} is not below the memory hierarchy at {self.mount}")
         return "/" + rel
+
+    def memory_cgroup(self, proc_cgroup: str) -> str | None:
+        """The memory cgroup named in a /proc/PID/cgroup text, for this version."""
+        return memory_cgroup(proc_cgroup, self.version is CgroupVersion.V1)
 
     @property
     def counter_file(self) -> str:
@@ -135,8 +139,7 @@ def detect_memory_hierarchy() -> MemoryHierarchy:
 def own_cgroup(hierarchy: MemoryHierarchy, pid: int | str = "self") -> str:
     """The memory cgroup a process sits in, as the kernel names it."""
     with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
-        parsed = parse_proc_cgroup(f.read())
-    path = parsed.memory_v1 if hierarchy.version is CgroupVersion.V1 else parsed.unified
+        path = hierarchy.memory_cgroup(f.read())
     if path is None:
         raise HierarchyNotFound(f"/proc/{pid}/cgroup has no memory cgroup line")
     return path

@@ -26,7 +26,6 @@ from oomguard.reconciler import (
     REASON_REFUSED,
     PassReport,
     Reconciler,
-    memory_cgroup,
 )
 from oomguard.scratch import ScratchTree
 
@@ -419,20 +418,3 @@ def test_a_failing_event_sink_does_not_stop_the_pass(node: Node, tree: ScratchTr
     )
     assert r.pass_once([pod("p", uid, {"main": c}, SACRIFICE)]).written == 1
     assert adj(p) == 1000
-
-
-@pytest.mark.parametrize(
-    ("text", "v1", "expected"),
-    [
-        ("12:pids:/x\n4:memory:/a/b\n1:name=systemd:/y\n0::/z\n", True, "/a/b"),
-        ("1:name=systemd:/p:memory:/q\n4:memory:/real\n", True, "/real"),
-        ("4:cpu,memory:/combined\n", True, "/combined"),
-        ("4:memory:/last", True, "/last"),
-        ("1:name=systemd:/only\n", True, None),
-        ("0::/kubepods/x\n", False, "/kubepods/x"),
-        ("0::/gone (deleted)\n", False, "/gone"),
-        ("", False, None),
-    ],
-)
-def test_memory_cgroup_line(text: str, v1: bool, expected: str | None) -> None:
-    assert memory_cgroup(text, v1) == expected

@@ -17,6 +17,7 @@ from oomguard.cgroup_path import (
     MAX_PATH_CHARS,
     ProcCgroup,
     container_id_from_runtime_uri,
+    memory_cgroup,
     parse_cgroup_path,
     parse_proc_cgroup,
 )
@@ -1069,3 +1070,20 @@ def test_runtime_uri_never_raises(uri: str) -> None:
 def test_uri_id_matches_the_cgroup_id() -> None:
     _, from_status = container_id_from_runtime_uri(f"cri-o://{BE_ID}")
     assert parse_cgroup_path(f"{_BE_POD}/crio-{BE_ID}.scope").container_id == from_status
+
+
+@pytest.mark.parametrize(
+    ("text", "v1", "expected"),
+    [
+        ("12:pids:/x\n4:memory:/a/b\n1:name=systemd:/y\n0::/z\n", True, "/a/b"),
+        ("1:name=systemd:/p:memory:/q\n4:memory:/real\n", True, "/real"),
+        ("4:cpu,memory:/combined\n", True, "/combined"),
+        ("4:memory:/last", True, "/last"),
+        ("1:name=systemd:/only\n", True, None),
+        ("0::/kubepods/x\n", False, "/kubepods/x"),
+        ("0::/gone (deleted)\n", False, "/gone"),
+        ("", False, None),
+    ],
+)
+def test_memory_cgroup_picks_the_version_s_line(text: str, v1: bool, expected: str | None) -> None:
+    assert memory_cgroup(text, v1) == expected
