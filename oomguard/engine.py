@@ -23,10 +23,13 @@ from oomguard.cgroups.watch import CgroupWatch, CounterChange
 from oomguard.detector import KillJoiner
 from oomguard.kmsg_parse import OomReportAssembler
 from oomguard.kmsg_reader import KmsgReader, KmsgUnavailable
-from oomguard.records import KernelOomKill, OomKill
+from oomguard.main_process import Captured, MainProcessProbe
+from oomguard.records import CgroupKind, KernelOomKill, OomKill
 
 log = logging.getLogger(__name__)
 
+# Victims captured but not yet in a record: bounded, a storm never grows it.
+_MAX_CAPTURED = 1024
 _POLL_FLAGS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
@@ -67,6 +70,9 @@ class OomWatcher:
         self._stopping = False
         self._next_resync = 0.0
         self.kills_reported = 0
+        self._main_probe = MainProcessProbe(self._live_cgroup_of_pid)
+        # Victims' /proc facts read on their kill line, used when their record is made.
+        self._captured: dict[int, Captured] = {}
 
     # ----- life cycle ------------------------------------------------------------------
 
@@ -162,6 +168,7 @@ class OomWatcher:
             self._on_kernel_kill(kill)
 
     def _on_kernel_kill(self, kill: KernelOomKill) -> None:
+        self._capture_victim(kill)
         # Members of a memory.oom.group kill other than the chosen victim are named
         # only by pid: ask /proc while the process is still exiting, else credit the
         # group's cgroup (kubelet sets oom.group on container cgroups, so that is
@@ -201,11 +208,43 @@ class OomWatcher:
         # A zombie (exited, not yet reaped) reads "/" on v1: that says nothing.
         return None if path in (None, "/") else path
 
+    def _live_cgroup_of_pid(self, pid: int) -> str | None:
+        """A live process's memory cgroup, "/" included (a parent may live there)."""
+        try:
+            with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+                return self.hierarchy.memory_cgroup(f.read())
+        except OSError:
+            return None
+
+    def _capture_victim(self, kill: KernelOomKill) -> None:
+        if kill.repeat:
+            return
+        captured = self._main_probe.capture(kill.pid, kill.command)
+        if captured is None:
+            return
+        if len(self._captured) >= _MAX_CAPTURED:
+            self._captured.pop(next(iter(self._captured)))
+        self._captured[kill.pid] = captured
+
+    def _with_main_process(self, kill: OomKill) -> OomKill:
+        captured = self._captured.pop(kill.pid, None) if kill.pid is not None else None
+        ident = kill.identity
+        if captured is None or kill.pid is None or ident.kind is not CgroupKind.CONTAINER:
+            return kill
+        container = ident.container_path or kill.cgroup
+        if container is None:
+            return kill
+        main = self._main_probe.decide(
+            captured, kill.pid, container, self.hierarchy.fs_path(container)
+        )
+        return kill if main is None else kill.model_copy(update={"main_process": main})
+
     def _memory_use_of(self, cgroup: str) -> MemoryUse:
         return read_memory_use(self.hierarchy.version, self.hierarchy.fs_path(cgroup))
 
     def _emit(self, kill: OomKill) -> None:
         self.kills_reported += 1
+        kill = self._with_main_process(kill)
         try:
             self.on_kill(kill)
         except Exception:  # a sink's bug must not stop the detector

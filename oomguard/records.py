@@ -132,6 +132,8 @@ class OomKill(BaseModel):
     group_kill: bool = False
     source: str  # "kmsg" | "counters": what the record was built from
     detection_latency_ms: float | None = None  # kernel kill line -> record, if known
+    # The victim was its container's main process (see main_process.py); None: unknown.
+    main_process: bool | None = None
 
     @property
     def victim_known(self) -> bool:
@@ -168,4 +170,5 @@ class OomKill(BaseModel):
             "group_kill": self.group_kill,
             "source": self.source,
             "detection_latency_ms": self.detection_latency_ms,
+            "main_process": self.main_process,
         }

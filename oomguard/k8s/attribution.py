@@ -59,8 +59,8 @@ class Target:
     field_path: str | None = None
     # The container's spec limit, for the message when the kernel did not print one.
     container_limit_bytes: int | None = None
-    # Whether the victim was the container's main process (PID 1 in its namespace) is
-    # known only to whoever can read /proc for the victim: the caller fills it in.
+    # Whether the victim was the container's main process, as the detector read it
+    # from /proc while the victim was exiting (oomguard.main_process); None: unknown.
     main_process: bool | None = None
     # Why a kill fell back to the node, for the message ("pod uid X not cached").
     unresolved: str | None = None
@@ -90,6 +90,7 @@ def attribute(kill: OomKill, lookup: PodLookup) -> Target:
                 container_kind=container.kind,
                 field_path=container.field_path,
                 container_limit_bytes=container.memory_limit_bytes,
+                main_process=kill.main_process,
             )
     if ident.pod_uid and not (kill.constraint is Constraint.SYSTEM and not ident.container_id):
         pod_view = lookup.lookup_pod(ident.pod_uid)

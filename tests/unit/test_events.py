@@ -141,7 +141,11 @@ def test_attribute_container_kinds(kind: ContainerKind, field_path: str) -> None
     assert target.kind is TargetKind.POD
     assert (target.namespace, target.name, target.container) == ("shop", "web-7d9f", "app")
     assert target.field_path == field_path
-    assert target.main_process is None  # only the caller can know
+    assert target.main_process is None  # the detector could not tell
+    said = attribute(
+        make_kill(main_process=False), DictLookup([pod_view((container("app", kind),))])
+    )
+    assert said.main_process is False  # carried from the detector's record to the Event
     body = BUILDER.create_body_for(BUILDER.occurrence(make_kill(), target))
     assert body["involvedObject"]["fieldPath"] == field_path
 
