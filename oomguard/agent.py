@@ -15,9 +15,11 @@ has. Reading back a little too much is harmless; too little would lose kills.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -51,6 +53,7 @@ from oomguard.statefile import atomic_write
 log = logging.getLogger(__name__)
 
 KMSG_POSITION_FILE = "kmsg-position.json"
+NODE_UID_RETRY_S = 30.0
 STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
 
 
@@ -150,6 +153,7 @@ class Agent:
         self._detector: threading.Thread | None = None
         self._server: Server | None = None
         self._waited: set[str] = set()
+        self._node_uid_due = 0.0  # monotonic time of the next try; inf once known
         self._seen_totals: dict[int, int] = {}
 
     # ----- health -----------------------------------------------------------------------
@@ -171,6 +175,7 @@ class Agent:
     def start(self) -> None:
         self._server = serve(self.metrics, self.settings.metrics_address, self.ready, self.alive)
         self.cache.start()
+        self._learn_node_uid()
         self.watcher.start()
         if self.watcher.kmsg_error:
             log.warning("%s", self.watcher.kmsg_error)
@@ -209,9 +214,34 @@ class Agent:
                     self._handle(self._kills.get_nowait())
                 except queue.Empty:
                     break
+        self._learn_node_uid()
         self.sender.deliver_once()
         self._reconcile()
         self._refresh_gauges()
+
+    def _learn_node_uid(self) -> None:
+        """The Node's uid, for Node Events' involvedObject (`nodes get`).
+
+        Without it a Node Event is still valid and shown by `kubectl describe node`
+        (which matches by name); with it, it is tied to this incarnation of the node.
+        Tried at start and then every NODE_UID_RETRY_S until it is known.
+        """
+        now = time.monotonic()
+        if now < self._node_uid_due:
+            return
+        self._node_uid_due = now + NODE_UID_RETRY_S
+        try:
+            node = self.api.get(f"/api/v1/nodes/{self.settings.node_name}", timeout_s=5.0)
+        except KubeApiError as exc:
+            log.warning(
+                "cannot read Node %s (its uid for Node Events): %s", self.settings.node_name, exc
+            )
+            return
+        metadata = node.get("metadata") if isinstance(node, dict) else None
+        uid = metadata.get("uid") if isinstance(metadata, dict) else None
+        if isinstance(uid, str) and uid:
+            self.sender.builder = dataclasses.replace(self.sender.builder, node_uid=uid)
+            self._node_uid_due = math.inf
 
     def _reconcile(self) -> None:
         """One oom_score_adj pass every reconcile_interval_s, once the pod list is in."""

@@ -189,3 +189,23 @@ def test_annotations_adjust_processes_and_say_so_in_events(
     assert len(events) == 2, [(e["reason"], e["message"]) for e in events]
     warning = next(e for e in events if e["type"] == "Warning")
     assert "+5" in warning["message"]
+
+
+def test_kill_of_an_unknown_container_is_reported_on_the_node_with_its_uid(
+    apiserver: ApiServer, make_agent: Any, tree: ScratchTree
+) -> None:
+    """No pod on this node runs the container (say, started by hand with crictl): the
+    kill goes on the Node, tied to the Node's uid (read with `nodes get`)."""
+    node = apiserver.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    container = tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=48 * MIB)
+    with make_agent(pod_wait_s=0.5) as agent:
+        wait_for(lambda: agent.ready()[0])
+        hog = tree.start_hog(container, "stray")
+        assert hog.wait(timeout=30) == -9
+        (event,) = wait_for(lambda: apiserver.objects(EVENTS, "default"))
+    obj = event["involvedObject"]
+    assert (obj["kind"], obj["name"], obj["uid"]) == ("Node", NODE, node["metadata"]["uid"])
+    assert event["reason"] == "OOMKilled"
+    assert f"container {cid[:12]} is not in this node's pods" in event["message"]
+    assert '"stray"' in event["message"] and str(hog.pid) in event["message"]
