@@ -12,6 +12,10 @@ cgroup, starts `sleep` processes in each (20 per container by default), and runs
 - "index rebuild": `Reconciler.rescan()` over the whole tree (only done when a
   container is missing from the index).
 
+The reconcilers keep their state file (`score_state`) in a temporary directory, as the
+agent does in its state directory: a pass that changes nothing does not write it, a pass
+that changes values writes it once.
+
 Each case is run several times; the table gives the median. Target (issue 4): a full
 pass with nothing to write in <= 100 ms, <= 20 us per process. Needs root. Every process
 and cgroup made here is killed and removed at the end, also after a failure.
@@ -29,6 +33,7 @@ import os
 import secrets
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +45,7 @@ from oomguard.policy import AdminPolicy, load_policy
 from oomguard.procfs import read_cgroup_procs
 from oomguard.reconciler import PassReport, Reconciler
 from oomguard.scratch import ScratchTree
+from oomguard.statefile import read_boot_id
 
 MIB = 1024 * 1024
 PR_SET_CHILD_SUBREAPER = 36
@@ -124,7 +130,8 @@ def main() -> None:
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     hierarchy = detect_memory_hierarchy()
     shells: list[subprocess.Popen[bytes]] = []
-    with ScratchTree(hierarchy, f"oomguard-bench-reconcile-{os.getpid()}") as tree:
+    state_dirs = tempfile.TemporaryDirectory(prefix="oomguard-bench-state-")
+    with state_dirs, ScratchTree(hierarchy, f"oomguard-bench-reconcile-{os.getpid()}") as tree:
         try:
             pods: list[tuple[str, str]] = []
             dirs = []
@@ -158,6 +165,8 @@ def main() -> None:
                     node_memory_bytes=NODE_MEMORY,
                     dry_run=dry_run,
                     policy_source=FixedPolicy(),
+                    state_dir=tempfile.mkdtemp(dir=state_dirs.name),
+                    boot_id=read_boot_id(),
                 )
 
             live = reconciler(False)

@@ -71,6 +71,11 @@ The admin policy file (YAML or JSON, from a ConfigMap; every key optional)
       - namespaces: {names: [batch]}
         request: sacrifice         # protect | sacrifice | an integer
 
+A selector is matched against the namespace's labels, which the agent reads from the
+API only while some rule has a selector (`k8s/namespace_labels.py`: cached for a
+minute; labels it cannot read count as none, after a bounded grace on transient API
+errors, so the namespace then matches no selector and only `names` can choose it).
+
 Defaults, and why: nothing is trusted (only raising works until the admin says
 otherwise). Each class's `lowest` keeps it inside the band the kubelet itself uses
 for it, one point wider: Guaranteed -998 (the kubelet's -997, but still above the
@@ -585,6 +590,13 @@ class AdminPolicy(BaseModel):
                     f"{NON_GUARANTEED_FLOOR_EXCLUSIVE}, the value of an unannotated Guaranteed pod"
                 )
         return self
+
+    @property
+    def uses_namespace_selector(self) -> bool:
+        """Whether any rule chooses namespaces by label: only then are labels read."""
+        return self.trusted_namespaces.selector is not None or any(
+            rule.namespaces.selector is not None for rule in self.defaults
+        )
 
     def trusts(self, namespace: str, labels: Mapping[str, str]) -> bool:
         """Whether pods in this namespace may ask to be killed later than the kubelet says."""

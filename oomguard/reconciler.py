@@ -19,6 +19,11 @@ line:
 - When a container stops being governed (its annotation was removed), the processes
   that still carry the value oomguard wrote get the kubelet's value back, once; then
   the container is forgotten and left alone again.
+- With a `state_dir`, which containers were set to what survives an agent restart
+  (`score_state`): an annotation removed while the agent was down is restored on the
+  first pass, and a pod deleted meanwhile is forgotten. The same file tells
+  `oomguard top` what each governed container should have. It is written only when
+  that changes.
 - A write the kernel refuses (EACCES: lowering oom_score_adj needs CAP_SYS_RESOURCE)
   is counted, logged once and reported once on the pod as a Warning Event; it never
   stops the pass, and never affects another pod.
@@ -62,6 +67,7 @@ from oomguard.kubelet_score import (
 from oomguard.metrics import Metrics, ScoreAdjustmentResult
 from oomguard.policy import AdminPolicy, Decision, Outcome, PodProjection, decide_pod
 from oomguard.procfs import ProcHandle, read_cgroup_procs
+from oomguard.score_state import AppliedValue, ScoreState, ScoreStateFile, WantedValue
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +121,7 @@ class ContainerResult:
     processes: int = 0
     written: int = 0  # in a dry run: would be written
     refused: int = 0
+    container_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -208,12 +215,6 @@ class _Indexed:
 
 
 @dataclass(slots=True)
-class _Applied:
-    value: int  # the value oomguard keeps the container's processes at
-    kubelet_value: int
-
-
-@dataclass(slots=True)
 class _PodState:
     announced: tuple[tuple[str, int], ...] = ()  # (container, value) last announced
     messages: set[tuple[str, str]] = field(default_factory=set)  # Warnings sent
@@ -251,6 +252,8 @@ class Reconciler:
         rescan_interval_s: float = DEFAULT_RESCAN_INTERVAL_S,
         proc_root: str = "/proc",
         clock: Callable[[], float] = time.monotonic,
+        state_dir: str | os.PathLike[str] | None = None,
+        boot_id: str | None = None,
     ) -> None:
         self.hierarchy = hierarchy
         self.cgroup_root = Path(cgroup_root)
@@ -271,9 +274,17 @@ class Reconciler:
         self._index: dict[str, _Indexed] = {}
         self._indexed_at: float | None = None
         self._known_missing: set[str] = set()
-        self._applied: dict[tuple[str, str], _Applied] = {}
+        # (pod UID, container name) -> the value oomguard set on its processes.
+        self._applied: dict[tuple[str, str], AppliedValue] = {}
         self._pods: dict[str, _PodState] = {}
         self._logged: set[str] = set()
+        self._state_file: ScoreStateFile | None = None
+        self._saved_signature: object = None  # what _save_state last saw saved
+        if state_dir is not None:
+            self._state_file = ScoreStateFile(Path(state_dir), boot_id)
+            loaded = self._state_file.load()
+            if loaded is not None:
+                self._applied.update(loaded.applied)
 
     # -- the cgroup index -------------------------------------------------------------
 
@@ -352,6 +363,8 @@ class Reconciler:
             del self._applied[key]
         if len(self._known_missing) > 4096:
             self._known_missing.clear()
+        if self._state_file is not None:
+            self._save_state(report)
         report.duration_s = time.perf_counter() - started
         return report
 
@@ -359,7 +372,9 @@ class Reconciler:
         scores = kubelet_scores(pod, self.node_memory_bytes)
         if scores is None:
             return
-        labels = self._namespace_labels(pod.namespace) if self._namespace_labels else {}
+        labels: Mapping[str, str] = {}
+        if self._namespace_labels is not None and policy.uses_namespace_selector:
+            labels = self._namespace_labels(pod.namespace)  # read only when a rule uses them
         projection = PodProjection(
             namespace=pod.namespace,
             qos_class=QosClass(pod.qos_class or ""),
@@ -427,13 +442,24 @@ class Reconciler:
                 processes=tally.processes,
                 written=tally.written,
                 refused=tally.refused,
+                container_id=view.container_id,
             )
             if tally.refused:
                 self._kernel_refusal(pod, state, decision.container, target, tally)
             if self.dry_run:
                 continue
             if only_from is None:
-                self._applied[key] = _Applied(target, decision.kubelet_value)
+                # Replaced only on change: an unchanged entry stays the same object,
+                # which keeps the state file's change check cheap.
+                was = self._applied.get(key)
+                if (
+                    was is None
+                    or was.value != target
+                    or was.kubelet_value != decision.kubelet_value
+                ):
+                    self._applied[key] = AppliedValue(
+                        pod.uid, decision.container, target, decision.kubelet_value
+                    )
                 if not tally.refused:
                     announce.append((decision.container, target))
             elif not tally.refused and not tally.errors:
@@ -530,6 +556,39 @@ class Reconciler:
                 finally:
                     handle.close()
         return len(directories), tally
+
+    # -- the state file ---------------------------------------------------------------
+
+    def _save_state(self, report: PassReport) -> None:
+        """Persist what was set and what is wanted, if that changed (never raises).
+
+        Every pass compares plain tuples with the last state saved (tens of
+        microseconds for hundreds of containers); only a change builds and writes it.
+        """
+        state_file = self._state_file
+        assert state_file is not None
+        try:
+            wanted = {
+                r.container_id: (r.namespace, r.pod, r.pod_uid, r.container, r.desired, r.outcome)
+                for r in report.containers.values()
+                # A restore that is done leaves the container ungoverned: nothing wanted.
+                if r.container_id
+                and (r.outcome != "restore" or (r.pod_uid, r.container) in self._applied)
+            }
+            signature = (self.dry_run, dict(self._applied), wanted)
+            if signature == self._saved_signature:
+                return
+            state = ScoreState(
+                boot_id=state_file.boot_id,
+                dry_run=self.dry_run,
+                applied=signature[1],
+                wanted={cid: WantedValue(cid, *fields) for cid, fields in wanted.items()},
+            )
+            state_file.save(state)
+            if state_file.saved == state:  # else the write failed: try again next pass
+                self._saved_signature = signature
+        except Exception:  # the state is a convenience; the pass itself is done
+            log.exception("could not save the reconciler's state")
 
     # -- reporting --------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from oomguard.statefile import DEFAULT_STATE_DIR
+
 
 class SettingsError(ValueError):
     """Settings that cannot run; the message is one sentence per problem."""
@@ -27,7 +29,8 @@ class RunSettings(BaseSettings):
     )
     kubeconfig: str | None = None  # None: the in-cluster service account
     cgroup_root: str | None = None  # None: the kubepods level of this node's driver
-    state_dir: Path = Path("/var/lib/oomguard")  # undelivered Events, kmsg position
+    # Undelivered Events, the kmsg position, the oom_score_adj values written and wanted.
+    state_dir: Path = DEFAULT_STATE_DIR
     metrics_address: str = "0.0.0.0:9753"  # /metrics, /healthz, /readyz
     dry_run: bool = False  # compute and report, write nothing to /proc
     log_format: Literal["text", "json"] = "text"

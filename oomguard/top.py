@@ -1,13 +1,21 @@
-"""`oomguard top`: who the kernel would kill next, and which container it belongs to."""
+"""`oomguard top`: who the kernel would kill next, and which container it belongs to.
+
+With the agent's published wants (`score_state.read_wanted`), each process of a governed
+container also shows the oom_score_adj the policy wants for it and whether it has it.
+A process belongs to the container whose ID its cgroup path names, nested cgroups below
+the container's included (as the reconciler counts them).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from oomguard.cgroup_path import parse_cgroup_path
 from oomguard.cgroups.hierarchy import MemoryHierarchy
 from oomguard.procfs import ProcHandle, list_pids
 from oomguard.records import CgroupIdentity
+from oomguard.score_state import WantedValue
 
 
 @dataclass(frozen=True)
@@ -19,6 +27,16 @@ class ProcessScore:
     rss_bytes: int
     cgroup: str | None
     identity: CgroupIdentity
+    wanted: WantedValue | None = None  # None: not governed, or nothing published
+
+    @property
+    def wanted_oom_score_adj(self) -> int | None:
+        return None if self.wanted is None else self.wanted.value
+
+    @property
+    def applied(self) -> bool | None:
+        """Whether the process has the value the policy wants; None when not governed."""
+        return None if self.wanted is None else self.oom_score_adj == self.wanted.value
 
     def to_json_dict(self) -> dict[str, object]:
         return {
@@ -33,6 +51,11 @@ class ProcessScore:
             "qos": self.identity.qos,
             "runtime": self.identity.runtime,
             "unit": self.identity.unit,
+            "wanted_oom_score_adj": self.wanted_oom_score_adj,
+            "applied": self.applied,
+            "pod_namespace": None if self.wanted is None else self.wanted.namespace,
+            "pod_name": None if self.wanted is None else self.wanted.pod,
+            "container_name": None if self.wanted is None else self.wanted.container,
         }
 
 
@@ -87,18 +110,42 @@ def rank(hierarchy: MemoryHierarchy, root_cgroup: str | None, limit: int) -> lis
     return out[: max(0, limit)] if limit else out
 
 
+def with_wanted(
+    rows: Iterable[ProcessScore], wanted: Mapping[str, WantedValue]
+) -> list[ProcessScore]:
+    """The rows, each process of a governed container given its container's wanted value.
+
+    Matched by container ID alone: it is unique on the node, and a static pod's cgroup
+    carries its config hash, not the pod UID the agent knows.
+    """
+    out = []
+    for row in rows:
+        cid = row.identity.container_id
+        entry = wanted.get(cid) if cid else None
+        out.append(row if entry is None else replace(row, wanted=entry))
+    return out
+
+
+def _ok(applied: bool | None) -> str:
+    return "-" if applied is None else "yes" if applied else "no"
+
+
 def format_table(rows: list[ProcessScore]) -> str:
     header = (
-        f"{'PID':>7} {'OOM_SCORE':>9} {'ADJ':>5} {'RSS':>9}  {'QOS':<10} "
-        f"{'POD':<36} {'CONTAINER':<12} COMMAND"
+        f"{'PID':>7} {'OOM_SCORE':>9} {'ADJ':>5} {'WANT':>5} {'OK':<3} {'RSS':>9}  "
+        f"{'QOS':<10} {'POD':<36} {'CONTAINER':<12} COMMAND"
     )
     lines = [header]
     for p in rows:
         ident = p.identity
         rss_mib = f"{p.rss_bytes / (1024 * 1024):.1f}M"
+        want = "-" if p.wanted is None else str(p.wanted.value)
+        if p.wanted is not None:  # names from the agent beat IDs
+            pod, container = f"{p.wanted.namespace}/{p.wanted.pod}", p.wanted.container
+        else:
+            pod, container = ident.pod_uid or ident.unit or "-", (ident.container_id or "-")[:12]
         lines.append(
-            f"{p.pid:>7} {p.oom_score:>9} {p.oom_score_adj:>5} {rss_mib:>9}  "
-            f"{(ident.qos or '-'):<10} {(ident.pod_uid or ident.unit or '-'):<36} "
-            f"{(ident.container_id or '-')[:12]:<12} {p.command}"
+            f"{p.pid:>7} {p.oom_score:>9} {p.oom_score_adj:>5} {want:>5} {_ok(p.applied):<3} "
+            f"{rss_mib:>9}  {(ident.qos or '-'):<10} {pod:<36} {container:<12} {p.command}"
         )
     return "\n".join(lines)

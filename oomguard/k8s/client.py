@@ -197,7 +197,10 @@ class KubeApi:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
-        timeout = (self.connect_timeout_s, read_timeout_s or self.request_timeout_s)
+        # A request's own read timeout shorter than the connect timeout bounds the
+        # connect too: a caller that must not block for long means it for both.
+        read_s = read_timeout_s or self.request_timeout_s
+        timeout = (min(self.connect_timeout_s, read_s), read_s)
         try:
             method, url, headers, body, post = self._client.param_serialize(
                 method,
@@ -236,7 +239,11 @@ class KubeApi:
         content_type: str | None = None,
         timeout_s: float | None = None,
     ) -> JSON:
-        """One call; the decoded JSON object the server answered with."""
+        """One call; the decoded JSON object the server answered with.
+
+        `timeout_s` bounds each attempt's read (and its connect, if shorter); urllib3
+        retries a failed connect or read up to three times.
+        """
         import urllib3
 
         raw = self._send(

@@ -19,6 +19,8 @@ the resources oomguard uses from them:
 - Event create/patch with the apiserver's decoding and validation rules (source:
   pkg/apis/core/validation/events.go, apiserver registry/rest/create.go), Status bodies
   for 400/403/404/409/410/422;
+- Namespaces by name (`GET /api/v1/namespaces/NAME`), labelled `kubernetes.io/metadata.name`
+  as the real server does; listing them is not served (kmock cannot parse that path);
 - RBAC as a set of (verb, resource) pairs, and faults: 5xx for the next N requests,
   dropped streams, outages that refuse connections or answer 503.
 
@@ -129,7 +131,15 @@ EVENTS_V1 = ResourceType(
     _labels(_META + "reason reportingController type regarding.kind regarding.name"),
 )  # fmt: skip
 NODES = ResourceType("", "v1", "nodes", "Node", False, _labels("metadata.name"))
-RESOURCE_TYPES = (PODS, EVENTS, EVENTS_V1, NODES)
+NAMESPACES = ResourceType(
+    "", "v1", "namespaces", "Namespace", False, _labels("metadata.name status.phase"),
+    name_rule="dns-label",
+)  # fmt: skip
+RESOURCE_TYPES = (PODS, EVENTS, EVENTS_V1, NODES, NAMESPACES)
+# The label the real server puts on every namespace (NamespaceDefaultLabelName, 1.21+).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# kmock reads /api/v1/namespaces/NAME as "namespace NAME, no resource": a Namespace.
+_NAMESPACE_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/?")
 _FIELD_ALIASES = {"source": "source.component"}
 
 
@@ -573,6 +583,20 @@ class KubernetesApi(kmock.KubernetesScaffold):
             _HTTP_REQUEST.reset(token)
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        match = _NAMESPACE_PATH.fullmatch(request.url.path)
+        if match is not None and request.resource is not None and not request.resource.plural:
+            parsed = request
+            request = attrs.evolve(
+                parsed,
+                resource=kmock.resource("", "v1", "namespaces"),
+                namespace=None,
+                name=match.group(1),
+            )
+            # kmock finds a request's reactions by identity in the requests it recorded.
+            for index in range(len(self._requests) - 1, -1, -1):  # it is the last, or near
+                if self._requests[index] is parsed:
+                    self._requests[index] = request
+                    break
         if self.outage_503:
             raise _error(503, "ServiceUnavailable", "the server is currently unable to handle it")
         if self.token is not None:
@@ -713,6 +737,8 @@ class KubernetesApi(kmock.KubernetesScaffold):
             meta["name"] = name
             if rtype.namespaced:
                 meta["namespace"] = namespace
+            if rtype is NAMESPACES:
+                meta["labels"] = {**(meta.get("labels") or {}), NAMESPACE_NAME_LABEL: name}
             # A replacement keeps the object's identity, as an update on a real server does.
             meta.setdefault("uid", (old or {}).get("metadata", {}).get("uid") or str(uuid.uuid4()))
             meta.setdefault(

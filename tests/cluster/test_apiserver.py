@@ -15,7 +15,7 @@ import pytest
 import urllib3
 from kubernetes.client.api_client import ApiClient
 
-from tests.cluster.apiserver import EVENTS, EVENTS_V1, PODS, ApiServer
+from tests.cluster.apiserver import EVENTS, EVENTS_V1, NAMESPACES, PODS, ApiServer
 
 NS = "team-a"
 
@@ -144,6 +144,41 @@ def test_typed_client_reads_the_server(apiserver: ApiServer, k8s_configuration: 
         field_selector="spec.nodeName=node-1"
     )
     assert [p.metadata.name for p in pods.items if p.metadata] == ["a"]
+
+
+def test_namespaces_are_read_by_name_with_the_name_label(apiserver: ApiServer, raw: Raw) -> None:
+    apiserver.apply(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "db", "labels": {"t": "1"}}}
+    )
+    status, body = raw.call("GET", "/api/v1/namespaces/db")
+    assert status == 200, body
+    assert (body["apiVersion"], body["kind"], body["metadata"]["name"]) == ("v1", "Namespace", "db")
+    assert "namespace" not in body["metadata"]  # cluster-scoped
+    # The real server labels every namespace with its name (1.21+).
+    assert body["metadata"]["labels"] == {"t": "1", "kubernetes.io/metadata.name": "db"}
+    assert apiserver.get(NAMESPACES, None, "db") == body
+    assert raw.call("GET", "/api/v1/namespaces/db/pods")[0] == 200  # still pods in "db"
+    status, body = raw.call("GET", "/api/v1/namespaces/nope")
+    assert (status, body["reason"], body["message"], body["details"]) == (
+        404,
+        "NotFound",
+        'namespaces "nope" not found',
+        {"kind": "namespaces", "name": "nope"},
+    )
+    assert apiserver.requests("get", "namespaces")[-1].name == "nope"
+
+    apiserver.allow({("list", "pods")})
+    status, body = raw.call("GET", "/api/v1/namespaces/db")
+    assert (status, body["reason"], body["message"]) == (
+        403,
+        "Forbidden",
+        'namespaces "db" is forbidden: User "system:serviceaccount:kube-system:oomguard" '
+        'cannot get resource "namespaces" in API group "" at the cluster scope',
+    )
+    apiserver.allow(None)
+    apiserver.fail_next(1, 503, verb="get", resource="namespaces")
+    assert raw.call("GET", "/api/v1/namespaces/db")[0] == 503
+    assert raw.call("GET", "/api/v1/namespaces/db")[0] == 200
 
 
 # -- watch ----------------------------------------------------------------------------

@@ -6,8 +6,10 @@ cgroup; the reconciler's root is the test's tree, so nothing else can be touched
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,7 +29,9 @@ from oomguard.reconciler import (
     PassReport,
     Reconciler,
 )
+from oomguard.score_state import STATE_FILE
 from oomguard.scratch import ScratchTree
+from oomguard.statefile import read_boot_id
 
 pytestmark = pytest.mark.system
 
@@ -146,7 +150,7 @@ def set_adj(pid: int, value: int) -> None:
 
 
 def make_reconciler(
-    tree: ScratchTree, policy: str = "{}", *, dry_run: bool = False
+    tree: ScratchTree, policy: str = "{}", *, dry_run: bool = False, state_dir: Path | None = None
 ) -> tuple[Reconciler, list[Event]]:
     events: list[Event] = []
 
@@ -160,6 +164,8 @@ def make_reconciler(
         dry_run=dry_run,
         policy_source=FixedPolicy(policy),
         on_event=on_event,
+        state_dir=state_dir,
+        boot_id=read_boot_id(),
     )
     return r, events
 
@@ -418,3 +424,120 @@ def test_a_failing_event_sink_does_not_stop_the_pass(node: Node, tree: ScratchTr
     )
     assert r.pass_once([pod("p", uid, {"main": c}, SACRIFICE)]).written == 1
     assert adj(p) == 1000
+
+
+# ---------------------------------------------------------------------------- restarts, top
+
+
+def top_rows(tree: ScratchTree, state_dir: Path) -> tuple[dict[int, dict[str, Any]], str]:
+    """`oomguard top --json` as a user runs it: pid -> row, and what it said on stderr."""
+    args = [
+        "top",
+        "--json",
+        "-n",
+        "0",
+        "--cgroup-root",
+        str(tree.top),
+        "--state-dir",
+        str(state_dir),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "oomguard.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return {r["pid"]: r for r in json.loads(result.stdout)}, result.stderr
+
+
+def saved(state_dir: Path) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((state_dir / STATE_FILE).read_text())
+    return body
+
+
+def test_a_restarted_reconciler_restores_what_it_set_and_top_shows_it(
+    node: Node, tree: ScratchTree, tmp_path: Path
+) -> None:
+    uid, c = str(uuid.uuid4()), cid()
+    cg = node.container_cgroup(uid, c)
+    nested = tree.make(f"kubepods/burstable/pod{uid}/{c}/worker")
+    direct, deep = node.start(cg, KUBELET_BURSTABLE), node.start(nested, KUBELET_BURSTABLE)
+    uid_gone, c_gone = str(uuid.uuid4()), cid()  # a pod deleted while the agent is down
+    gone = node.start(node.container_cgroup(uid_gone, c_gone), KUBELET_BURSTABLE)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+
+    before, _ = make_reconciler(tree, state_dir=state_dir)
+    pods = [
+        pod("p", uid, {"main": c}, SACRIFICE),
+        pod("gone", uid_gone, {"main": c_gone}, SACRIFICE),
+    ]
+    before.pass_once(pods)
+    assert adj(direct) == adj(deep) == adj(gone) == 1000
+    inode = (state_dir / STATE_FILE).stat().st_ino
+    assert before.pass_once(pods).written == 0
+    assert (state_dir / STATE_FILE).stat().st_ino == inode  # nothing changed: not rewritten
+
+    rows, stderr = top_rows(tree, state_dir)
+    assert stderr == ""
+    for proc in (direct, deep):
+        r = rows[proc.pid]
+        assert (r["wanted_oom_score_adj"], r["applied"]) == (1000, True)
+        assert (r["pod_namespace"], r["pod_name"], r["container_name"]) == ("default", "p", "main")
+        assert r["container_id"] == c and r["oom_score_adj"] == 1000
+    set_adj(direct.pid, 950)  # behind oomguard's back
+    rows, _ = top_rows(tree, state_dir)
+    changed = rows[direct.pid]
+    assert (changed["oom_score_adj"], changed["wanted_oom_score_adj"]) == (950, 1000)
+    assert changed["applied"] is False
+    assert rows[deep.pid]["applied"] is True
+
+    # The agent stops; meanwhile the annotation goes, a pod is deleted, and a process
+    # forks with oomguard's value. A new Reconciler (a restarted agent) takes over.
+    del before
+    forked = node.start(cg, 1000)
+    after, events = make_reconciler(tree, state_dir=state_dir)
+    report = after.pass_once([pod("p", uid, {"main": c})])
+    assert adj(deep) == adj(forked) == KUBELET_BURSTABLE
+    assert adj(direct) == 950  # not the value oomguard wrote: not oomguard's to undo
+    assert adj(gone) == 1000  # its pod is gone: left alone
+    assert report.containers["default/p/main"].outcome == "restore"
+    assert report.written == 2
+    [restored] = [e for e in events if e[2] == REASON_APPLIED]
+    assert "kubelet's value 900" in restored[3]
+    assert saved(state_dir)["applied"] == [] and saved(state_dir)["wanted"] == []
+
+    # Restored once, then forgotten, also by the next restart.
+    set_adj(deep.pid, 1000)
+    again, _ = make_reconciler(tree, state_dir=state_dir)
+    assert again.pass_once([pod("p", uid, {"main": c})]).processes_seen == 0
+    assert adj(deep) == 1000
+    rows, _ = top_rows(tree, state_dir)
+    assert rows[deep.pid]["wanted_oom_score_adj"] is None and rows[deep.pid]["applied"] is None
+
+
+def test_a_dry_run_persists_nothing_as_written(
+    node: Node, tree: ScratchTree, tmp_path: Path
+) -> None:
+    uid, c = str(uuid.uuid4()), cid()
+    p = node.start(node.container_cgroup(uid, c), KUBELET_BURSTABLE)
+    dry, _ = make_reconciler(tree, dry_run=True, state_dir=tmp_path)
+    dry.pass_once([pod("p", uid, {"main": c}, SACRIFICE)])
+    body = saved(tmp_path)
+    assert body["dry_run"] is True and body["applied"] == []
+    assert [(w["container_id"], w["value"]) for w in body["wanted"]] == [(c, 1000)]
+    rows, stderr = top_rows(tree, tmp_path)
+    assert (rows[p.pid]["wanted_oom_score_adj"], rows[p.pid]["applied"]) == (1000, False)
+    assert "dry-run" in stderr
+
+    set_adj(p.pid, 1000)  # someone else's 1000, after the dry run
+    live, _ = make_reconciler(tree, state_dir=tmp_path)
+    assert live.pass_once([pod("p", uid, {"main": c})]).processes_seen == 0
+    assert adj(p) == 1000
+
+
+def test_top_without_state_says_why_once(tree: ScratchTree, tmp_path: Path) -> None:
+    rows, stderr = top_rows(tree, tmp_path / "absent")
+    assert stderr.count("WANT and OK are empty") == 1 and STATE_FILE in stderr
+    assert all(r["wanted_oom_score_adj"] is None and r["applied"] is None for r in rows.values())

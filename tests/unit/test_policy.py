@@ -246,6 +246,30 @@ def test_label_selector_operators(
     assert load_policy(json.dumps(document)).trusts("ns", labels) is trusted
 
 
+USES_SELECTOR_CASES = {
+    "defaults": ("{}", False),
+    "names-only": ("trusted_namespaces: {names: [db]}", False),
+    "trusted-selector": ("trusted_namespaces: {selector: {matchLabels: {t: 'y'}}}", True),
+    "default-rule-names": (
+        "defaults: [{namespaces: {names: [batch]}, request: sacrifice}]",
+        False,
+    ),
+    "default-rule-selector": (
+        "defaults: [{namespaces: {names: [batch]}, request: sacrifice},"
+        " {namespaces: {selector: {matchExpressions: [{key: t, operator: Exists}]}},"
+        " request: protect}]",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "uses"), USES_SELECTOR_CASES.values(), ids=USES_SELECTOR_CASES.keys()
+)
+def test_uses_namespace_selector_says_when_labels_are_needed(text: str, uses: bool) -> None:
+    assert load_policy(text).uses_namespace_selector is uses
+
+
 def test_json_is_accepted_too() -> None:
     text = json.dumps(
         {"trusted_namespaces": {"names": ["db"]}, "qos": {"Burstable": {"lowest": -500}}}
