@@ -2,15 +2,23 @@
 
 Threads and what flows between them, in one direction:
 
-    detector thread (OomWatcher) --OomKill--> queue.Queue --> main loop
+    detector thread (OomWatcher) --OomKill, HandedOn--> queue.Queue --> main loop
     main loop: attribute (pod cache) -> EventSender.submit (persisted) -> deliver
     pod cache thread: list + watch this node's pods
     metrics thread: /metrics, /healthz, /readyz
 
-A kill is safe once `submit` has written it to the state directory; the kmsg sequence
-number persisted beside it is that of the last kill submitted, so a restarted agent
-reads back from there and the event queue's memory of kill ids drops what it already
-has. Reading back a little too much is harmless; too little would lose kills.
+A kill is safe once `submit` has written it to the state directory. Kills that happen
+while the agent is down are recovered on restart from what the state directory says was
+handed on: the kernel log position (`KmsgPosition`) and each cgroup's `oom_kill` counter
+(`counter_snapshot`). The detector says what it has handed on in `HandedOn` marks sent
+through the same queue, after the records they cover, so by the time a mark is written
+every kill it covers has been submitted. The marks are written once per turn of the main
+loop (never per kill), the counters before the position, so the position never runs
+ahead of the counters: a report read back is then either dropped by its kill id or pairs
+with the counter increase it explains. What is not covered yet is found again after a
+crash, from the same source under the same kill id (`kmsg/...` or
+`counter/<boot>/<cgroup>/<value>`), and the event queue's memory of kill ids drops what
+it already has. Reading back a little too much is harmless; too little would lose kills.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from types import FrameType
 
 from oomguard import __version__
 from oomguard.cgroups.hierarchy import MemoryHierarchy, default_cgroup_root
+from oomguard.counter_snapshot import CounterSnapshotFile, apply_handed_on
 from oomguard.engine import OomWatcher
 from oomguard.k8s.attribution import Target, TargetKind, attribute
 from oomguard.k8s.client import ApiStatusError, KubeApi, KubeApiError
@@ -41,12 +50,13 @@ from oomguard.k8s.event_queue import (
     read_boot_id,
 )
 from oomguard.k8s.events import timestamp
+from oomguard.k8s.namespace_labels import NamespaceLabels
 from oomguard.k8s.pod_cache import PodCache, PodView
 from oomguard.metrics import Metrics, Server, serve
 from oomguard.output import json_line
 from oomguard.policy_file import PolicySource
 from oomguard.reconciler import Reconciler
-from oomguard.records import OomKill
+from oomguard.records import HandedOn, OomKill
 from oomguard.settings import RunSettings
 from oomguard.statefile import atomic_write
 
@@ -58,23 +68,31 @@ STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
 
 
 class KmsgPosition:
-    """The last kmsg sequence number handed on, per boot (numbers restart at boot)."""
+    """The last kernel log position handed on, per boot (numbers restart at boot).
+
+    Per reader too: a /dev/kmsg sequence number and a syslog(2) position (`klog_syslog`)
+    are different numbers, so the file says whose it is (`source`; absent: kmsg).
+    """
 
     def __init__(self, state_dir: Path, boot_id: str | None) -> None:
         self.path = state_dir / KMSG_POSITION_FILE
         self.boot_id = boot_id
         self.saved: int | None = None
+        self.saved_source = "kmsg"
 
-    def resume_after(self) -> int | None:
-        """Where a (re)started agent reads kmsg from.
+    def resume_after(self, source: str = "kmsg") -> int | None:
+        """Where a (re)started agent reads the kernel log from, with reader `source`.
 
         No state: only new records (kills before the first install are history).
         Same boot: after the last kill handed on. A new boot: the whole ring buffer,
-        since kills at boot happened while no agent ran.
+        since kills at boot happened while no agent ran. Same boot, but the position is
+        the other reader's (the agent's privileges changed): only new records, since
+        the one number means nothing to the other reader.
         """
         try:
             data = json.loads(self.path.read_text())
             seq, boot = int(data["seq"]), str(data["boot_id"])
+            saved_source = str(data.get("source", "kmsg"))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -83,17 +101,19 @@ class KmsgPosition:
             os.replace(self.path, aside)
             return None
         if self.boot_id is not None and boot == self.boot_id:
-            self.saved = seq
+            if saved_source != source:
+                return None
+            self.saved, self.saved_source = seq, source
             return seq
         return -1
 
-    def save(self, seq: int) -> None:
-        if self.saved is not None and seq <= self.saved:
+    def save(self, seq: int, source: str = "kmsg") -> None:
+        if self.saved is not None and source == self.saved_source and seq <= self.saved:
             return
-        body = json.dumps({"seq": seq, "boot_id": self.boot_id}).encode()
+        body = json.dumps({"seq": seq, "boot_id": self.boot_id, "source": source}).encode()
         try:
             atomic_write(self.path, body)
-            self.saved = seq
+            self.saved, self.saved_source = seq, source
         except OSError as exc:
             log.warning("cannot save the kmsg position in %s: %s", self.path, exc)
 
@@ -117,6 +137,11 @@ class Agent:
         state_dir.mkdir(parents=True, exist_ok=True)
         boot_id = read_boot_id()
         self.position = KmsgPosition(state_dir, boot_id)
+        self.counter_snapshot = CounterSnapshotFile(state_dir, boot_id)
+        # What the detector has handed on (its HandedOn marks), written by step().
+        self._handed_on: dict[str, int] | None = None
+        self._handed_on_seq: int | None = None
+        self._handed_on_unsaved = False
         self.events = EventQueue(state_dir / "events")
         self.sender = EventSender(
             api,
@@ -129,14 +154,17 @@ class Agent:
         root = (
             Path(settings.cgroup_root) if settings.cgroup_root else default_cgroup_root(hierarchy)
         )
-        self._kills: queue.Queue[OomKill] = queue.Queue()
+        self._kills: queue.Queue[OomKill | HandedOn] = queue.Queue()
         self.watcher = OomWatcher(
             hierarchy,
             root,
             self._kills.put,
             kmsg_path=kmsg_path,
             resync_interval_s=settings.resync_interval_s,
-            kmsg_after_seq=self.position.resume_after(),
+            kmsg_after_seq=self.position.resume_after("kmsg"),
+            syslog_after_pos=self.position.resume_after("syslog"),
+            counter_baseline=self.counter_snapshot.load(),
+            on_handed_on=self._kills.put,
         )
         self.policy = PolicySource(settings.policy_file, metrics=self.metrics)
         self.reconciler = Reconciler(
@@ -146,6 +174,9 @@ class Agent:
             policy_source=self.policy,
             on_event=self._pod_event,
             metrics=self.metrics,
+            namespace_labels=NamespaceLabels(api, observe_latency=self.metrics.observe_api_request),
+            state_dir=state_dir,
+            boot_id=boot_id,
         )
         self._next_reconcile = 0.0
         self._policy_error_reported: str | None = None
@@ -177,6 +208,7 @@ class Agent:
         self.cache.start()
         self._learn_node_uid()
         self.watcher.start()
+        self.metrics.set_kernel_log_source(self.watcher.kernel_log_source)
         if self.watcher.kmsg_error:
             log.warning("%s", self.watcher.kmsg_error)
         self._detector = threading.Thread(target=self.watcher.run, name="detector", daemon=True)
@@ -208,12 +240,13 @@ class Agent:
         except queue.Empty:
             first = None
         if first is not None:
-            self._handle(first)
+            self._take(first)
             while True:
                 try:
-                    self._handle(self._kills.get_nowait())
+                    self._take(self._kills.get_nowait())
                 except queue.Empty:
                     break
+        self._save_handed_on()  # also retries a write that failed
         self._learn_node_uid()
         self.sender.deliver_once()
         self._reconcile()
@@ -299,6 +332,31 @@ class Agent:
         except KubeApiError as exc:
             log.warning("cannot post %s Event %s: %s", type_, reason, exc)
 
+    def _take(self, item: OomKill | HandedOn) -> None:
+        if isinstance(item, HandedOn):
+            self._handed_on = apply_handed_on(self._handed_on, item)
+            if item.kmsg_seq is not None:
+                self._handed_on_seq = item.kmsg_seq
+            self._handed_on_unsaved = True
+        else:
+            self._handle(item)
+
+    def _save_handed_on(self) -> None:
+        """Write what the detector has handed on, if it moved: once per turn, not per kill.
+
+        The counters first, the kernel log position only once they are on disk: a crash
+        in between leaves the position behind, which reads a report back (harmless: its
+        kill id is known, and its credit pairs with the counter increase), never ahead,
+        which would take a counted kill for one whose report was lost.
+        """
+        if not self._handed_on_unsaved or self._handed_on is None:
+            return
+        if not self.counter_snapshot.save(self._handed_on):
+            return  # said in the log; tried again next turn
+        if self._handed_on_seq is not None:
+            self.position.save(self._handed_on_seq, source=self.watcher.kernel_log_source)
+        self._handed_on_unsaved = False
+
     def _handle(self, kill: OomKill) -> None:
         cid = kill.identity.container_id
         if cid and self.cache.lookup_container(cid) is None and cid not in self._waited:
@@ -306,9 +364,11 @@ class Agent:
             self._waited.add(cid)
             self.cache.wait_for_container(cid, self.settings.pod_wait_s)
         target = attribute(kill, self.cache)
-        self.sender.submit(kill, target)
-        if kill.kmsg_seq is not None:
-            self.position.save(kill.kmsg_seq)
+        if not self.sender.submit(kill, target, counter_value=kill.oom_kill_counter):
+            # Found again after a restart (read back from the kernel log, or counted
+            # again before the counters were saved): reported before, same kill id.
+            log.info("oom kill already reported: %s", json_line(kill))
+            return
         if target.is_node or target.namespace is None or target.name is None:
             self.metrics.oom_kill_without_pod(kill.constraint)
         else:
@@ -347,9 +407,10 @@ class Agent:
         self.watcher.close()
         while True:
             try:
-                self._handle(self._kills.get_nowait())
+                self._take(self._kills.get_nowait())
             except queue.Empty:
                 break
+        self._save_handed_on()
         deadline = time.monotonic() + STOP_FLUSH_S
         while self.events.pending_kills() and time.monotonic() < deadline:
             if not self.sender.deliver_once():

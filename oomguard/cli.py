@@ -27,6 +27,7 @@ from oomguard.engine import OomWatcher
 from oomguard.output import human_line, json_line
 from oomguard.records import OomKill
 from oomguard.scratch import ScratchError
+from oomguard.statefile import DEFAULT_STATE_DIR
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -83,8 +84,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(
         f"oomguard {__version__}: watching {len(watcher.watch.cgroups())} memory cgroups "
-        f"below {root} (cgroup v{hierarchy.version.value}); "
-        + ("reading the kernel log" if watcher.kmsg_error is None else watcher.kmsg_error),
+        f"below {root} (cgroup v{hierarchy.version.value}); {watcher.kernel_log_status}",
         file=sys.stderr,
         flush=True,
     )
@@ -96,13 +96,23 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from oomguard.top import format_table, rank
+    from oomguard.score_state import read_wanted
+    from oomguard.statefile import read_boot_id
+    from oomguard.top import format_table, rank, with_wanted
 
     hierarchy = detect_memory_hierarchy()
     root_cgroup = None
     if args.cgroup_root is not None:
         root_cgroup = hierarchy.cgroup_of(_root_dir(hierarchy, args.cgroup_root))
-    rows = rank(hierarchy, root_cgroup, args.n)
+    published = read_wanted(Path(args.state_dir), read_boot_id())
+    if published.note is not None:
+        print(f"oomguard: WANT and OK are empty: {published.note}", file=sys.stderr)
+    elif published.dry_run:
+        print(
+            "oomguard: the agent runs with --dry-run: WANT is what it would set, it sets nothing",
+            file=sys.stderr,
+        )
+    rows = with_wanted(rank(hierarchy, root_cgroup, args.n), published.wanted)
     if args.json:
         json.dump([r.to_json_dict() for r in rows], sys.stdout, indent=None)
         sys.stdout.write("\n")
@@ -135,6 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             event_window_s=args.event_window_s,
             reconcile_interval_s=args.reconcile_interval_s,
             resync_interval_s=args.resync_interval_s,
+            kmsg_path=args.kmsg_path,
         )
     except SettingsError as exc:
         raise UserError(str(exc)) from None
@@ -152,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (KubeApiError, ConfigException, OSError, ValueError) as exc:
         raise UserError(f"cannot load the Kubernetes client configuration: {exc}") from exc
     try:
-        agent = Agent(settings, hierarchy, api)
+        agent = Agent(settings, hierarchy, api, kmsg_path=settings.kmsg_path or None)
     except ValueError as exc:  # e.g. a malformed --metrics-address
         raise UserError(str(exc)) from exc
     install_signal_handlers(agent)
@@ -202,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--cgroup-root", metavar="DIR", help="only processes below DIR")
     top.add_argument("--json", action="store_true", help="a JSON list of objects")
     top.add_argument("-n", type=int, default=20, help="show N processes (default 20, 0 = all)")
+    top.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        default=str(DEFAULT_STATE_DIR),
+        help="the agent's --state-dir, for the oom_score_adj the policy wants per container "
+        f"(default: {DEFAULT_STATE_DIR})",
+    )
     top.set_defaults(func=cmd_top)
 
     run = sub.add_parser(
@@ -215,7 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--cgroup-root", help="memory cgroups to watch (default: this node's kubepods level)"
     )
     run.add_argument(
-        "--state-dir", help="undelivered Events and the kmsg position (default /var/lib/oomguard)"
+        "--state-dir",
+        help="undelivered Events, the kmsg position and oom_kill counters handed on, the "
+        "oom_score_adj values set and wanted "
+        f"(default {DEFAULT_STATE_DIR})",
     )
     run.add_argument(
         "--metrics-address", help="host:port for /metrics, /healthz, /readyz (default 0.0.0.0:9753)"
@@ -231,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--resync-interval-s", type=float, help="cgroup tree safety-net rescan (default 60)"
+    )
+    run.add_argument(
+        "--kmsg-path",
+        help="the kernel log, for each kill's victim (default /dev/kmsg, else syslog(2)); "
+        '"" to read no kernel log (kills from the cgroup counters alone)',
     )
     run.set_defaults(func=cmd_run)
 

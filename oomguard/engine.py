@@ -4,6 +4,13 @@ One thread, one poll() over the kmsg descriptor, the inotify descriptor, v1's
 per-cgroup eventfds and a wake-up eventfd for stop(). Idle, it sleeps in poll()
 until the next resync, which is what keeps a node with hundreds of containers at a
 negligible CPU cost.
+
+The kernel log comes from /dev/kmsg; where that cannot be opened (an unprivileged
+container), through syslog(2) (`klog_syslog`), else not at all (counters only).
+syslog(2) has no descriptor to poll, so the loop reads it when it has a reason to: on
+every counter increase (before the joiner starts waiting for its report), just after a
+cgroup v1 OOM signal, while a counter increase still waits, and at each resync; reads
+coalesce, at most one per SYSLOG_MIN_READ_GAP_S.
 """
 
 from __future__ import annotations
@@ -13,18 +20,19 @@ import logging
 import os
 import select
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 from oomguard.cgroups.counters import MemoryUse, read_memory_use
-from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.cgroups.watch import CgroupWatch, CounterChange
 from oomguard.detector import KillJoiner
+from oomguard.klog_syslog import SyslogReader, SyslogUnavailable
 from oomguard.kmsg_parse import OomReportAssembler
 from oomguard.kmsg_reader import KmsgReader, KmsgUnavailable
 from oomguard.main_process import Captured, MainProcessProbe
-from oomguard.records import CgroupKind, KernelOomKill, OomKill
+from oomguard.records import CgroupKind, HandedOn, KernelOomKill, OomKill
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +40,20 @@ log = logging.getLogger(__name__)
 _MAX_CAPTURED = 1024
 _POLL_FLAGS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
+# syslog(2) reads: each makes the kernel format its whole log buffer (~2 ms for 128 KiB
+# on a 2-core machine), so a storm of counter changes shares one read per 50 ms; while
+# a counter increase waits for its report, the log is read again every 100 ms.
+SYSLOG_MIN_READ_GAP_S = 0.05
+SYSLOG_RETRY_S = 0.1
+# cgroup v1 signals an OOM at its start, before the kill is counted and its line printed
+# (~0.2 ms later here): the log is read this soon after, not at the counter's recheck.
+SYSLOG_AFTER_V1_SIGNAL_S = 0.005
+
+_COUNTERS_ONLY = "OOM kills will be reported from cgroup counters without the victim's name"
+
 
 class OomWatcher:
-    """Watches cgroups below `root` and /dev/kmsg; calls `on_kill` once per kill."""
+    """Watches cgroups below `root` and the kernel log; calls `on_kill` once per kill."""
 
     def __init__(
         self,
@@ -48,18 +67,32 @@ class OomWatcher:
         grace_s: float = 2.0,
         kernel_clock_offset_us: int = 0,
         kmsg_after_seq: int | None = None,
+        syslog_fallback: bool = True,
+        syslog_after_pos: int | None = None,
+        counter_baseline: Mapping[str, int] | None = None,
+        on_handed_on: Callable[[HandedOn], None] | None = None,
     ) -> None:
         self.hierarchy = hierarchy
         self.root = Path(root)
         self.on_kill = on_kill
         self.resync_interval_s = resync_interval_s
         self.watch = CgroupWatch(hierarchy, self.root, push=push)
-        self.kmsg: KmsgReader | None = None
+        # The kernel log reader in use: /dev/kmsg, or syslog(2) where /dev/kmsg cannot
+        # be opened (`syslog_fallback`); None: counters only, `kmsg_error` says why.
+        self.kmsg: KmsgReader | SyslogReader | None = None
         self.kmsg_error: str | None = None
+        # "kmsg" | "syslog" | "none", and the one line said at start about it.
+        self.kernel_log_source = "none"
+        self.kernel_log_status = "the kernel log is not read"
         self._kmsg_path = kmsg_path
         # None: only new records. A restarted agent passes the last sequence number it
         # handled, and the kills it missed while down are read back from the ring buffer.
+        # `syslog_after_pos` is the same for the syslog(2) reader, in its own positions.
         self._kmsg_after_seq = kmsg_after_seq
+        self._syslog_fallback = syslog_fallback
+        self._syslog_after_pos = syslog_after_pos
+        self._klog_read_due: float | None = None  # when syslog(2) is to be read next
+        self._klog_last_read = float("-inf")
         self._assembler = OomReportAssembler()
         self._grace_s = grace_s
         self._offset_us = kernel_clock_offset_us
@@ -71,6 +104,18 @@ class OomWatcher:
         self._next_resync = 0.0
         self.kills_reported = 0
         self._main_probe = MainProcessProbe(self._live_cgroup_of_pid)
+        # What has been handed on (`on_handed_on`, see records.HandedOn): said after the
+        # records it covers, at the end of each turn that handed something on. A
+        # restarted agent passes the counter values it had (`counter_baseline`), and the
+        # kills counted while it was down come out of the first turn.
+        self.on_handed_on = on_handed_on
+        self._counter_baseline = counter_baseline
+        self._startup_changes: list[CounterChange] | None = None
+        self._caught_up = False
+        self._marked = False  # the first mark is complete
+        self._handed_on_any = False  # records handed on since the last mark
+        self._klog_reported: int | None = None
+        self._next_klog_report = 0.0
         # Victims' /proc facts read on their kill line, used when their record is made.
         self._captured: dict[int, Captured] = {}
 
@@ -78,13 +123,8 @@ class OomWatcher:
 
     def start(self) -> None:
         """Open every source and take the baseline; raises on an unusable root."""
-        if self._kmsg_path is not None:
-            try:
-                self.kmsg = KmsgReader(self._kmsg_path, after_seq=self._kmsg_after_seq)
-            except KmsgUnavailable as exc:
-                self.kmsg_error = str(exc)
-                log.info("%s", exc)
-        self.watch.start()
+        self._open_kernel_log()
+        self._startup_changes = self.watch.start(self._counter_baseline)
         self.joiner = KillJoiner(
             kmsg_available=self.kmsg is not None,
             grace_s=self._grace_s,
@@ -92,12 +132,49 @@ class OomWatcher:
             kernel_clock_offset_us=self._offset_us,
             report_unpaired=self.watch.contains("/"),
             cgroup_of_pid=self._cgroup_of_pid,
+            kernel_log_source=self.kernel_log_source,
         )
         self._poll.register(self._wake, select.POLLIN)
-        if self.kmsg is not None:
+        if isinstance(self.kmsg, KmsgReader):
             self._poll.register(self.kmsg.fileno(), select.POLLIN)
+        elif self.kmsg is not None:
+            self._klog_read_due = time.monotonic()  # what was printed while we were down
         self._sync_registrations()
         self._next_resync = time.monotonic() + self.resync_interval_s
+
+    def _open_kernel_log(self) -> None:
+        """/dev/kmsg, else syslog(2), else counters only; one log line says which and why."""
+        if self._kmsg_path is None:
+            self.kernel_log_status = f"the kernel log is not read (disabled); {_COUNTERS_ONLY}"
+            log.info("%s", self.kernel_log_status)
+            return
+        try:
+            self.kmsg = KmsgReader(self._kmsg_path, after_seq=self._kmsg_after_seq)
+        except KmsgUnavailable as exc:
+            kmsg_exc = exc
+        else:
+            self.kernel_log_source = "kmsg"
+            self.kernel_log_status = f"reading the kernel log from {self._kmsg_path}"
+            log.info("%s", self.kernel_log_status)
+            return
+        if not self._syslog_fallback:
+            self.kmsg_error = self.kernel_log_status = str(kmsg_exc)
+            log.info("%s", self.kmsg_error)
+            return
+        try:
+            self.kmsg = SyslogReader(after_pos=self._syslog_after_pos)
+        except SyslogUnavailable as exc:
+            self.kmsg_error = self.kernel_log_status = (
+                f"{kmsg_exc.cause}; {exc.cause}; {_COUNTERS_ONLY}"
+            )
+            log.info("%s", self.kmsg_error)
+            return
+        self.kernel_log_source = "syslog"
+        self.kernel_log_status = (
+            f"{kmsg_exc.cause}; reading the kernel log through syslog(2) instead, on each "
+            "cgroup OOM signal"
+        )
+        log.info("%s", self.kernel_log_status)
 
     def stop(self) -> None:
         """Ask `run` to return; safe from another thread or a signal handler."""
@@ -105,8 +182,11 @@ class OomWatcher:
         os.eventfd_write(self._wake, 1)
 
     def close(self) -> None:
+        if not self._caught_up and self._startup_changes is not None:
+            self._catch_up()  # stopped before its first turn: what it found is still news
         for kill in self.joiner.flush():
             self._emit(kill)
+        self._report_handed_on()
         self.watch.close()
         if self.kmsg is not None:
             self.kmsg.close()
@@ -120,16 +200,19 @@ class OomWatcher:
     # ----- one turn of the loop -----------------------------------------------------
 
     def poll_once(self, max_wait_s: float | None = None) -> None:
+        if not self._caught_up:
+            self._catch_up()
         now = time.monotonic()
         wake_at = self._next_resync
-        for deadline in (self.joiner.next_deadline(), self.watch.next_recheck()):
+        deadlines = (self.joiner.next_deadline(), self.watch.next_recheck(), self._klog_read_due)
+        for deadline in deadlines:
             if deadline is not None:
                 wake_at = min(wake_at, deadline)
         wait_s = max(0.0, wake_at - now)
         if max_wait_s is not None:
             wait_s = min(wait_s, max_wait_s)
         ready = self._poll.poll(wait_s * 1000)
-        kmsg_fd = self.kmsg.fileno() if self.kmsg is not None else -1
+        kmsg_fd = self.kmsg.fileno() if isinstance(self.kmsg, KmsgReader) else -1
         # kmsg first: a report that is already there completes its counter change
         # without a grace period.
         ready.sort(key=lambda item: item[0] != kmsg_fd)
@@ -140,28 +223,125 @@ class OomWatcher:
             elif fd == kmsg_fd:
                 self._drain_kmsg()
             else:
-                self._counter_changes(self.watch.handle_ready(fd))
+                changes = self.watch.handle_ready(fd)
+                if self.hierarchy.version is CgroupVersion.V1:
+                    self._want_kernel_log(SYSLOG_AFTER_V1_SIGNAL_S)
+                self._counter_changes(changes)
         now = time.monotonic()
         self._counter_changes(self.watch.due_rechecks(now))
         if now >= self._next_resync:
             self._drain_kmsg()
             self._counter_changes(self.watch.resync())
             self._next_resync = now + self.resync_interval_s
+        if self._klog_read_due is not None and time.monotonic() >= self._klog_read_due:
+            self._drain_kmsg()
         for kill in self.joiner.on_tick(now_mono=time.monotonic()):
             self._emit(kill)
+        if self.joiner.awaiting_reports:
+            self._want_kernel_log(SYSLOG_RETRY_S)
         self._sync_registrations()
+        self._report_handed_on()
+
+    def _catch_up(self) -> None:
+        """The first turn: the increases since the counter baseline a restart passed."""
+        changes, self._startup_changes = self._startup_changes or [], None
+        # The kernel log first: the reports read back explain these increases (victim
+        # known) without a grace period. The kernel raises a kill's counter before it
+        # prints the kill, so once every counter is read again after the reports, each
+        # report has met its increase, or its kill was in the baseline already: such a
+        # credit would only hold the log position back, and is dropped.
+        self._drain_kmsg()
+        # Signals already there first: on v1 the OOM eventfd is the evidence of whose
+        # limit was hit, which a plain re-read would not give.
+        kmsg_fd = self.kmsg.fileno() if isinstance(self.kmsg, KmsgReader) else -1
+        for fd, _ in self._poll.poll(0):
+            if fd not in (self._wake, kmsg_fd):
+                changes += self.watch.handle_ready(fd)
+        changes += self.watch.resync()
+        self._counter_changes(changes)
+        self.joiner.forget_credits()
+        self.joiner.note_counters(self.watch.oom_kill_values())
+        self._caught_up = True
+        self._handed_on_any = True  # the first mark is complete, whatever happened
+
+    def _report_handed_on(self) -> None:
+        """Say what has been handed on, after the records it covers (`on_handed_on`).
+
+        Once per turn that moved it: counters as they settle; the kernel log position
+        with them, or at each resync interval when only other lines were printed.
+        """
+        for cgroup in self.watch.take_removed():
+            self.joiner.cgroup_removed(cgroup)
+        if not self._caught_up:
+            return  # the startup increases are not in yet: a mark would drop them
+        complete = not self._marked
+        counters = self.joiner.take_handed_on(everything=complete)
+        if self.on_handed_on is None:
+            self._marked = True
+            return
+        seq = self._kernel_log_handed_on()
+        now = time.monotonic()
+        due = self._handed_on_any or bool(counters) or now >= self._next_klog_report
+        moved = seq is not None and seq != self._klog_reported and due
+        if not (complete or counters or moved):
+            return
+        self._marked = True
+        self._handed_on_any = False
+        self._next_klog_report = now + self.resync_interval_s
+        if moved:
+            self._klog_reported = seq
+        mark = HandedOn(oom_kill=counters, kmsg_seq=seq if moved else None, complete=complete)
+        try:
+            self.on_handed_on(mark)
+        except Exception:
+            log.exception("a sink failed on the detector's progress")
+
+    def _kernel_log_handed_on(self) -> int | None:
+        """The kernel log position up to which every kill is handed on and credited."""
+        if self.kmsg is None:
+            return None
+        last = self.kmsg.last_seq
+        oldest = self.joiner.oldest_unsettled_seq()
+        if oldest is None:
+            return last
+        return oldest - 1 if last is None else min(last, oldest - 1)
 
     def _counter_changes(self, changes: list[CounterChange]) -> None:
+        if changes and isinstance(self.kmsg, SyslogReader):
+            # No descriptor says when a report is printed: a kill counted is the reason
+            # to read, before the joiner starts waiting for the report. Too soon after
+            # the last read, the read is deferred and the joiner waits for it.
+            self._want_kernel_log(0.0)
+            if self._klog_read_due is not None and time.monotonic() >= self._klog_read_due:
+                self._drain_kmsg()
         for change in changes:
             for kill in self.joiner.on_counter_change(
                 change, now_mono=time.monotonic(), now_wall=datetime.now(UTC)
             ):
                 self._emit(kill)
 
+    def _want_kernel_log(self, delay_s: float) -> None:
+        """Ask for a syslog(2) read in `delay_s`; asks coalesce, one read per gap at most."""
+        if not isinstance(self.kmsg, SyslogReader):
+            return
+        at = max(time.monotonic() + delay_s, self._klog_last_read + SYSLOG_MIN_READ_GAP_S)
+        if self._klog_read_due is None or at < self._klog_read_due:
+            self._klog_read_due = at
+
     def _drain_kmsg(self) -> None:
         if self.kmsg is None:
             return
-        for record in self.kmsg.read_available():
+        if isinstance(self.kmsg, SyslogReader):
+            self._klog_last_read = time.monotonic()
+            self._klog_read_due = None
+            try:
+                records = self.kmsg.read_available()
+            except OSError as exc:  # it worked at start: a passing failure (ENOMEM)
+                log.warning("cannot read the kernel log through syslog(2): %s", exc)
+                return
+        else:
+            records = self.kmsg.read_available()
+        for record in records:
             for kill in self._assembler.feed(record):
                 self._on_kernel_kill(kill)
         for kill in self._assembler.flush():
@@ -185,7 +365,7 @@ class OomWatcher:
             return  # a limit kill in a cgroup tree we were not asked to watch
         if kill.repeat:
             if cgroup is not None and inside:
-                self.joiner.on_repeat_kill(cgroup, now_mono=time.monotonic())
+                self.joiner.on_repeat_kill(cgroup, now_mono=time.monotonic(), report=kill)
             return
         record = self.joiner.on_kernel_kill(
             kill,
@@ -244,6 +424,7 @@ class OomWatcher:
 
     def _emit(self, kill: OomKill) -> None:
         self.kills_reported += 1
+        self._handed_on_any = True
         kill = self._with_main_process(kill)
         try:
             self.on_kill(kill)

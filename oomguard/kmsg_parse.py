@@ -38,13 +38,21 @@ _MAX_LINE_CHARS = 4096
 
 @dataclass(frozen=True)
 class KmsgRecord:
-    """One record of the kernel log, as /dev/kmsg hands it out (one record per read)."""
+    """One record of the kernel log, as /dev/kmsg hands it out (one record per read).
+
+    `klog_syslog` makes them too, one per line read through syslog(2): there `seq` is a
+    position derived from the timestamp, not consecutive, and `after_gap` says what a
+    jump in sequence numbers says for /dev/kmsg.
+    """
 
     seq: int  # the ring buffer's sequence number: gaps mean records were overwritten
     time_us: int  # CLOCK_MONOTONIC at printk time, microseconds since boot
     priority: int  # syslog level 0 (emerg) .. 7 (debug)
     facility: int  # syslog facility; 0 = the kernel itself
     message: str  # the text, with the kernel's \xNN escapes undone
+    # None: consecutive sequence numbers tell whether records were lost before this one.
+    # True/False: the reader says so itself (its numbers are not consecutive).
+    after_gap: bool | None = None
 
 
 # The header of a /dev/kmsg record (Documentation/ABI/testing/dev-kmsg):
@@ -290,6 +298,7 @@ class _Report:
     chosen_scope: str | None = None
     group_memcg: str | None = None
     killed: dict[int, KernelOomKill] = field(default_factory=dict)
+    first_seq: int | None = None  # of its trigger line, when it was read
 
 
 class OomReportAssembler:
@@ -299,10 +308,10 @@ class OomReportAssembler:
     "Killed process" line arrives (the kernel prints nothing that marks the end of a
     report, and waiting would delay every event), filled from the lines before it.
 
-    Context is dropped when a new report starts and when the sequence numbers jump: after
-    lost records, what we hold may belong to another report. Records not printed by the
-    kernel itself (facility != 0) are ignored, so a line written to /dev/kmsg from user
-    space can never pose as an OOM kill.
+    Context is dropped when a new report starts and when the sequence numbers jump (or a
+    record says `after_gap`): after lost records, what we hold may belong to another
+    report. Records not printed by the kernel itself (facility != 0) are ignored, so a
+    line written to /dev/kmsg from user space can never pose as an OOM kill.
     """
 
     def __init__(self) -> None:
@@ -315,7 +324,10 @@ class OomReportAssembler:
 
     def feed(self, rec: KmsgRecord) -> list[KernelOomKill]:
         """The kills that `rec` completes (held back by one record, see `flush`)."""
-        if self._last_seq is not None and rec.seq != self._last_seq + 1:
+        gap = rec.after_gap
+        if gap is None:
+            gap = self._last_seq is not None and rec.seq != self._last_seq + 1
+        if gap:
             self._report = _Report()
         self._last_seq = rec.seq
         if rec.facility != KERNEL_FACILITY:
@@ -345,7 +357,7 @@ class OomReportAssembler:
         if "Killed process " in line and (m := _KILLED_RE.fullmatch(line)):
             return self._killed(m, rec)
         if " invoked oom-killer: " in line and (m := _TRIGGER_RE.fullmatch(line)):
-            self._report = _Report(trigger_command=m["comm"])
+            self._report = _Report(trigger_command=m["comm"], first_seq=rec.seq)
         elif line.startswith("oom-kill:") and (m := _SUMMARY_RE.fullmatch(line)):
             report.constraint = m["constraint"]
             report.oom_memcg = m["oom_memcg"]
@@ -428,6 +440,7 @@ class OomReportAssembler:
             trigger_command=report.trigger_command,
             group_memcg=report.group_memcg,
             scope=_scope(m["prefix"]) or report.chosen_scope,
+            report_seq=report.first_seq,
         )
         report.killed[pid] = kill
         return kill

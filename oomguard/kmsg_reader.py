@@ -27,6 +27,10 @@ _READ_SIZE_BYTES = 16384
 # the bound only guards against a kernel that behaves otherwise spinning us forever.
 _MAX_ERRORS_PER_DRAIN = 1000
 
+# Reading through the ring at open (`_skip_to_end`): far more records than the largest
+# ring holds (32 MiB of records of 50+ bytes), so only an endless flood reaches it.
+_MAX_SKIPPED_READS = 1_000_000
+
 _CONSEQUENCE = "OOM kills will be reported from cgroup counters without the victim's name"
 
 
@@ -36,6 +40,10 @@ class KmsgUnavailable(OSError):
     Its message is one sentence meant for the operator's log: what failed, the likely
     reason, and what oomguard does instead.
     """
+
+    # What failed and why, without what oomguard does instead: for a caller that has
+    # another way to read the kernel log (the engine falls back to syslog(2)).
+    cause: str = ""
 
     def __str__(self) -> str:
         return str(self.strerror)
@@ -59,7 +67,9 @@ def _unavailable(path: str, exc: OSError) -> KmsgUnavailable:
         reason = "no such device (is /dev mounted from the host?)"
     else:
         reason = os.strerror(code) if code is not None else str(exc)
-    return KmsgUnavailable(code or 0, f"cannot read {path}: {reason}; {_CONSEQUENCE}")
+    err = KmsgUnavailable(code or 0, f"cannot read {path}: {reason}; {_CONSEQUENCE}")
+    err.cause = f"cannot read {path}: {reason}"
+    return err
 
 
 class KmsgReader:
@@ -80,15 +90,40 @@ class KmsgReader:
         except OSError as exc:
             raise _unavailable(path, exc) from exc
         self._fd: int | None = fd
-        try:
-            if after_seq is None:
-                os.lseek(fd, 0, os.SEEK_END)
-        except OSError as exc:
-            self.close()
-            raise _unavailable(path, exc) from exc
         # The highest sequence number consumed, whether returned or skipped.
         self._cursor: int | None = after_seq
         self._lost_records = 0
+        try:
+            if after_seq is None:
+                self._skip_to_end(fd)
+        except OSError as exc:
+            self.close()
+            raise _unavailable(path, exc) from exc
+
+    def _skip_to_end(self, fd: int) -> None:
+        """Consume every record there is, keeping only the newest sequence number.
+
+        So "from now on" starts at a known record, and `last_seq` is a position to save
+        before anything new is printed: an agent restarted on a quiet node resumes exactly
+        here. (A seek to the end would be as fast but leave the position unknown until
+        the next record.) If a flood keeps the reading from ending, it seeks instead.
+        """
+        for _ in range(_MAX_SKIPPED_READS):
+            try:
+                raw = os.read(fd, _READ_SIZE_BYTES)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.EINVAL):
+                    continue  # overwritten, or too large: the kernel moved on
+                raise
+            if not raw:
+                return
+            rec = parse_kmsg_record(raw)
+            if rec is not None:
+                self._cursor = rec.seq
+        os.lseek(fd, 0, os.SEEK_END)
+        self._cursor = None
 
     @property
     def path(self) -> str:

@@ -24,7 +24,12 @@ Metrics (all names start with `oomguard_`; counters end in `_total`)
         the stream's life. get, list, watch, create and patch exist from the start.
     pods_cached, cgroups_watched (gauges)
     kmsg_records_lost_total
-        Records the kernel overwrote before /dev/kmsg was read (EPIPE gaps).
+        Records the kernel overwrote before they were read: exact from /dev/kmsg's
+        sequence gaps; through syslog(2), one per overrun seen (at least that many).
+    kernel_log_source{source} (gauge)
+        1 for where the kernel's OOM reports are read from, 0 for the others: kmsg
+        (/dev/kmsg), syslog (syslog(2), when /dev/kmsg cannot be opened), none (cgroup
+        counters only: victims unknown). All three exist from the start.
     score_adjustments_total{result}
         oom_score_adj work, result in applied (a value was written), refused (the
         policy refused a pod's request; the baseline stands), error (the write failed).
@@ -77,9 +82,12 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "oomguard"
 
-# The verbs the agent's RBAC allows (pods get/list/watch, events create/patch): their
+# The verbs the agent's RBAC allows (oomguard/k8s/rbac.py): their
 # latency series exist from the start. Other verbs are accepted and appear on first use.
 API_VERBS = ("get", "list", "watch", "create", "patch")
+
+# Where the engine reads the kernel's OOM reports from (OomWatcher.kernel_log_source).
+KERNEL_LOG_SOURCES = ("kmsg", "syslog", "none")
 
 # Kubernetes API latency: a healthy apiserver answers in milliseconds, an overloaded one
 # in seconds, and a list of a big node can take tens of seconds.
@@ -147,7 +155,13 @@ class Metrics:
         self.cgroups_watched = gauge("cgroups_watched", "Memory cgroups being watched.")
         self.kmsg_records_lost = counter(
             "kmsg_records_lost_total",
-            "Kernel log records overwritten before they were read from /dev/kmsg.",
+            "Kernel log records overwritten before they were read (through syslog(2): "
+            "overruns, each at least one record).",
+        )
+        self.kernel_log_source = gauge(
+            "kernel_log_source",
+            "1 for where OOM reports are read from: kmsg, syslog, or none (counters only).",
+            ("source",),
         )
         self.score_adjustments = counter(
             "score_adjustments_total",
@@ -168,6 +182,8 @@ class Metrics:
             self.api_request_duration.labels(verb)
         for result in ScoreAdjustmentResult:
             self.score_adjustments.labels(result.value)
+        for source in KERNEL_LOG_SOURCES:
+            self.kernel_log_source.labels(source).set(0)
         self.build_info.labels(version).set(1)
 
         self._lock = threading.Lock()
@@ -190,6 +206,13 @@ class Metrics:
     def oom_kill_without_pod(self, constraint: Constraint) -> None:
         """Count a kill that belongs to no pod (namespace, pod and container are "")."""
         self.oom_kills.labels("", "", "", Constraint(constraint).value).inc()
+
+    def set_kernel_log_source(self, source: str) -> None:
+        """Say which kernel log the reports come from (one of KERNEL_LOG_SOURCES)."""
+        if source not in KERNEL_LOG_SOURCES:
+            raise ValueError(f"unknown kernel log source {source!r}")
+        for name in KERNEL_LOG_SOURCES:
+            self.kernel_log_source.labels(name).set(1 if name == source else 0)
 
     def forget_pod(self, namespace: str, pod: str) -> None:
         """Remove a deleted pod's series. Unknown pods are ignored; a later kill re-adds."""

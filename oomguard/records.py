@@ -102,6 +102,10 @@ class KernelOomKill(BaseModel):
     # memory.oom.group kill takes the chosen victim again with the rest of the group.
     # Not a new victim, but its cgroup's oom_kill counter went up once more.
     repeat: bool = False
+    # The sequence number of the report's first line (its trigger line), when it was
+    # read (None: the report starts at `seq` for all we know): reading the log back
+    # from here gives the whole report again.
+    report_seq: int | None = None
 
 
 class OomKill(BaseModel):
@@ -114,6 +118,8 @@ class OomKill(BaseModel):
 
     time: datetime  # wall clock, UTC
     kernel_time_us: int | None  # kmsg timestamp (microseconds since boot), if known
+    # The kill line's place in the kernel log: /dev/kmsg's sequence number (source "kmsg"),
+    # or a position derived from its timestamp (source "syslog", see klog_syslog).
     kmsg_seq: int | None
     constraint: Constraint
     cgroup: str | None  # victim's cgroup, relative to the memory hierarchy root
@@ -130,10 +136,16 @@ class OomKill(BaseModel):
     memory_limit_bytes: int | None
     memory_usage_bytes: int | None
     group_kill: bool = False
-    source: str  # "kmsg" | "counters": what the record was built from
+    # What the record was built from: the kernel's report read from /dev/kmsg ("kmsg") or
+    # through syslog(2) ("syslog"), or the cgroup counters alone ("counters").
+    source: str
     detection_latency_ms: float | None = None  # kernel kill line -> record, if known
     # The victim was its container's main process (see main_process.py); None: unknown.
     main_process: bool | None = None
+    # The victim's cgroup's `oom_kill` counter with this kill counted, when the record
+    # was joined with a counter increase; a counter-only record's stable identity
+    # (cgroup + value) across agent restarts.
+    oom_kill_counter: int | None = None
 
     @property
     def victim_known(self) -> bool:
@@ -171,4 +183,23 @@ class OomKill(BaseModel):
             "source": self.source,
             "detection_latency_ms": self.detection_latency_ms,
             "main_process": self.main_process,
+            "oom_kill_counter": self.oom_kill_counter,
         }
+
+
+class HandedOn(BaseModel):
+    """The detector's progress, sent after the records it covers (through the same queue).
+
+    `oom_kill`: per cgroup, the `oom_kill` counter value all of whose kills have been
+    handed on, as records or as credits of a kernel report already handed on; 0 means
+    forget the cgroup (it was removed). `kmsg_seq`: every kill the kernel log reported
+    up to this record has been handed on and credited to its counter; None: unchanged,
+    or (with `complete`) unknown. `complete`: `oom_kill` lists every watched cgroup with
+    a nonzero counter and replaces what came before (the first one after a start).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    oom_kill: dict[str, int]
+    kmsg_seq: int | None = None
+    complete: bool = False

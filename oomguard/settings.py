@@ -29,7 +29,8 @@ class RunSettings(BaseSettings):
     )
     kubeconfig: str | None = None  # None: the in-cluster service account
     cgroup_root: str | None = None  # None: the kubepods level of this node's driver
-    # Undelivered Events, the kmsg position, the oom_score_adj values written and wanted.
+    # Undelivered Events, the kmsg position and oom_kill counters handed on, the
+    # oom_score_adj values written and wanted.
     state_dir: Path = DEFAULT_STATE_DIR
     metrics_address: str = "0.0.0.0:9753"  # /metrics, /healthz, /readyz
     dry_run: bool = False  # compute and report, write nothing to /proc
@@ -39,6 +40,9 @@ class RunSettings(BaseSettings):
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     resync_interval_s: float = Field(default=60.0, gt=0)  # cgroup tree safety net
     pod_wait_s: float = Field(default=5.0, ge=0)  # a kill waits this long for its pod
+    # The kernel log, for each kill's victim (falls back to syslog(2) if it cannot be
+    # opened). "": not read at all, kills come from the cgroup counters alone.
+    kmsg_path: str = "/dev/kmsg"
 
 
 def load_settings(**flags: object) -> RunSettings:

@@ -77,6 +77,22 @@ def kills_between(before: MemoryCounters | None, after: MemoryCounters) -> int:
     return after.oom_kill - before.oom_kill
 
 
+def resume_baseline(on_disk: MemoryCounters | None, handed_on: int | None) -> MemoryCounters | None:
+    """The counters a watch starts a cgroup from when the agent starts.
+
+    `handed_on` None (no snapshot of this boot): what is on disk, so kills counted before
+    the agent first ran are history, not news. Otherwise the snapshot's value for this
+    cgroup (0 when the snapshot does not list it: it had none then, or did not exist),
+    so the kills counted while the agent was down show up as increases; a counter lower
+    than that can only belong to a cgroup made again under the same name, which counted
+    from 0. Only `oom_kill` is resumed: the limit evidence starts from disk.
+    """
+    if on_disk is None or handed_on is None:
+        return on_disk
+    start = handed_on if on_disk.oom_kill >= handed_on else 0
+    return MemoryCounters(start, on_disk.limit_hits, on_disk.group_kills)
+
+
 def limit_was_hit(before: MemoryCounters | None, after: MemoryCounters) -> bool:
     if before is None:
         return False

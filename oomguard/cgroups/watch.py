@@ -17,7 +17,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from oomguard.cgroups.counters import (
     kills_between,
     limit_was_hit,
     read_counters,
+    resume_baseline,
 )
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 
@@ -46,6 +47,8 @@ class CounterChange:
     # Cgroups among this one and its watched ancestors whose own limit was reached
     # recently: the evidence for classifying the kill when the kernel log is unreadable.
     limit_hit_paths: frozenset[str]
+    # The counter after the change: the kills are values value-kills+1 .. value.
+    value: int | None = None
 
 
 @dataclass
@@ -75,17 +78,32 @@ class CgroupWatch:
         self._by_eventfd: dict[int, str] = {}
         self._by_wd: dict[int, str] = {}
         self._rechecks: list[tuple[float, str]] = []
+        self._removed: list[str] = []  # since the last take_removed()
         self._inotify: INotify | None = INotify(nonblocking=True) if push else None
         self.push_errors = 0
         self.rescans = 0
 
     # ----- the watched set -------------------------------------------------------
 
-    def start(self) -> None:
-        """Take the baseline: kills counted before we started are not reported."""
+    def start(self, handed_on: Mapping[str, int] | None = None) -> list[CounterChange]:
+        """Take the baseline; return the increases over it.
+
+        Without `handed_on`, from disk: kills counted before we started are not
+        reported, and nothing is returned. With it (the counter values a previous run
+        of this boot handed on, see `counters.resume_baseline`), what the cgroups
+        counted since is returned as counter changes.
+        """
         if not self.root.is_dir():
             raise FileNotFoundError(f"cgroup root {self.root} does not exist")
-        self._scan(baseline_from_disk=True)
+        self._scan(baseline_from_disk=True, handed_on=handed_on)
+        if handed_on is None:
+            return []
+        changes: list[CounterChange] = []
+        for cg in list(self._watched):
+            change = self._reread(cg)
+            if change is not None:
+                changes.append(change)
+        return changes
 
     def cgroups(self) -> list[str]:
         return list(self._watched)
@@ -119,7 +137,9 @@ class CgroupWatch:
             except (FileNotFoundError, NotADirectoryError):
                 continue
 
-    def _scan(self, *, baseline_from_disk: bool) -> list[CounterChange]:
+    def _scan(
+        self, *, baseline_from_disk: bool, handed_on: Mapping[str, int] | None = None
+    ) -> list[CounterChange]:
         """Add cgroups not yet watched, drop vanished ones, re-read every counter."""
         self.rescans += 1
         seen: set[str] = set()
@@ -128,7 +148,7 @@ class CgroupWatch:
             cg = self._name(d)
             seen.add(cg)
             if cg not in self._watched:
-                self._add(cg, d, baseline_from_disk=baseline_from_disk)
+                self._add(cg, d, baseline_from_disk=baseline_from_disk, handed_on=handed_on)
                 if not baseline_from_disk:
                     change = self._reread(cg)
                     if change is not None:
@@ -141,19 +161,28 @@ class CgroupWatch:
             self._remove(cg)
         return changes
 
-    def _add(self, cgroup: str, directory: str, *, baseline_from_disk: bool) -> None:
+    def _add(
+        self,
+        cgroup: str,
+        directory: str,
+        *,
+        baseline_from_disk: bool,
+        handed_on: Mapping[str, int] | None = None,
+    ) -> None:
         # A cgroup found after start is new: its counters began at zero, so everything
         # it counted is a kill we have not reported (a container killed seconds after
         # it started).
-        baseline = (
-            read_counters(self.hierarchy.version, directory)
-            if baseline_from_disk
-            else MemoryCounters(oom_kill=0, limit_hits=0)
-        )
-        w = _Watched(directory=directory, counters=baseline)
+        w = _Watched(directory=directory, counters=MemoryCounters(oom_kill=0, limit_hits=0))
         self._watched[cgroup] = w
         if self.push:
+            # Before the baseline is read: v1's eventfd signals only OOMs after its
+            # registration, so a kill is either in the read or signalled after it.
             self._register_push(cgroup, w)
+        if baseline_from_disk:
+            w.counters = resume_baseline(
+                read_counters(self.hierarchy.version, directory),
+                None if handed_on is None else handed_on.get(cgroup, 0),
+            )
 
     def _register_push(self, cgroup: str, w: _Watched) -> None:
         assert self._inotify is not None
@@ -177,10 +206,12 @@ class CgroupWatch:
             self.push_errors += 1
             log.warning("cannot watch %s for changes (%s); it is polled instead", cgroup, exc)
 
-    def _remove(self, cgroup: str) -> None:
+    def _remove(self, cgroup: str, *, gone: bool = True) -> None:
         w = self._watched.pop(cgroup, None)
         if w is None:
             return
+        if gone:
+            self._removed.append(cgroup)
         if w.eventfd >= 0:
             self._by_eventfd.pop(w.eventfd, None)
             os.close(w.eventfd)
@@ -209,7 +240,9 @@ class CgroupWatch:
         kills = kills_between(before, after)
         if kills <= 0:
             return None
-        return CounterChange(cgroup, kills, self._limit_hits_around(cgroup, now))
+        return CounterChange(
+            cgroup, kills, self._limit_hits_around(cgroup, now), value=after.oom_kill
+        )
 
     def _limit_hits_around(self, cgroup: str, now: float) -> frozenset[str]:
         """The cgroups on the victim's line that recently reached their own limit.
@@ -343,9 +376,22 @@ class CgroupWatch:
             if change is not None:
                 changes.append(change)
 
+    def take_removed(self) -> list[str]:
+        """The cgroups that went away since the last call (not those dropped by close)."""
+        removed, self._removed = self._removed, []
+        return removed
+
+    def oom_kill_values(self) -> dict[str, int]:
+        """Each watched cgroup's `oom_kill` as last read, where it is not 0."""
+        return {
+            cg: w.counters.oom_kill
+            for cg, w in self._watched.items()
+            if w.counters is not None and w.counters.oom_kill
+        }
+
     def close(self) -> None:
         for cg in list(self._watched):
-            self._remove(cg)
+            self._remove(cg, gone=False)
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None

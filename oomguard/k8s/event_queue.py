@@ -10,6 +10,8 @@ Kill ids (`kill_id`), stable across agent restarts, so a kill recovered a second
 (kmsg replayed after a restart, a counter re-read) is recognised:
 - `kmsg/<boot_id>/<seq>`: the kernel's record sequence number, unique within one boot;
   the boot id keeps a reboot's seq 1 from matching the last boot's.
+- `syslog/<boot_id>/<position>`: the same for a kill line read through syslog(2), whose
+  position (derived from its timestamp, see `klog_syslog`) is not a sequence number.
 - `counter/<boot_id>/<cgroup>/<value>`: a cgroup's `oom_kill` counter after this kill,
   for kills known only from counters (kernel log unreadable). A counter only rises
   within one cgroup's life, and container cgroup paths carry the container id.
@@ -61,33 +63,25 @@ from oomguard.k8s.events import (
     aggregate_patch,
 )
 from oomguard.records import OomKill
-from oomguard.statefile import atomic_write
+from oomguard.statefile import atomic_write, read_boot_id
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "event-queue.json"
 STATE_FORMAT = "oomguard/event-queue/v1"
-BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 # Statuses worth retrying: the server (or what is in front of it) may answer later.
 # 401: a rotated service-account token is picked up on a later try.
 _RETRYABLE = frozenset({401, 408, 429})
 
 
-def read_boot_id(path: str = BOOT_ID_PATH) -> str | None:
-    """This boot's id, or None off Linux / when unreadable."""
-    try:
-        with open(path, encoding="ascii") as f:
-            return f.read().strip() or None
-    except OSError:
-        return None
-
-
 def kill_id(kill: OomKill, *, boot_id: str | None = None, counter_value: int | None = None) -> str:
     """The stable id of one kill (scheme in the module docstring)."""
     boot = boot_id or "unknown-boot"
     if kill.kmsg_seq is not None:
-        return f"kmsg/{boot}/{kill.kmsg_seq}"
+        # A syslog(2) position is no /dev/kmsg sequence number: each has its own prefix.
+        log_source = "syslog" if kill.source == "syslog" else "kmsg"
+        return f"{log_source}/{boot}/{kill.kmsg_seq}"
     if counter_value is not None and kill.cgroup is not None:
         return f"counter/{boot}/{kill.cgroup}/{counter_value}"
     when = kill.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -85,13 +85,13 @@ def make_agent(
     apiserver: ApiServer, kubeconfig: Path, tmp_path: Path, tree: ScratchTree
 ) -> Iterator[Any]:
     def make(**extra: Any) -> RunningAgent:
+        extra.setdefault("policy_file", tmp_path / "no-policy.yaml")  # absent: the default
         settings = load_settings(
             node_name=NODE,
             kubeconfig=str(kubeconfig),
             cgroup_root=str(tree.top),
             state_dir=tmp_path / "state",
             metrics_address="127.0.0.1:0",
-            policy_file=tmp_path / "no-policy.yaml",  # absent: the default policy
             **extra,
         )
         return RunningAgent(Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig)))
@@ -189,6 +189,7 @@ def test_annotations_adjust_processes_and_say_so_in_events(
     assert len(events) == 2, [(e["reason"], e["message"]) for e in events]
     warning = next(e for e in events if e["type"] == "Warning")
     assert "+5" in warning["message"]
+    assert apiserver.requests("get", "namespaces") == []  # no selector: labels never read
 
 
 def test_kill_of_an_unknown_container_is_reported_on_the_node_with_its_uid(
@@ -209,3 +210,64 @@ def test_kill_of_an_unknown_container_is_reported_on_the_node_with_its_uid(
     assert event["reason"] == "OOMKilled"
     assert f"container {cid[:12]} is not in this node's pods" in event["message"]
     assert '"stray"' in event["message"] and str(hog.pid) in event["message"]
+
+
+SELECTOR_POLICY = """\
+trusted_namespaces:
+  selector:
+    matchLabels: {oomguard.io/trusted: "true"}
+"""
+KUBELET_VALUE = 999  # what the kubelet gives app_pod's containers (no memory request)
+PROTECTED = 3  # the default policy's protect value for Burstable pods
+
+
+def set_adj(pid: int, value: int) -> None:
+    with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+        f.write(str(value))
+
+
+def get_adj(pid: int) -> int:
+    with open(f"/proc/{pid}/oom_score_adj") as f:
+        return int(f.read())
+
+
+def test_namespaces_trusted_by_label_selector_may_ask_for_protection(
+    apiserver: ApiServer, make_agent: Any, tree: ScratchTree, tmp_path: Path
+) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(SELECTOR_POLICY)
+    for name, labels in (("db", {"oomguard.io/trusted": "true"}), (NS, {"team": "shop"})):
+        apiserver.apply(
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        )
+    pids = {}
+    for namespace, sidecar_id in (("db", "d" * 64), (NS, "f" * 64)):
+        pod = app_pod(str(uuid.uuid4()), secrets.token_hex(32))
+        pod["metadata"]["namespace"] = namespace
+        pod["metadata"]["annotations"] = {"oomguard.io/protect": "true"}
+        pod["status"]["containerStatuses"][1]["containerID"] = "containerd://" + sidecar_id
+        apiserver.apply(pod)
+        uid = pod["metadata"]["uid"]
+        cid = pod["status"]["containerStatuses"][0]["containerID"].split("//")[1]
+        proc = tree.start_sleeper(tree.make(f"kubepods/burstable/pod{uid}/{cid}"), "worker")
+        set_adj(proc.pid, KUBELET_VALUE)  # as the kubelet would have left it
+        pids[namespace] = proc.pid
+
+    def reasons(namespace: str) -> dict[str, str]:
+        return {e["reason"]: e["message"] for e in apiserver.objects(EVENTS, namespace)}
+
+    with make_agent(reconcile_interval_s=0.2, policy_file=policy_file) as agent:
+        wait_for(lambda: agent.ready()[0])
+        wait_for(lambda: "OOMScoreAdjRefused" in reasons(NS))
+        # Lowering to 3 needs no CAP_SYS_RESOURCE here (3 is above the process's floor,
+        # 0): the selector-trusted pod is protected, whatever the agent's capabilities.
+        wait_for(lambda: get_adj(pids["db"]) == PROTECTED)
+        wait_for(lambda: "OOMScoreAdjApplied" in reasons("db"))
+        time.sleep(1.0)  # several more passes: labels come from the cache
+        assert get_adj(pids[NS]) == KUBELET_VALUE  # refused: the kubelet's value stays
+        assert get_adj(pids["db"]) == PROTECTED
+    assert "trust namespace shop" in reasons(NS)["OOMScoreAdjRefused"]
+    assert "OOMScoreAdjRefused" not in reasons("db")
+    assert "OOMScoreAdjApplied" not in reasons(NS)
+    read = [r.name for r in apiserver.requests("get", "namespaces")]
+    assert sorted(set(read)) == ["db", NS] and len(read) == 2  # once each: TTL 60 s

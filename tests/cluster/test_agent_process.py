@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import pytest
 
 from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.k8s.rbac import RBAC as AGENT_RBAC
 from oomguard.scratch import MIB, ScratchTree
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.system.conftest import lane1_hierarchy
@@ -36,16 +37,10 @@ pytestmark = pytest.mark.system
 NODE = "node-a"
 NS = "shop"
 REPO = Path(__file__).resolve().parents[2]
-# The least the agent needs, as documented (README "RBAC", chart ClusterRole).
+# The least the agent needs, as declared (oomguard/k8s/rbac.py; the chart's ClusterRole
+# is compared with it): (verb, resource) pairs, as the test API server authorizes them.
 RBAC = frozenset(
-    {
-        ("get", "pods"),
-        ("list", "pods"),
-        ("watch", "pods"),
-        ("create", "events"),
-        ("patch", "events"),
-        ("get", "nodes"),
-    }
+    (verb, resource) for (_group, resource), verbs in AGENT_RBAC.items() for verb in verbs
 )
 T = TypeVar("T")
 
@@ -224,7 +219,7 @@ def start_agent(
     """
     started: list[AgentProcess] = []
 
-    def start(*, ready: bool = True) -> AgentProcess:
+    def start(*, ready: bool = True, policy_file: Path | None = None) -> AgentProcess:
         port = free_port()
         argv = [
             sys.executable,
@@ -242,6 +237,8 @@ def start_agent(
             "--metrics-address",
             f"127.0.0.1:{port}",
         ]
+        if policy_file is not None:
+            argv += ["--policy-file", str(policy_file)]
         agent = AgentProcess(argv, port, tmp_path / f"agent-{len(started)}.log")
         started.append(agent)
         if ready:
@@ -327,17 +324,23 @@ def test_restart_after_reported_kills_resends_nothing(
 
 
 def test_documented_rbac_is_enough_for_the_full_path(
-    apiserver: ApiServer, tree: ScratchTree, start_agent: AgentFactory
+    apiserver: ApiServer, tree: ScratchTree, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
     apiserver.allow(RBAC)
     cart = Pod(apiserver, tree, "cart-1")
-    agent = start_agent()
+    # A policy with a namespace selector: the agent then reads namespace labels too.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("trusted_namespaces: {selector: {matchLabels: {tier: critical}}}\n")
+    apiserver.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+    agent = start_agent(policy_file=policy)
     cart.oom_kill()
     cart.oom_kill()
     wait_for(lambda: counts(apiserver) == {cart.uid: [2]}, 30, "one Event, count 2")
+    wait_for(lambda: apiserver.requests("get", "namespaces"), 30, "namespace labels read")
     stop(agent)
     assert "forbidden" not in agent.log().lower()
-    assert all(r.verb in {v for v, _ in RBAC} for r in apiserver.requests())
+    # Enough (nothing was refused) and each grant used: exactly what the agent needs.
+    assert {(r.verb, r.resource) for r in apiserver.requests()} == RBAC
 
 
 def test_without_create_events_the_agent_says_so_and_stays_alive(

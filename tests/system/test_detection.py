@@ -112,7 +112,8 @@ def test_kmsg_unreadable_gives_record_from_counters(
 ) -> None:
     uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
     container = tree.make(f"kubepods/besteffort/pod{uid}/{cid}", limit_bytes=LIMIT)
-    col = watch(kmsg_path=str(tree.top / "no-such-kmsg"))
+    # No /dev/kmsg and no syslog(2) fallback (tests/system/test_syslog_detection.py).
+    col = watch(kmsg_path=str(tree.top / "no-such-kmsg"), syslog_fallback=False)
     assert col.watcher.kmsg is None
     assert col.watcher.kmsg_error and "kmsg" in col.watcher.kmsg_error
     hog = tree.start_hog(container, "memhog")
@@ -135,7 +136,9 @@ def test_pod_limit_kill_is_classified_pod(
     uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
     pod = tree.make(f"kubepods/burstable/pod{uid}", limit_bytes=LIMIT)
     container = tree.make(f"kubepods/burstable/pod{uid}/{cid}")
-    kwargs = {} if with_kmsg else {"kmsg_path": str(tree.top / "no-such-kmsg")}
+    kwargs: dict[str, object] = {}
+    if not with_kmsg:
+        kwargs = {"kmsg_path": str(tree.top / "no-such-kmsg"), "syslog_fallback": False}
     col = watch(**kwargs)
     hog = tree.start_hog(container, "memhog")
     kills = col.wait_for(1)

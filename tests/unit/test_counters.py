@@ -12,6 +12,7 @@ from oomguard.cgroups.counters import (
     limit_was_hit,
     parse_flat_keyed,
     parse_single_int,
+    resume_baseline,
 )
 
 # Verbatim: the test host (v1, 6.18) and the VM (v2, 6.1) after one kill.
@@ -47,3 +48,26 @@ def test_kills_between() -> None:
     assert kills_between(a, b) == 2
     assert kills_between(b, MemoryCounters(1, 0)) == 1  # removed and made again
     assert limit_was_hit(a, b) and not limit_was_hit(a, a) and not limit_was_hit(None, a)
+
+
+@pytest.mark.parametrize(
+    ("on_disk", "handed_on", "start"),
+    [
+        # No snapshot of this boot: from disk; kills before the agent first ran are history.
+        (MemoryCounters(3, 2, 1), None, MemoryCounters(3, 2, 1)),
+        # The snapshot's value: the 2 kills counted since are news.
+        (MemoryCounters(5, 2, 1), 3, MemoryCounters(3, 2, 1)),
+        (MemoryCounters(3, 0), 3, MemoryCounters(3, 0)),
+        # Not in the snapshot (0): a cgroup made while the agent was down, or killed first then.
+        (MemoryCounters(2, 0), 0, MemoryCounters(0, 0)),
+        # Lower than the snapshot: removed and made again under the same name, counted from 0.
+        (MemoryCounters(1, 0), 4, MemoryCounters(0, 0)),
+        # Gone: nothing to start from either way.
+        (None, 3, None),
+        (None, None, None),
+    ],
+)
+def test_resume_baseline(
+    on_disk: MemoryCounters | None, handed_on: int | None, start: MemoryCounters | None
+) -> None:
+    assert resume_baseline(on_disk, handed_on) == start

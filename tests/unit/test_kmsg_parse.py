@@ -240,6 +240,7 @@ def test_v1_memcg_kill_kernel_6_18() -> None:
             trigger_command="hog",
             group_memcg=None,
             scope="memory cgroup",
+            report_seq=seq_of(V1_6_18, "invoked oom-killer"),
         )
     ]
 
@@ -429,6 +430,7 @@ def test_global_oom_6x() -> None:
             task_memcg="/user.slice/user-1000.slice/session-83.scope",
             trigger_command="member",
             scope="global",
+            report_seq=seq_of(GLOBAL_6X, "invoked oom-killer"),
         )
     ]
 
@@ -500,6 +502,9 @@ def test_legacy_4_8_two_reports_each_with_its_own_context() -> None:
         "constraint": None,
     }
     common |= {"uid": None, "oom_score_adj": None, "trigger_command": "gunpowder-memho"}
+    # Each kill's report starts at its own trigger line.
+    first_report = seq_of(LEGACY_4_8, "invoked oom-killer", 0)
+    second_report = seq_of(LEGACY_4_8, "invoked oom-killer", 1)
     assert assemble(LEGACY_4_8) == [
         KernelOomKill(
             seq=seq_of(LEGACY_4_8, "Killed process", 0),
@@ -513,6 +518,7 @@ def test_legacy_4_8_two_reports_each_with_its_own_context() -> None:
             task_memcg=first_cg,
             memcg_usage_kb=20480,
             memcg_limit_kb=20480,
+            report_seq=first_report,
             **common,
         ),
         KernelOomKill(
@@ -527,6 +533,7 @@ def test_legacy_4_8_two_reports_each_with_its_own_context() -> None:
             task_memcg=second_cg,
             memcg_usage_kb=307112,
             memcg_limit_kb=307200,
+            report_seq=second_report,
             **common,
         ),
     ]
@@ -582,6 +589,7 @@ def test_legacy_3_13_memcg_kill() -> None:
         "group_memcg": None,
         "scope": "memory cgroup",  # the kernel's word, from the "Kill process" line
         "repeat": False,
+        "report_seq": seq_of(LEGACY_3_13_MEMCG, "invoked oom-killer"),
     }
 
 

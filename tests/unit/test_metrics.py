@@ -399,3 +399,18 @@ def test_bad_addresses(metrics: Metrics, flags: Flags, address: str, why: str) -
         serve(metrics, address, flags.is_ready, flags.is_alive)
     assert repr(address) in str(error.value)
     assert "host:port" in str(error.value)
+
+
+def test_kernel_log_source_says_which_one_is_read(server: Server, metrics: Metrics) -> None:
+    key = "oomguard_kernel_log_source"
+    assert {s: scrape(server)[(key, labels(source=s))] for s in ("kmsg", "syslog", "none")} == {
+        "kmsg": 0,
+        "syslog": 0,
+        "none": 0,
+    }
+    metrics.set_kernel_log_source("syslog")
+    metrics.set_kernel_log_source("syslog")
+    samples = scrape(server)
+    assert [s for s in ("kmsg", "syslog", "none") if samples[(key, labels(source=s))]] == ["syslog"]
+    with pytest.raises(ValueError, match="unknown kernel log source"):
+        metrics.set_kernel_log_source("dmesg")
