@@ -54,6 +54,7 @@ CONTRACT_FLAGS = frozenset(
         "--policy-file",
         "--event-window-s",
         "--reconcile-interval-s",
+        "--kmsg-path",
     }
 )
 
@@ -331,8 +332,10 @@ def test_daemonset_runs_the_agent_as_contracted(helm3: Helm, value_set: str) -> 
     if values.get("kmsg", {}).get("enabled", True):
         assert volumes["kmsg"]["hostPath"] == {"path": "/dev/kmsg", "type": "CharDevice"}
         assert mounts["kmsg"] == {"name": "kmsg", "mountPath": "/dev/kmsg", "readOnly": True}
+        assert "--kmsg-path" not in flags  # the default: /dev/kmsg, else syslog(2)
     else:
         assert "kmsg" not in volumes
+        assert flags["--kmsg-path"] == ""  # no kernel log at all: counters only
     state_host = values.get("state", {}).get("hostPath", "/var/lib/oomguard")
     assert volumes["state"]["hostPath"] == {"path": state_host, "type": "DirectoryOrCreate"}
     assert mounts["state"]["mountPath"] == flags["--state-dir"] == "/var/lib/oomguard"
