@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import errno
 import os
-from types import TracebackType
 
+from oomguard.closing import Closing
 from oomguard.kmsg_parse import KmsgRecord, lost_between, parse_kmsg_record
 
 __all__ = ["DEFAULT_KMSG_PATH", "KmsgReader", "KmsgUnavailable"]
@@ -72,7 +72,7 @@ def _unavailable(path: str, exc: OSError) -> KmsgUnavailable:
     return err
 
 
-class KmsgReader:
+class KmsgReader(Closing):
     """A non-blocking reader of /dev/kmsg that counts the records it never got to see.
 
     With `after_seq=None` only records printed from now on are read. With `after_seq=N`,
@@ -190,17 +190,6 @@ class KmsgReader:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             os.close(fd)
-
-    def __enter__(self) -> KmsgReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._fd is None else f"last_seq={self._cursor}"

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import errno
 import os
-from types import TracebackType
+
+from oomguard.closing import Closing
 
 _GONE_ERRNOS = frozenset({errno.ESRCH, errno.ENOENT})
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-class ProcHandle:
+class ProcHandle(Closing):
     """An open `/proc/PID` directory."""
 
     def __init__(self, pid: int, dir_fd: int) -> None:
@@ -39,17 +40,6 @@ class ProcHandle:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self) -> ProcHandle:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def read(self, name: str) -> str | None:
         """One /proc/PID file as text; None when the process is gone."""

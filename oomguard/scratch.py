@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy, own_cgroup
+from oomguard.closing import Closing
 from oomguard.procfs import read_cgroup_procs
 
 MIB = 1024 * 1024
@@ -59,7 +59,7 @@ class ScratchError(RuntimeError):
     """The scratch tree could not be made; the message says why in one sentence."""
 
 
-class ScratchTree:
+class ScratchTree(Closing):
     """A tree of memory cgroups below the current process's own."""
 
     def __init__(self, hierarchy: MemoryHierarchy, name: str) -> None:
@@ -166,17 +166,6 @@ class ScratchTree:
                     with contextlib.suppress(OSError):
                         stream.close()
         remove_tree(self.top)
-
-    def __enter__(self) -> ScratchTree:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def remove_tree(top: Path, timeout_s: float = 10.0) -> None:
