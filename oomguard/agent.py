@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import queue
 import signal
 import threading
@@ -58,7 +57,7 @@ from oomguard.policy_file import PolicySource
 from oomguard.reconciler import Reconciler
 from oomguard.records import HandedOn, OomKill
 from oomguard.settings import RunSettings
-from oomguard.statefile import atomic_write
+from oomguard.statefile import StateFile
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,28 @@ NODE_UID_RETRY_S = 30.0
 STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
 
 
-class KmsgPosition:
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Position:
+    """What `kmsg-position.json` holds: {"seq": N, "boot_id": "...", "source": "kmsg"}."""
+
+    seq: int
+    boot_id: str | None
+    source: str = "kmsg"
+
+    def to_bytes(self) -> bytes:
+        body = {"seq": self.seq, "boot_id": self.boot_id, "source": self.source}
+        return json.dumps(body).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> _Position:
+        try:
+            data = json.loads(raw)
+            return cls(int(data["seq"]), str(data["boot_id"]), str(data.get("source", "kmsg")))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a kernel log position ({type(exc).__name__}: {exc})") from None
+
+
+class KmsgPosition(StateFile[_Position]):
     """The last kernel log position handed on, per boot (numbers restart at boot).
 
     Per reader too: a /dev/kmsg sequence number and a syslog(2) position (`klog_syslog`)
@@ -75,10 +95,16 @@ class KmsgPosition:
     """
 
     def __init__(self, state_dir: Path, boot_id: str | None) -> None:
-        self.path = state_dir / KMSG_POSITION_FILE
-        self.boot_id = boot_id
-        self.saved: int | None = None
-        self.saved_source = "kmsg"
+        super().__init__(
+            state_dir / KMSG_POSITION_FILE,
+            boot_id,
+            _Position.from_bytes,
+            log=log,
+            without="the kernel log is read from its end, so OOM kills while the agent was "
+            "down are known only from the cgroup counters",
+            unsaved="after a restart, kernel log reports already handed on are read again "
+            "(the event queue drops the kills it remembers)",
+        )
 
     def resume_after(self, source: str = "kmsg") -> int | None:
         """Where a (re)started agent reads the kernel log from, with reader `source`.
@@ -89,37 +115,28 @@ class KmsgPosition:
         the other reader's (the agent's privileges changed): only new records, since
         the one number means nothing to the other reader.
         """
-        try:
-            data = json.loads(self.path.read_text())
-            seq, boot = int(data["seq"]), str(data["boot_id"])
-            saved_source = str(data.get("source", "kmsg"))
-        except FileNotFoundError:
+        saved = self.read()
+        if saved is None:
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.warning("kmsg position file %s is unreadable (%s); set aside", self.path, exc)
-            os.replace(self.path, aside)
-            return None
-        if self.boot_id is not None and boot == self.boot_id:
-            if saved_source != source:
+        if self.boot_id is not None and saved.boot_id == self.boot_id:
+            if saved.source != source:
                 return None
-            self.saved, self.saved_source = seq, source
-            return seq
+            self.saved = saved
+            return saved.seq
         return -1
 
     def save(self, seq: int, source: str = "kmsg") -> None:
-        if self.saved is not None and source == self.saved_source and seq <= self.saved:
+        if self.saved is not None and source == self.saved.source and seq <= self.saved.seq:
             return
-        body = json.dumps({"seq": seq, "boot_id": self.boot_id, "source": source}).encode()
-        try:
-            atomic_write(self.path, body)
-            self.saved, self.saved_source = seq, source
-        except OSError as exc:
-            log.warning("cannot save the kmsg position in %s: %s", self.path, exc)
+        self.write(_Position(seq, self.boot_id, source))
 
 
 class Agent:
     """Wires the node-side engine to the cluster side."""
+
+    # The `oom` counts of the detector's last mark that had them (cgroup v2), saved with
+    # the counters; None: none yet.
+    _handed_on_limit_hits: dict[str, int] | None = None
 
     def __init__(
         self,
@@ -155,6 +172,7 @@ class Agent:
             Path(settings.cgroup_root) if settings.cgroup_root else default_cgroup_root(hierarchy)
         )
         self._kills: queue.Queue[OomKill | HandedOn] = queue.Queue()
+        counter_baseline = self.counter_snapshot.load()
         self.watcher = OomWatcher(
             hierarchy,
             root,
@@ -163,7 +181,8 @@ class Agent:
             resync_interval_s=settings.resync_interval_s,
             kmsg_after_seq=self.position.resume_after("kmsg"),
             syslog_after_pos=self.position.resume_after("syslog"),
-            counter_baseline=self.counter_snapshot.load(),
+            counter_baseline=counter_baseline,
+            limit_hits_baseline=self.counter_snapshot.loaded_limit_hits,
             on_handed_on=self._kills.put,
         )
         self.policy = PolicySource(settings.policy_file, metrics=self.metrics)
@@ -335,6 +354,8 @@ class Agent:
     def _take(self, item: OomKill | HandedOn) -> None:
         if isinstance(item, HandedOn):
             self._handed_on = apply_handed_on(self._handed_on, item)
+            if item.limit_hits is not None:
+                self._handed_on_limit_hits = dict(item.limit_hits)
             if item.kmsg_seq is not None:
                 self._handed_on_seq = item.kmsg_seq
             self._handed_on_unsaved = True
@@ -351,7 +372,7 @@ class Agent:
         """
         if not self._handed_on_unsaved or self._handed_on is None:
             return
-        if not self.counter_snapshot.save(self._handed_on):
+        if not self.counter_snapshot.save(self._handed_on, self._handed_on_limit_hits):
             return  # said in the log; tried again next turn
         if self._handed_on_seq is not None:
             self.position.save(self._handed_on_seq, source=self.watcher.kernel_log_source)

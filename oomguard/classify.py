@@ -10,7 +10,8 @@ one rule.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from oomguard.cgroup_path import parse_cgroup_path
 from oomguard.records import CgroupIdentity, CgroupKind, Constraint
@@ -79,6 +80,72 @@ def classify_counters(task: CgroupIdentity, limit_hit_paths: Collection[str]) ->
         if best is None or depth > best[0]:
             best = (depth, relative)
     return Constraint.SYSTEM if best is None else best[1]
+
+
+# How far below its limit a cgroup's high-water mark may stay and still count as having
+# reached it. A charge that fails is retried page by page before the OOM killer is
+# called, and usage never exceeds the limit, so a limit kill leaves the peak at the limit
+# to the byte (measured on kernel 6.18, v1: 0 bytes short in 12 of 12 container and pod
+# limit kills). The margin covers the largest charge that still calls the OOM killer
+# (order 3: 32 KiB with 4 KiB pages, 512 KiB with 64 KiB pages) and a limit read after
+# it was lowered; a workload that merely ran high stays well below it (20 MiB allocated
+# under 32 MiB: 8.2 MiB short).
+LIMIT_REACHED_MARGIN_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LimitEvidence:
+    """What one cgroup on a victim's line says, read at a restart, about its own limit.
+
+    `oom_rose`: its own `oom` count (cgroup v2, memory.events.local) is higher than the
+    snapshot of the agent's previous run said; None when that is unknown (cgroup v1 has
+    no such counter; a snapshot from before the count was kept). `peak_bytes` and
+    `limit_bytes`: its high-water mark and its limit (v1 memory.max_usage_in_bytes and
+    memory.limit_in_bytes, v2 memory.peak and memory.max); None: unreadable, no limit.
+    """
+
+    cgroup: str
+    oom_rose: bool | None = None
+    peak_bytes: int | None = None
+    limit_bytes: int | None = None
+
+
+def peak_reached_limit(peak_bytes: int | None, limit_bytes: int | None) -> bool:
+    """The high-water mark is at the limit (within LIMIT_REACHED_MARGIN_BYTES)."""
+    if peak_bytes is None or limit_bytes is None:
+        return False
+    return peak_bytes >= limit_bytes - LIMIT_REACHED_MARGIN_BYTES
+
+
+def limit_reached_while_down(line: Sequence[LimitEvidence]) -> str | None:
+    """Which cgroup's limit a kill counted while the agent was down most likely hit.
+
+    `line` is the victim's cgroup first, then its ancestors up to the watched root; the
+    answer (None: none, the node ran out) goes to `classify_counters` as the limit hit.
+    Such a kill left no live evidence: it is counted in `oom_kill` but nobody was
+    watching when it happened. The lowest cgroup on the line with evidence wins:
+
+    - its own `oom` count rose while the agent was down (cgroup v2): the kernel counts
+      it in the cgroup whose limit was hit, and nowhere for a node OOM. Exact.
+    - where that is unknown (cgroup v1, whose `failcnt` stays 0 through a limit kill on
+      6.18; a snapshot without the counts): its high-water mark reached its limit. A
+      limit kill always leaves it there. But it is a mark since the cgroup was made, not
+      since the agent stopped, and reaching the limit is not running out: a container
+      whose page cache fills it to its limit sits there without any OOM (measured: a
+      96 MiB file through a 32 MiB container, peak at the limit, no kill), and so does a
+      pod whose limit was hit before, in an earlier, reported kill; a node OOM in such a
+      container or pod is called a limit kill. A limit raised since (an in-place resize)
+      hides the evidence, and a pod limit hit in a pod whose one container has the same
+      limit is called the container's (the same Event reason, OOMKilled). Kills on
+      Kubernetes are overwhelmingly limit kills, so erring towards them is the right
+      way round.
+    """
+    for level in line:
+        if level.oom_rose is True:
+            return level.cgroup
+        if level.oom_rose is None and peak_reached_limit(level.peak_bytes, level.limit_bytes):
+            return level.cgroup
+    return None
 
 
 def _relative_to_task(task: CgroupIdentity, hit: str) -> Constraint | None:

@@ -74,6 +74,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         emit,
         resync_interval_s=args.resync_interval_s,
         push=not args.poll,
+        kmsg_path=args.kmsg_path or None,
     )
     watcher.start()
 
@@ -206,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not use inotify/eventfd; find kills by rescanning only (use with a "
         "small --resync-interval-s)",
+    )
+    watch.add_argument(
+        "--kmsg-path",
+        default="/dev/kmsg",
+        help="the kernel log, for each kill's victim (default /dev/kmsg; where it cannot be "
+        'opened, syslog(2)); "" to read no kernel log (kills from the cgroup counters alone)',
     )
     watch.set_defaults(func=cmd_watch)
 

@@ -3,7 +3,8 @@
 One JSON file in the state directory, `oom-kill-counters.json`:
 
     {"format": "oomguard/oom-kill-counters/v1", "boot_id": "...",
-     "oom_kill": {"/kubepods/burstable/pod<uid>/<id>": 2}}
+     "oom_kill": {"/kubepods/burstable/pod<uid>/<id>": 2},
+     "limit_hits": {"/kubepods/burstable/pod<uid>/<id>": 3}}
 
 Per cgroup, the counter value up to which every kill it counted has been handed on:
 submitted to the event queue as a record, or explained by a kernel report that was.
@@ -13,6 +14,13 @@ not exist yet. A restarted agent of the same boot starts each cgroup's counter f
 as counter increases: paired with the kernel log's reports when it is readable (victim
 known), else records of their own (victim unknown). No file, or one from another boot:
 the baseline is what is on disk, and kills before the agent first ran are not invented.
+
+`limit_hits` (cgroup v2 only; absent on v1 and in files of earlier versions, which this
+one still reads): per cgroup, its own `oom` count (memory.events.local), the number of
+times its limit was hit, as far as the kills that followed are handed on. A kill found
+from the counters after a restart has no live evidence of whose limit it hit; a cgroup
+on its line whose count rose meanwhile is that evidence (without it, the high-water
+marks are: see `classify.limit_reached_while_down`). Only nonzero values are listed.
 
 The detector's progress arrives as `HandedOn` marks through the queue that carries its
 records, after the records they cover (`apply_handed_on` merges them); the agent writes
@@ -33,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oomguard.records import HandedOn
-from oomguard.statefile import atomic_write, set_aside
+from oomguard.statefile import StateFile, parse_versioned
 
 log = logging.getLogger(__name__)
 
@@ -51,45 +59,46 @@ class CounterSnapshot:
 
     boot_id: str | None
     oom_kill: Mapping[str, int] = field(default_factory=dict)  # cgroup -> value, never 0
+    limit_hits: Mapping[str, int] | None = None  # cgroup -> `oom` count, never 0; None: unknown
 
     def to_bytes(self) -> bytes:
-        body = {
+        body: dict[str, object] = {
             "format": STATE_FORMAT,
             "boot_id": self.boot_id,
             "oom_kill": dict(sorted(self.oom_kill.items())),
         }
+        if self.limit_hits is not None:
+            body["limit_hits"] = dict(sorted(self.limit_hits.items()))
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> CounterSnapshot:
         """Parse a file's content; `SnapshotFormatError` says what is wrong with it."""
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SnapshotFormatError(f"not JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise SnapshotFormatError(
-                f"not an oom_kill counter snapshot (a JSON {type(body).__name__})"
-            )
-        if body.get("format") != STATE_FORMAT:
-            raise SnapshotFormatError(
-                f"format {body.get('format')!r}, this version reads only {STATE_FORMAT!r}"
-            )
-        boot_id = body.get("boot_id")
-        if boot_id is not None and not isinstance(boot_id, str):
-            raise SnapshotFormatError("boot_id is not a string")
-        counters = body.get("oom_kill", {})
-        if not isinstance(counters, dict):
-            raise SnapshotFormatError("oom_kill is not an object")
-        oom_kill: dict[str, int] = {}
-        for cgroup, value in counters.items():
-            if not cgroup.startswith("/"):
-                raise SnapshotFormatError(f"cgroup {cgroup!r} is not a path from the root")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise SnapshotFormatError(f"the value of {cgroup} is not a count ({value!r})")
-            if value:
-                oom_kill[cgroup] = value
-        return cls(boot_id=boot_id, oom_kill=oom_kill)
+        body, boot_id = parse_versioned(
+            raw, STATE_FORMAT, "an oom_kill counter snapshot", SnapshotFormatError
+        )
+        oom_kill = _counts(body.get("oom_kill", {}), "oom_kill")
+        limit_hits = body.get("limit_hits")
+        return cls(
+            boot_id=boot_id,
+            oom_kill=oom_kill,
+            limit_hits=None if limit_hits is None else _counts(limit_hits, "limit_hits"),
+        )
+
+
+def _counts(counters: object, name: str) -> dict[str, int]:
+    """One of the file's cgroup -> count objects, without its zeros."""
+    if not isinstance(counters, dict):
+        raise SnapshotFormatError(f"{name} is not an object")
+    out: dict[str, int] = {}
+    for cgroup, value in counters.items():
+        if not cgroup.startswith("/"):
+            raise SnapshotFormatError(f"cgroup {cgroup!r} is not a path from the root")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise SnapshotFormatError(f"the value of {cgroup} is not a count ({value!r})")
+        if value:
+            out[cgroup] = value
+    return out
 
 
 def apply_handed_on(current: Mapping[str, int] | None, mark: HandedOn) -> dict[str, int] | None:
@@ -112,90 +121,46 @@ def apply_handed_on(current: Mapping[str, int] | None, mark: HandedOn) -> dict[s
     return merged
 
 
-class CounterSnapshotFile:
+class CounterSnapshotFile(StateFile[CounterSnapshot]):
     """The agent's side: load once at start, then save each snapshot that differs."""
 
     def __init__(self, state_dir: Path, boot_id: str | None) -> None:
-        self.path = Path(state_dir) / STATE_FILE
-        self.boot_id = boot_id
-        self.saved: CounterSnapshot | None = None  # what the file holds (as far as we know)
-        self.save_errors = 0
+        super().__init__(
+            Path(state_dir) / STATE_FILE,
+            boot_id,
+            CounterSnapshot.from_bytes,
+            log=log,
+            without="counter baselines are taken from disk, so OOM kills while the agent "
+            "was down are known only from the kernel log",
+            stale="counter baselines are taken from disk",
+            unsaved="after a restart, OOM kills already reported may be found again (the "
+            "event queue drops those it remembers)",
+        )
+        # The `oom` counts `load` found (None: none, or a file without them).
+        self.loaded_limit_hits: dict[str, int] | None = None
 
     def load(self) -> dict[str, int] | None:
         """The counter baseline to resume from in this boot; None: take it from disk.
 
         Never raises: an unreadable file is set aside, another boot's is ignored.
         """
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
+        snapshot = self.read_this_boot()
+        if snapshot is None:
             return None
-        except OSError as exc:
-            log.error(
-                "cannot read %s (%s); counter baselines are taken from disk, so OOM kills "
-                "while the agent was down are known only from the kernel log",
-                self.path,
-                exc,
-            )
-            return None
-        try:
-            snapshot = CounterSnapshot.from_bytes(raw)
-        except SnapshotFormatError as exc:
-            self._set_aside(exc)
-            return None
-        if self.boot_id is None or snapshot.boot_id != self.boot_id:
-            log.info(
-                "%s is from another boot (or the boot is unknown): counter baselines are "
-                "taken from disk",
-                self.path,
-            )
-            return None
-        self.saved = snapshot
+        if snapshot.limit_hits is not None:
+            self.loaded_limit_hits = dict(snapshot.limit_hits)
         return dict(snapshot.oom_kill)
 
-    def save(self, oom_kill: Mapping[str, int]) -> bool:
+    def save(
+        self, oom_kill: Mapping[str, int], limit_hits: Mapping[str, int] | None = None
+    ) -> bool:
         """Write these values if they differ from what the file holds.
 
         True when the file now holds them (written, or already so); False when the write
         failed: logged, and retried by the next call (memory still has it all).
         """
-        snapshot = CounterSnapshot(self.boot_id, dict(oom_kill))
-        if snapshot == self.saved:
-            return True
-        try:
-            atomic_write(self.path, snapshot.to_bytes())
-        except OSError as exc:
-            self.save_errors += 1
-            if self.save_errors == 1 or self.save_errors % 1000 == 0:
-                log.error(
-                    "cannot write %s (%s, %d times so far); after a restart, OOM kills "
-                    "already reported may be found again (the event queue drops those it "
-                    "remembers)",
-                    self.path,
-                    exc,
-                    self.save_errors,
-                )
-            return False
-        self.saved = snapshot
-        return True
-
-    def _set_aside(self, why: BaseException) -> None:
-        try:
-            aside = set_aside(self.path)
-        except OSError as exc:
-            log.error(
-                "%s is unreadable (%s) and could not be moved aside (%s); counter baselines "
-                "are taken from disk and the file will be overwritten",
-                self.path,
-                why,
-                exc,
+        return self.write(
+            CounterSnapshot(
+                self.boot_id, dict(oom_kill), None if limit_hits is None else dict(limit_hits)
             )
-        else:
-            log.error(
-                "%s is unreadable (%s); moved it aside to %s. Counter baselines are taken "
-                "from disk: OOM kills while the agent was down are known only from the "
-                "kernel log",
-                self.path,
-                why,
-                aside.name,
-            )
+        )

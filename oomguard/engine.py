@@ -10,7 +10,14 @@ container), through syslog(2) (`klog_syslog`), else not at all (counters only).
 syslog(2) has no descriptor to poll, so the loop reads it when it has a reason to: on
 every counter increase (before the joiner starts waiting for its report), just after a
 cgroup v1 OOM signal, while a counter increase still waits, and at each resync; reads
-coalesce, at most one per SYSLOG_MIN_READ_GAP_S.
+coalesce, at most one per SYSLOG_MIN_READ_GAP_S. A kill no watched counter shows (a
+node OOM taking a process outside the watched tree; v1 where eventfds cannot be
+registered and counters are only rescanned) gives no such reason: an idle read every
+`syslog_idle_read_interval_s` reports it within that time.
+
+The kernel log's timestamps are put on CLOCK_MONOTONIC by a `KernelClock` that learns
+the offset from every read; the joiner pairs kill lines that name no cgroup with
+counter increases by those times, and decides once the log is read past them.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from oomguard.cgroups.counters import MemoryUse, read_memory_use
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.cgroups.watch import CgroupWatch, CounterChange
 from oomguard.detector import KillJoiner
+from oomguard.kclock import KernelClock
 from oomguard.klog_syslog import SyslogReader, SyslogUnavailable
 from oomguard.kmsg_parse import OomReportAssembler
 from oomguard.kmsg_reader import KmsgReader, KmsgUnavailable
@@ -48,6 +56,9 @@ SYSLOG_RETRY_S = 0.1
 # cgroup v1 signals an OOM at its start, before the kill is counted and its line printed
 # (~0.2 ms later here): the log is read this soon after, not at the counter's recheck.
 SYSLOG_AFTER_V1_SIGNAL_S = 0.005
+# With no other reason to read, syslog(2) is read this often (~2 ms a read: 0.04 % of a
+# core), so that a kill no watched counter shows is reported within it.
+SYSLOG_IDLE_READ_INTERVAL_S = 5.0
 
 _COUNTERS_ONLY = "OOM kills will be reported from cgroup counters without the victim's name"
 
@@ -65,11 +76,13 @@ class OomWatcher:
         push: bool = True,
         resync_interval_s: float = 60.0,
         grace_s: float = 2.0,
-        kernel_clock_offset_us: int = 0,
+        kernel_clock_offset_us: int | None = None,
         kmsg_after_seq: int | None = None,
         syslog_fallback: bool = True,
         syslog_after_pos: int | None = None,
+        syslog_idle_read_interval_s: float = SYSLOG_IDLE_READ_INTERVAL_S,
         counter_baseline: Mapping[str, int] | None = None,
+        limit_hits_baseline: Mapping[str, int] | None = None,
         on_handed_on: Callable[[HandedOn], None] | None = None,
     ) -> None:
         self.hierarchy = hierarchy
@@ -93,9 +106,17 @@ class OomWatcher:
         self._syslog_after_pos = syslog_after_pos
         self._klog_read_due: float | None = None  # when syslog(2) is to be read next
         self._klog_last_read = float("-inf")
+        self._klog_checked: float | None = None  # when the log last had nothing unread
+        self.syslog_idle_read_interval_s = syslog_idle_read_interval_s
         self._assembler = OomReportAssembler()
         self._grace_s = grace_s
-        self._offset_us = kernel_clock_offset_us
+        # A measured offset (`kclock.kernel_clock_offset_us`; 0 or None: unknown) seeds the
+        # clock, which learns it from the reads anyway.
+        self.kernel_clock = (
+            KernelClock(kernel_clock_offset_us, at_mono=time.monotonic())
+            if kernel_clock_offset_us
+            else KernelClock()
+        )
         self.joiner = KillJoiner(kmsg_available=False)
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._poll = select.poll()
@@ -107,9 +128,12 @@ class OomWatcher:
         # What has been handed on (`on_handed_on`, see records.HandedOn): said after the
         # records it covers, at the end of each turn that handed something on. A
         # restarted agent passes the counter values it had (`counter_baseline`), and the
-        # kills counted while it was down come out of the first turn.
+        # kills counted while it was down come out of the first turn, classified by the
+        # `oom` counts it had (`limit_hits_baseline`, cgroup v2) or by peaks.
         self.on_handed_on = on_handed_on
         self._counter_baseline = counter_baseline
+        self._limit_hits_baseline = limit_hits_baseline
+        self._limit_hits_marked: dict[str, int] | None = None
         self._startup_changes: list[CounterChange] | None = None
         self._caught_up = False
         self._marked = False  # the first mark is complete
@@ -124,12 +148,12 @@ class OomWatcher:
     def start(self) -> None:
         """Open every source and take the baseline; raises on an unusable root."""
         self._open_kernel_log()
-        self._startup_changes = self.watch.start(self._counter_baseline)
+        self._startup_changes = self.watch.start(self._counter_baseline, self._limit_hits_baseline)
         self.joiner = KillJoiner(
             kmsg_available=self.kmsg is not None,
             grace_s=self._grace_s,
             memory_use_of=self._memory_use_of,
-            kernel_clock_offset_us=self._offset_us,
+            kernel_clock=self.kernel_clock,
             report_unpaired=self.watch.contains("/"),
             cgroup_of_pid=self._cgroup_of_pid,
             kernel_log_source=self.kernel_log_source,
@@ -172,7 +196,7 @@ class OomWatcher:
         self.kernel_log_source = "syslog"
         self.kernel_log_status = (
             f"{kmsg_exc.cause}; reading the kernel log through syslog(2) instead, on each "
-            "cgroup OOM signal"
+            f"cgroup OOM signal and every {self.syslog_idle_read_interval_s:g} s"
         )
         log.info("%s", self.kernel_log_status)
 
@@ -204,7 +228,13 @@ class OomWatcher:
             self._catch_up()
         now = time.monotonic()
         wake_at = self._next_resync
-        deadlines = (self.joiner.next_deadline(), self.watch.next_recheck(), self._klog_read_due)
+        decision = self.joiner.next_decision() if isinstance(self.kmsg, KmsgReader) else None
+        deadlines = (
+            self.joiner.next_deadline(),
+            self.watch.next_recheck(),
+            self._klog_read_due,
+            decision,
+        )
         for deadline in deadlines:
             if deadline is not None:
                 wake_at = min(wake_at, deadline)
@@ -212,6 +242,7 @@ class OomWatcher:
         if max_wait_s is not None:
             wait_s = min(wait_s, max_wait_s)
         ready = self._poll.poll(wait_s * 1000)
+        woke = time.monotonic()  # when the kernel's signals in `ready` were there
         kmsg_fd = self.kmsg.fileno() if isinstance(self.kmsg, KmsgReader) else -1
         # kmsg first: a report that is already there completes its counter change
         # without a grace period.
@@ -223,7 +254,7 @@ class OomWatcher:
             elif fd == kmsg_fd:
                 self._drain_kmsg()
             else:
-                changes = self.watch.handle_ready(fd)
+                changes = self.watch.handle_ready(fd, now=woke)
                 if self.hierarchy.version is CgroupVersion.V1:
                     self._want_kernel_log(SYSLOG_AFTER_V1_SIGNAL_S)
                 self._counter_changes(changes)
@@ -235,10 +266,20 @@ class OomWatcher:
             self._next_resync = now + self.resync_interval_s
         if self._klog_read_due is not None and time.monotonic() >= self._klog_read_due:
             self._drain_kmsg()
+        if isinstance(self.kmsg, KmsgReader):
+            self.joiner.kernel_log_read(woke)  # kmsg was drained, or had nothing then
+            if all(fd != kmsg_fd for fd, _ in ready):
+                self._klog_checked = max(self._klog_checked or woke, woke)
         for kill in self.joiner.on_tick(now_mono=time.monotonic()):
             self._emit(kill)
         if self.joiner.awaiting_reports:
             self._want_kernel_log(SYSLOG_RETRY_S)
+        decision = self.joiner.next_decision()
+        if decision is not None:
+            self._want_kernel_log(decision - time.monotonic())
+        if isinstance(self.kmsg, SyslogReader) and self._klog_read_due is None:
+            idle_s = max(self.syslog_idle_read_interval_s, SYSLOG_MIN_READ_GAP_S)
+            self._klog_read_due = self._klog_last_read + idle_s
         self._sync_registrations()
         self._report_handed_on()
 
@@ -283,14 +324,24 @@ class OomWatcher:
         now = time.monotonic()
         due = self._handed_on_any or bool(counters) or now >= self._next_klog_report
         moved = seq is not None and seq != self._klog_reported and due
-        if not (complete or counters or moved):
+        limit_hits = self.watch.limit_hit_counts(now)
+        if limit_hits == self._limit_hits_marked:
+            limit_hits = None  # unchanged
+        if not (complete or counters or moved or limit_hits is not None):
             return
         self._marked = True
         self._handed_on_any = False
         self._next_klog_report = now + self.resync_interval_s
         if moved:
             self._klog_reported = seq
-        mark = HandedOn(oom_kill=counters, kmsg_seq=seq if moved else None, complete=complete)
+        if limit_hits is not None:
+            self._limit_hits_marked = limit_hits
+        mark = HandedOn(
+            oom_kill=counters,
+            kmsg_seq=seq if moved else None,
+            complete=complete,
+            limit_hits=limit_hits,
+        )
         try:
             self.on_handed_on(mark)
         except Exception:
@@ -331,8 +382,10 @@ class OomWatcher:
     def _drain_kmsg(self) -> None:
         if self.kmsg is None:
             return
+        started = time.monotonic()
+        lost = self.kmsg.lost_records
         if isinstance(self.kmsg, SyslogReader):
-            self._klog_last_read = time.monotonic()
+            self._klog_last_read = started
             self._klog_read_due = None
             try:
                 records = self.kmsg.read_available()
@@ -341,11 +394,24 @@ class OomWatcher:
                 return
         else:
             records = self.kmsg.read_available()
+        # The kernel clock: these lines were printed before this read ended, and (when
+        # nothing was lost in between) after the last look that found nothing new began.
+        previous, self._klog_checked = self._klog_checked, started
+        if records:
+            stamps = [r.time_us for r in records]
+            self.kernel_clock.note_read(
+                time.monotonic(),
+                max(stamps),
+                oldest_us=min(stamps),
+                previous_mono=previous if self.kmsg.lost_records == lost else None,
+            )
         for record in records:
             for kill in self._assembler.feed(record):
                 self._on_kernel_kill(kill)
         for kill in self._assembler.flush():
             self._on_kernel_kill(kill)
+        # Only now, with every line of the read handed in: the joiner may decide.
+        self.joiner.kernel_log_read(started)
 
     def _on_kernel_kill(self, kill: KernelOomKill) -> None:
         self._capture_victim(kill)

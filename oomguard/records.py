@@ -196,6 +196,10 @@ class HandedOn(BaseModel):
     up to this record has been handed on and credited to its counter; None: unchanged,
     or (with `complete`) unknown. `complete`: `oom_kill` lists every watched cgroup with
     a nonzero counter and replaces what came before (the first one after a start).
+    `limit_hits`: every watched cgroup's own `oom` count (cgroup v2) where not 0, as far
+    as the kills it explains are handed on (`CgroupWatch.limit_hit_counts`), replacing
+    what came before; None: unchanged, or unknown (v1). A restart compares them with
+    what is on disk to tell whose limit a kill while it was down hit.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -203,3 +207,4 @@ class HandedOn(BaseModel):
     oom_kill: dict[str, int]
     kmsg_seq: int | None = None
     complete: bool = False
+    limit_hits: dict[str, int] | None = None

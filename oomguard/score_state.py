@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oomguard.statefile import atomic_write, set_aside
+from oomguard.statefile import StateFile, parse_versioned
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +116,9 @@ class ScoreState:
     @classmethod
     def from_bytes(cls, raw: bytes) -> ScoreState:
         """Parse a file's content; `StateFormatError` says what is wrong with it."""
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise StateFormatError(f"not JSON ({exc})") from None
-        if not isinstance(body, dict):
-            raise StateFormatError(f"not an oom_score_adj state (a JSON {type(body).__name__})")
-        if body.get("format") != STATE_FORMAT:
-            raise StateFormatError(
-                f"format {body.get('format')!r}, this version reads only {STATE_FORMAT!r}"
-            )
-        boot_id = body.get("boot_id")
-        if boot_id is not None and not isinstance(boot_id, str):
-            raise StateFormatError("boot_id is not a string")
+        body, boot_id = parse_versioned(
+            raw, STATE_FORMAT, "an oom_score_adj state", StateFormatError
+        )
         applied: dict[tuple[str, str], AppliedValue] = {}
         for item in _list(body, "applied"):
             a = AppliedValue(
@@ -182,41 +172,28 @@ def _score(item: dict[str, Any], key: str) -> int:
 # ---------------------------------------------------------------------------- the agent
 
 
-class ScoreStateFile:
+class ScoreStateFile(StateFile[ScoreState]):
     """The agent's side: load once at start, then save each state that differs."""
 
     def __init__(self, state_dir: Path, boot_id: str | None) -> None:
-        self.path = Path(state_dir) / STATE_FILE
-        self.boot_id = boot_id
-        self.saved: ScoreState | None = None  # what the file holds (as far as we know)
-        self.save_errors = 0
+        super().__init__(
+            Path(state_dir) / STATE_FILE,
+            boot_id,
+            ScoreState.from_bytes,
+            log=log,
+            without="starting without it (an annotation removed while the agent was down "
+            "keeps its last value until the container restarts)",
+            stale="every process is new, so the oom_score_adj values written then are moot",
+            unsaved="an agent restart would forget which oom_score_adj values oomguard set",
+        )
 
     def load(self) -> ScoreState | None:
         """The state the agent left in this boot; None when there is none to resume.
 
         Never raises: an unreadable file is set aside, another boot's is ignored.
         """
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            log.error("cannot read %s (%s); starting without it", self.path, exc)
-            return None
-        try:
-            state = ScoreState.from_bytes(raw)
-        except StateFormatError as exc:
-            self._set_aside(exc)
-            return None
-        if self.boot_id is None or state.boot_id != self.boot_id:
-            log.info(
-                "%s is from another boot (or the boot is unknown); every process is new, "
-                "so the oom_score_adj values written then are moot",
-                self.path,
-            )
-            return None
-        self.saved = state
-        if state.applied:
+        state = self.read_this_boot()
+        if state is not None and state.applied:
             log.info(
                 "resuming with %d containers whose oom_score_adj oomguard set before the restart",
                 len(state.applied),
@@ -230,42 +207,7 @@ class ScoreStateFile:
         """
         if state == self.saved:
             return False
-        try:
-            atomic_write(self.path, state.to_bytes())
-        except OSError as exc:
-            self.save_errors += 1
-            if self.save_errors == 1 or self.save_errors % 1000 == 0:
-                log.error(
-                    "cannot write %s (%s, %d times so far); an agent restart would forget "
-                    "which oom_score_adj values oomguard set",
-                    self.path,
-                    exc,
-                    self.save_errors,
-                )
-            return False
-        self.saved = state
-        return True
-
-    def _set_aside(self, why: BaseException) -> None:
-        try:
-            aside = set_aside(self.path)
-        except OSError as exc:
-            log.error(
-                "%s is unreadable (%s) and could not be moved aside (%s); starting without "
-                "it, it will be overwritten",
-                self.path,
-                why,
-                exc,
-            )
-        else:
-            log.error(
-                "%s is unreadable (%s); moved it aside to %s and started without it (an "
-                "annotation removed while the agent was down keeps its last value until "
-                "the container restarts)",
-                self.path,
-                why,
-                aside.name,
-            )
+        return self.write(state)
 
 
 # ---------------------------------------------------------------------------- top

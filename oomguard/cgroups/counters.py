@@ -23,7 +23,8 @@ class MemoryCounters:
     cgroup however many ancestors also see it. `limit_hits` rises when this cgroup's
     own limit was reached: v2's local `oom` (OOM invocations). v1 has no such counter
     (and its `memory.failcnt` stays 0 through a limit kill on kernel 6.18), so on v1
-    the watcher takes that evidence from the OOM eventfd instead and this stays 0.
+    the watcher takes that evidence from the OOM eventfd instead (and, for kills while
+    the agent was down, from the high-water mark) and this stays 0.
     """
 
     oom_kill: int
@@ -85,12 +86,25 @@ def resume_baseline(on_disk: MemoryCounters | None, handed_on: int | None) -> Me
     cgroup (0 when the snapshot does not list it: it had none then, or did not exist),
     so the kills counted while the agent was down show up as increases; a counter lower
     than that can only belong to a cgroup made again under the same name, which counted
-    from 0. Only `oom_kill` is resumed: the limit evidence starts from disk.
+    from 0. Only `oom_kill` is resumed: the live limit evidence starts from disk (whose
+    limit the kills counted meanwhile hit is read once, by `CgroupWatch.start`).
     """
     if on_disk is None or handed_on is None:
         return on_disk
     start = handed_on if on_disk.oom_kill >= handed_on else 0
     return MemoryCounters(start, on_disk.limit_hits, on_disk.group_kills)
+
+
+def limit_hits_rose(saved: int | None, on_disk: int) -> bool | None:
+    """Whether a cgroup's own `oom` count rose since a snapshot said `saved`.
+
+    None: unknown (no value was saved). As for `oom_kill` (`resume_baseline`), a count
+    lower than the snapshot's belongs to a cgroup made again under the same name, which
+    counted from 0.
+    """
+    if saved is None:
+        return None
+    return on_disk > saved or 0 < on_disk < saved
 
 
 def limit_was_hit(before: MemoryCounters | None, after: MemoryCounters) -> bool:
@@ -136,19 +150,30 @@ class MemoryUse:
 _NO_LIMIT_V1 = 1 << 62  # v1 prints PAGE_COUNTER_MAX * PAGE_SIZE (rounded) for "no limit"
 
 
+def _read_int(directory: str | Path, name: str) -> int | None:
+    try:
+        return parse_single_int(_read(f"{directory}/{name}"))
+    except OSError:
+        return None
+
+
 def read_memory_use(version: CgroupVersion, directory: str | Path) -> MemoryUse:
     """Limit and peak usage, for the record; anything unreadable is None."""
-
-    def maybe(name: str) -> int | None:
-        try:
-            return parse_single_int(_read(f"{directory}/{name}"))
-        except OSError:
-            return None
-
     if version is CgroupVersion.V2:
-        peak = maybe("memory.peak")
-        return MemoryUse(maybe("memory.max"), peak if peak is not None else maybe("memory.current"))
-    limit = maybe("memory.limit_in_bytes")
+        peak = read_peak_and_limit(version, directory)
+        if peak.usage_bytes is not None:
+            return peak
+        return MemoryUse(peak.limit_bytes, _read_int(directory, "memory.current"))
+    return read_peak_and_limit(version, directory)
+
+
+def read_peak_and_limit(version: CgroupVersion, directory: str | Path) -> MemoryUse:
+    """The limit and the high-water mark only (no current usage in its place), for
+    `classify.limit_reached_while_down`; anything unreadable (v2 before 5.19 has no
+    memory.peak) and "no limit" are None."""
+    if version is CgroupVersion.V2:
+        return MemoryUse(_read_int(directory, "memory.max"), _read_int(directory, "memory.peak"))
+    limit = _read_int(directory, "memory.limit_in_bytes")
     if limit is not None and limit >= _NO_LIMIT_V1:
         limit = None
-    return MemoryUse(limit, maybe("memory.max_usage_in_bytes"))
+    return MemoryUse(limit, _read_int(directory, "memory.max_usage_in_bytes"))

@@ -13,6 +13,7 @@ no eventfd).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -26,11 +27,14 @@ from inotify_simple import INotify, flags
 from oomguard.cgroups.counters import (
     MemoryCounters,
     kills_between,
+    limit_hits_rose,
     limit_was_hit,
     read_counters,
+    read_peak_and_limit,
     resume_baseline,
 )
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
+from oomguard.classify import LimitEvidence, limit_reached_while_down
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,14 @@ class CounterChange:
     limit_hit_paths: frozenset[str]
     # The counter after the change: the kills are values value-kills+1 .. value.
     value: int | None = None
+    # When the kills were counted, on CLOCK_MONOTONIC (None: unknown): after the read
+    # before (`since_mono`, which did not show them) and before the read that did
+    # (`seen_mono`). `signal_mono`: when this cgroup's v1 OOM eventfd fired since its last
+    # counted kill; the kernel signals as the OOM starts and kills right after. The
+    # evidence that pairs a kill line that names no cgroup with its increase (`detector`).
+    seen_mono: float | None = None
+    since_mono: float | None = None
+    signal_mono: float | None = None
 
 
 @dataclass
@@ -59,6 +71,12 @@ class _Watched:
     dir_wd: int = -1
     file_wd: int = -1
     last_limit_hit: float = field(default=-1e18)
+    read_mono: float | None = None  # when `counters` was read (the read's start)
+    signal_mono: float | None = None  # the OOM eventfd's last signal not yet followed by a kill
+    # The `oom` count handed on for a restart (`limit_hit_counts`), and until when it
+    # must not move (evidence of kills recovered at the start that are not handed on yet).
+    limit_hits_settled: int = 0
+    settle_after: float = field(default=-1e18)
 
 
 class CgroupWatch:
@@ -85,25 +103,78 @@ class CgroupWatch:
 
     # ----- the watched set -------------------------------------------------------
 
-    def start(self, handed_on: Mapping[str, int] | None = None) -> list[CounterChange]:
+    def start(
+        self,
+        handed_on: Mapping[str, int] | None = None,
+        limit_hits: Mapping[str, int] | None = None,
+    ) -> list[CounterChange]:
         """Take the baseline; return the increases over it.
 
         Without `handed_on`, from disk: kills counted before we started are not
         reported, and nothing is returned. With it (the counter values a previous run
         of this boot handed on, see `counters.resume_baseline`), what the cgroups
-        counted since is returned as counter changes.
+        counted since is returned as counter changes, each with the evidence of whose
+        limit it hit read now (`_limit_reached_while_down`): from the `oom` counts the
+        previous run handed on (`limit_hits`, v2; None: unknown), else from peaks.
         """
         if not self.root.is_dir():
             raise FileNotFoundError(f"cgroup root {self.root} does not exist")
         self._scan(baseline_from_disk=True, handed_on=handed_on)
         if handed_on is None:
             return []
+        now = time.monotonic()
+        rose = self._limit_hits_rose(limit_hits, now)
         changes: list[CounterChange] = []
         for cg in list(self._watched):
             change = self._reread(cg)
             if change is not None:
+                recovered = self._limit_reached_while_down(cg, rose)
+                if recovered is not None:
+                    change = dataclasses.replace(
+                        change, limit_hit_paths=change.limit_hit_paths | {recovered}
+                    )
                 changes.append(change)
         return changes
+
+    def _limit_hits_rose(
+        self, limit_hits: Mapping[str, int] | None, now: float
+    ) -> dict[str, bool | None]:
+        """Per watched cgroup, whether its own `oom` count rose while the agent was down.
+
+        A count that rose is not handed on as it is until LIMIT_HIT_WINDOW_S from now
+        (`limit_hit_counts`): the kills it explains are handed on by then, and a restart
+        before that finds the same evidence again.
+        """
+        v2 = self.hierarchy.version is CgroupVersion.V2
+        rose: dict[str, bool | None] = {}
+        for cg, w in self._watched.items():
+            if not v2 or limit_hits is None or w.counters is None:
+                rose[cg] = None
+                continue
+            saved = limit_hits.get(cg, 0)
+            rose[cg] = limit_hits_rose(saved, w.counters.limit_hits)
+            if rose[cg]:
+                w.limit_hits_settled = saved
+                w.settle_after = now + self.LIMIT_HIT_WINDOW_S
+        return rose
+
+    def _limit_reached_while_down(self, cgroup: str, rose: Mapping[str, bool | None]) -> str | None:
+        """The cgroup on `cgroup`'s watched line whose limit a kill while down hit, if any."""
+        line: list[LimitEvidence] = []
+        path = cgroup
+        while True:
+            w = self._watched.get(path)
+            if w is not None:
+                oom_rose = rose.get(path)
+                if oom_rose is None:
+                    use = read_peak_and_limit(self.hierarchy.version, w.directory)
+                    line.append(LimitEvidence(path, None, use.usage_bytes, use.limit_bytes))
+                else:
+                    line.append(LimitEvidence(path, oom_rose))
+            if path == "/":
+                break
+            path = path.rsplit("/", 1)[0] or "/"
+        return limit_reached_while_down(line)
 
     def cgroups(self) -> list[str]:
         return list(self._watched)
@@ -179,10 +250,12 @@ class CgroupWatch:
             # registration, so a kill is either in the read or signalled after it.
             self._register_push(cgroup, w)
         if baseline_from_disk:
+            w.read_mono = time.monotonic()
             w.counters = resume_baseline(
                 read_counters(self.hierarchy.version, directory),
                 None if handed_on is None else handed_on.get(cgroup, 0),
             )
+            w.limit_hits_settled = 0 if w.counters is None else w.counters.limit_hits
 
     def _register_push(self, cgroup: str, w: _Watched) -> None:
         assert self._inotify is not None
@@ -229,19 +302,28 @@ class CgroupWatch:
         w = self._watched.get(cgroup)
         if w is None:
             return None
+        start = time.monotonic()
         after = read_counters(self.hierarchy.version, w.directory)
         if after is None:
             return None
-        now = time.monotonic() if now is None else now
-        before = w.counters
-        w.counters = after
+        seen = time.monotonic()
+        now = seen if now is None else now
+        before, since = w.counters, w.read_mono
+        w.counters, w.read_mono = after, start
         if limit_was_hit(before, after):
             w.last_limit_hit = now
         kills = kills_between(before, after)
         if kills <= 0:
             return None
+        signal, w.signal_mono = w.signal_mono, None
         return CounterChange(
-            cgroup, kills, self._limit_hits_around(cgroup, now), value=after.oom_kill
+            cgroup,
+            kills,
+            self._limit_hits_around(cgroup, now),
+            value=after.oom_kill,
+            seen_mono=seen,
+            since_mono=since,
+            signal_mono=signal,
         )
 
     def _limit_hits_around(self, cgroup: str, now: float) -> frozenset[str]:
@@ -309,8 +391,8 @@ class CgroupWatch:
             out.append(self._inotify.fileno())
         return out
 
-    def handle_ready(self, fd: int) -> list[CounterChange]:
-        """Process one readable descriptor from `fds()`."""
+    def handle_ready(self, fd: int, now: float | None = None) -> list[CounterChange]:
+        """Process one readable descriptor from `fds()`; `now`: when poll() said so."""
         if self._inotify is not None and fd == self._inotify.fileno():
             return self._handle_inotify()
         cgroup = self._by_eventfd.get(fd)
@@ -320,7 +402,7 @@ class CgroupWatch:
         try:
             os.eventfd_read(fd)
             if w is not None:
-                w.last_limit_hit = time.monotonic()
+                w.last_limit_hit = w.signal_mono = time.monotonic() if now is None else now
         except BlockingIOError:
             pass
         change = self._reread(cgroup)
@@ -380,6 +462,28 @@ class CgroupWatch:
         """The cgroups that went away since the last call (not those dropped by close)."""
         removed, self._removed = self._removed, []
         return removed
+
+    def limit_hit_counts(self, now: float | None = None) -> dict[str, int] | None:
+        """Each watched cgroup's own `oom` count as handed on for a restart, where not 0.
+
+        None on cgroup v1, which has no such count. A count moves only once its cgroup's
+        limit was last hit more than LIMIT_HIT_WINDOW_S ago: by then the kills that
+        followed the hit (counted just after it, and waiting at most a grace for their
+        report) are handed on, so a restart in between still finds their evidence.
+        Lagging errs the safe way: a node OOM counted while the agent was down, in a
+        cgroup whose limit was hit just before it stopped, is called a limit kill.
+        """
+        if self.hierarchy.version is not CgroupVersion.V2:
+            return None
+        now = time.monotonic() if now is None else now
+        out: dict[str, int] = {}
+        for cg, w in self._watched.items():
+            settled_at = max(w.settle_after, w.last_limit_hit + self.LIMIT_HIT_WINDOW_S)
+            if w.counters is not None and now >= settled_at:
+                w.limit_hits_settled = w.counters.limit_hits
+            if w.limit_hits_settled:
+                out[cg] = w.limit_hits_settled
+        return out
 
     def oom_kill_values(self) -> dict[str, int]:
         """Each watched cgroup's `oom_kill` as last read, where it is not 0."""

@@ -149,6 +149,9 @@ def test_kill_while_stopped_without_kernel_log_is_one_event_victim_unknown(
     event = the_event(apiserver, cart)
     assert "victim process is unknown" in event["message"], event["message"]
     assert "cart-worker" not in event["message"]
+    # Its own limit, told by the container's high-water mark (v1), not node pressure.
+    assert event["reason"] == "OOMKilled", event
+    assert "its memory limit (32.0 MiB) was reached" in event["message"], event["message"]
     time.sleep(3)
     assert kills_by_pod(apiserver) == {cart.uid: 1}
     assert (kills_seen(again), found_again(again)) == (1, 0)

@@ -172,9 +172,10 @@ def test_kills_past_the_kernels_report_rate_limit_keep_container_and_reason(
     # The kernel prints at most 10 OOM report headers per 5 s; past that only the bare
     # "Killed process" line comes, without memcgs. Each kill must still be one record
     # with its container and the limit it hit (never "the node ran out"). Watching
-    # live, each bare line pairs with its cgroup's counter and names the victim; when
-    # the watcher fell behind a burst, a victim it cannot place stays unknown rather
-    # than being blamed on another container.
+    # live, each bare line pairs by time with its cgroup's counter increase and names
+    # the victim; when the watcher fell behind a burst, a victim it cannot place stays
+    # unknown rather than being blamed on another container. A victim named is never
+    # another container's, nor another process's on this host.
     containers = []
     for _ in range(3):
         uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
@@ -200,7 +201,11 @@ def test_kills_past_the_kernels_report_rate_limit_keep_container_and_reason(
         assert k.identity.container_id in per_container, k
         per_container[k.identity.container_id] += 1
         if k.pid is not None:
-            assert container_of[k.pid] == k.identity.container_id, k
+            assert container_of.get(k.pid) == k.identity.container_id, k
     assert sorted(per_container.values()) == [5, 5, 5]
+    pids = [k.pid for k in kills if k.pid is not None]
+    assert len(pids) == len(set(pids)), "a victim reported twice"
     if live:
-        assert sorted(k.pid for k in kills if k.pid) == sorted(container_of)
+        if len(pids) < 15:
+            col.skip_if_the_kernel_could_not_tell("victims not named")
+        assert sorted(pids) == sorted(container_of)

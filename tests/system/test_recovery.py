@@ -3,8 +3,9 @@
 A watcher says what it has handed on (`HandedOn` marks); one started from those values
 (`counter_baseline`, and the kmsg position for the kernel log) finds the kills counted
 since, each once: from the counters alone without the kernel log, paired with the
-replayed report with it. The agent's side (state files, kill -9) is in
-tests/cluster/test_agent_recovery.py.
+replayed report with it. Without the kernel log, whose limit such a kill hit comes from
+the high-water marks on v1 (`classify.limit_reached_while_down`). The agent's side
+(state files, kill -9) is in tests/cluster/test_agent_recovery.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,7 @@ from oomguard.counter_snapshot import apply_handed_on
 from oomguard.engine import OomWatcher
 from oomguard.kmsg_parse import OomReportAssembler
 from oomguard.kmsg_reader import KmsgReader
-from oomguard.records import HandedOn, OomKill
+from oomguard.records import Constraint, HandedOn, OomKill
 from oomguard.scratch import MIB, ScratchTree
 
 pytestmark = pytest.mark.system
@@ -63,6 +65,7 @@ def running(
     kmsg: bool,
     counter_baseline: Mapping[str, int] | None = None,
     kmsg_after_seq: int | None = None,
+    root: Path | None = None,
 ) -> Iterator[Run]:
     kills: list[OomKill] = []
     run: Run | None = None
@@ -73,10 +76,11 @@ def running(
 
     watcher = OomWatcher(
         tree.hierarchy,
-        tree.top,
+        tree.top if root is None else root,
         kills.append,
         # None: the kernel log is not read at all (no syslog(2) fallback either).
         kmsg_path="/dev/kmsg" if kmsg else None,
+        syslog_fallback=False,
         counter_baseline=counter_baseline,
         kmsg_after_seq=kmsg_after_seq,
         on_handed_on=on_handed_on,
@@ -134,6 +138,53 @@ def test_a_kill_while_down_comes_from_the_counters_once(tree: ScratchTree) -> No
 
     with running(tree, kmsg=False, counter_baseline=second.counters) as third:
         assert third.turn(1.0) == []
+
+
+def test_a_container_limit_kill_while_down_is_the_containers(tree: ScratchTree) -> None:
+    # Nothing watched it happen and no kernel log names the limit: the container's
+    # high-water mark at its limit says it was its own (v1 has no `oom` count).
+    cg = container(tree)
+    with running(tree, kmsg=False) as first:
+        assert first.counters == {}
+    oom_kill(tree, cg)
+    with running(tree, kmsg=False, counter_baseline=first.counters) as second:
+        (kill,) = second.wait_for(1)
+        assert (kill.cgroup, kill.source, kill.pid) == (cg, "counters", None)
+        assert kill.constraint is Constraint.CONTAINER
+
+
+def test_a_pod_limit_kill_while_down_is_the_pods(tree: ScratchTree) -> None:
+    uid = str(uuid.uuid4())
+    pod = tree.make(f"kubepods/burstable/pod{uid}", limit_bytes=LIMIT)
+    cg = tree.make(f"kubepods/burstable/pod{uid}/{secrets.token_hex(32)}")  # no limit
+    # A sidecar that hit its own limit before: its high-water mark sits at its limit, but
+    # it is not on the victim's line.
+    sidecar = tree.make(f"kubepods/burstable/pod{uid}/{secrets.token_hex(32)}", limit_bytes=LIMIT)
+    oom_kill(tree, sidecar)
+    with running(tree, kmsg=False) as first:
+        assert first.counters == {sidecar: 1}
+    oom_kill(tree, cg)
+    with running(tree, kmsg=False, counter_baseline=first.counters) as second:
+        (kill,) = second.wait_for(1)
+        assert (kill.cgroup, kill.source) == (cg, "counters")
+        assert kill.identity.pod_path == pod
+        assert kill.constraint is Constraint.POD
+        assert second.turn(0.3) == [kill]
+
+
+def test_a_kill_while_down_under_no_watched_limit_is_the_nodes(tree: ScratchTree) -> None:
+    # The limit that ran out sits above the watched root: as far as the watched tree
+    # can tell, the node ran out (a live kill without the kernel log says the same).
+    tree.make("outer", limit_bytes=LIMIT)
+    cg = tree.make(f"outer/kubepods/burstable/pod{uuid.uuid4()}/{secrets.token_hex(32)}")
+    root = tree.hierarchy.fs_path(tree.top_cgroup + "/outer/kubepods")
+    with running(tree, kmsg=False, root=root) as first:
+        assert first.counters == {}
+    oom_kill(tree, cg)
+    with running(tree, kmsg=False, counter_baseline=first.counters, root=root) as second:
+        (kill,) = second.wait_for(1)
+        assert (kill.cgroup, kill.source) == (cg, "counters")
+        assert kill.constraint is Constraint.SYSTEM
 
 
 def test_without_a_snapshot_kills_before_the_start_are_history(tree: ScratchTree) -> None:

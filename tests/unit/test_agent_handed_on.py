@@ -78,3 +78,20 @@ def test_the_position_waits_for_the_counters(tmp_path: Path) -> None:
     shutil.rmtree(state / STATE_FILE)
     agent._save_handed_on()
     assert saved(state) == ({A: 2}, 130)
+
+
+def test_limit_hits_go_with_the_counters(tmp_path: Path) -> None:
+    agent = agent_on(tmp_path)
+    agent._take(HandedOn(oom_kill={A: 1}, kmsg_seq=100, complete=True, limit_hits={A: 2}))
+    agent._save_handed_on()
+    assert json.loads((tmp_path / STATE_FILE).read_text())["limit_hits"] == {A: 2}
+    agent._take(HandedOn(oom_kill={A: 2}))  # None: unchanged
+    agent._save_handed_on()
+    body = json.loads((tmp_path / STATE_FILE).read_text())
+    assert (body["oom_kill"], body["limit_hits"]) == ({A: 2}, {A: 2})
+    agent._take(HandedOn(oom_kill={}, limit_hits={}))
+    agent._save_handed_on()
+    body = json.loads((tmp_path / STATE_FILE).read_text())
+    assert (body["oom_kill"], body["limit_hits"]) == ({A: 2}, {})
+    resumed = CounterSnapshotFile(tmp_path, BOOT)
+    assert (resumed.load(), resumed.loaded_limit_hits) == ({A: 2}, {})

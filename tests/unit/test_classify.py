@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oomguard.cgroup_path import parse_cgroup_path
-from oomguard.classify import classify_counters, classify_kernel
+from oomguard.classify import (
+    LIMIT_REACHED_MARGIN_BYTES,
+    LimitEvidence,
+    classify_counters,
+    classify_kernel,
+    limit_reached_while_down,
+    peak_reached_limit,
+)
 from oomguard.records import Constraint
 
 MEMCG = "CONSTRAINT_MEMCG"
@@ -183,3 +190,101 @@ def test_classify_kernel_never_raises(
 @given(st.text(), st.lists(st.text()))
 def test_classify_counters_never_raises(task: str, hits: list[str]) -> None:
     assert classify_counters(parse_cgroup_path(task), hits) in set(Constraint)
+
+
+# ----- whose limit a kill counted while the agent was down hit ----------------------------
+
+MIB = 1024 * 1024
+LIMIT = 32 * MIB
+PAGE = 4096
+
+
+@pytest.mark.parametrize(
+    ("peak", "limit", "reached"),
+    [
+        # Measured on the test host (v1, 6.18): every limit kill left the peak at the limit.
+        pytest.param(LIMIT, LIMIT, True, id="limit-kill-measured"),
+        pytest.param(LIMIT - 3 * PAGE, LIMIT, True, id="pod-kill-container-3-pages-short"),
+        pytest.param(LIMIT - LIMIT_REACHED_MARGIN_BYTES, LIMIT, True, id="at-the-margin"),
+        pytest.param(LIMIT - LIMIT_REACHED_MARGIN_BYTES - 1, LIMIT, False, id="below-margin"),
+        pytest.param(25_001_984, LIMIT, False, id="no-kill-measured-20-of-32-mib"),
+        pytest.param(LIMIT + MIB, LIMIT, True, id="limit-lowered-since"),
+        pytest.param(LIMIT, None, False, id="no-limit"),
+        pytest.param(None, LIMIT, False, id="no-peak"),
+    ],
+)
+def test_peak_reached_limit(peak: int | None, limit: int | None, reached: bool) -> None:
+    assert peak_reached_limit(peak, limit) is reached
+
+
+def at_limit(cgroup: str) -> LimitEvidence:
+    return LimitEvidence(cgroup, None, LIMIT, LIMIT)
+
+
+def below(cgroup: str) -> LimitEvidence:
+    return LimitEvidence(cgroup, None, 20 * MIB, LIMIT)
+
+
+def unlimited(cgroup: str) -> LimitEvidence:
+    return LimitEvidence(cgroup, None, 40 * MIB, None)
+
+
+WHILE_DOWN_CASES = [
+    # cgroup v1 (or no `oom` counts kept): the high-water marks.
+    pytest.param(
+        [at_limit(FS_CTR), unlimited(FS_POD), unlimited(FS_QOS)], FS_CTR, id="v1-container"
+    ),
+    pytest.param([unlimited(FS_CTR), at_limit(FS_POD), unlimited(FS_QOS)], FS_POD, id="v1-pod"),
+    pytest.param([below(FS_CTR), at_limit(FS_POD)], FS_POD, id="v1-container-below-pod-at"),
+    # A single-container pod whose container and pod limits are equal: both peaks sit
+    # at the limit, and the lower one is named (the same Event reason either way).
+    pytest.param([at_limit(FS_CTR), at_limit(FS_POD)], FS_CTR, id="v1-equal-limits-lowest"),
+    pytest.param(
+        [unlimited(FS_CTR), unlimited(FS_POD), at_limit(FS_KUBEPODS)],
+        FS_KUBEPODS,
+        id="v1-node-allocatable",
+    ),
+    pytest.param([below(FS_CTR), unlimited(FS_POD)], None, id="v1-nothing-reached"),
+    pytest.param([], None, id="no-line"),
+    # cgroup v2 with the counts of the previous run: exact, the peaks are not asked.
+    pytest.param(
+        [LimitEvidence(FS_CTR, True), LimitEvidence(FS_POD, False)], FS_CTR, id="v2-container"
+    ),
+    pytest.param([LimitEvidence(FS_CTR, False), LimitEvidence(FS_POD, True)], FS_POD, id="v2-pod"),
+    pytest.param(
+        [LimitEvidence(FS_CTR, True), LimitEvidence(FS_POD, True)],
+        FS_CTR,
+        id="v2-hierarchical-counts-lowest",
+    ),
+    pytest.param(
+        [LimitEvidence(FS_CTR, False, LIMIT, LIMIT), LimitEvidence(FS_POD, False)],
+        None,
+        id="v2-node-oom-in-a-full-container",
+    ),
+    # A count unknown for one level (unreadable): its peak stands in for it alone.
+    pytest.param(
+        [LimitEvidence(FS_CTR, False, LIMIT, LIMIT), at_limit(FS_POD)], FS_POD, id="mixed"
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), WHILE_DOWN_CASES)
+def test_limit_reached_while_down(line: list[LimitEvidence], expected: str | None) -> None:
+    assert limit_reached_while_down(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "constraint"),
+    [
+        ([at_limit(FS_CTR), unlimited(FS_POD)], Constraint.CONTAINER),
+        ([unlimited(FS_CTR), at_limit(FS_POD)], Constraint.POD),
+        ([unlimited(FS_CTR), unlimited(FS_POD), at_limit(FS_QOS)], Constraint.NODE_ALLOCATABLE),
+        ([below(FS_CTR), unlimited(FS_POD)], Constraint.SYSTEM),
+    ],
+)
+def test_what_a_kill_while_down_is_called(
+    line: list[LimitEvidence], constraint: Constraint
+) -> None:
+    hit = limit_reached_while_down(line)
+    hits = [] if hit is None else [hit]
+    assert classify_counters(parse_cgroup_path(FS_CTR), hits) is constraint

@@ -71,6 +71,30 @@ def test_what_is_not_ours_says_why(raw: bytes, why: str) -> None:
         CounterSnapshot.from_bytes(raw)
 
 
+def test_limit_hits_round_trip() -> None:
+    snap = CounterSnapshot(BOOT, {A: 3}, {A: 4, B: 1})
+    assert CounterSnapshot.from_bytes(snap.to_bytes()) == snap
+    assert json.loads(snap.to_bytes())["limit_hits"] == {A: 4, B: 1}
+    raw = json.dumps({"format": STATE_FORMAT, "oom_kill": {}, "limit_hits": {A: 0, B: 2}})
+    assert CounterSnapshot.from_bytes(raw.encode()).limit_hits == {B: 2}
+
+
+def test_a_file_without_limit_hits_is_read_as_unknown() -> None:
+    # Written by an earlier version, or on cgroup v1 (no `oom` count): not "none rose".
+    raw = json.dumps({"format": STATE_FORMAT, "boot_id": BOOT, "oom_kill": {A: 2}})
+    assert CounterSnapshot.from_bytes(raw.encode()) == CounterSnapshot(BOOT, {A: 2}, None)
+
+
+@pytest.mark.parametrize(
+    ("limit_hits", "why"),
+    [([1], "limit_hits is not an object"), ({"a": 1}, "not a path"), ({"/a": -1}, "not a count")],
+)
+def test_bad_limit_hits_say_why(limit_hits: object, why: str) -> None:
+    raw = json.dumps({"format": STATE_FORMAT, "oom_kill": {}, "limit_hits": limit_hits})
+    with pytest.raises(SnapshotFormatError, match=why):
+        CounterSnapshot.from_bytes(raw.encode())
+
+
 # ----- the detector's marks ----------------------------------------------------------------
 
 
@@ -186,3 +210,23 @@ def test_a_failed_write_is_logged_once_and_retried(
     (tmp_path / "no-such-dir").mkdir()
     assert f.save({A: 1})
     assert CounterSnapshotFile(tmp_path / "no-such-dir", BOOT).load() == {A: 1}
+
+
+def test_limit_hits_are_saved_and_loaded(tmp_path: Path) -> None:
+    f = CounterSnapshotFile(tmp_path, BOOT)
+    assert f.save({A: 2}, {A: 3})
+    g = CounterSnapshotFile(tmp_path, BOOT)
+    assert g.load() == {A: 2}
+    assert g.loaded_limit_hits == {A: 3}
+    os.utime(g.path, (1, 1))
+    assert g.save({A: 2}, {A: 3})  # loaded: not written again
+    assert g.path.stat().st_mtime == 1
+    assert g.save({A: 2}, {A: 4})
+    assert g.path.stat().st_mtime != 1
+
+
+def test_no_limit_hits_loaded_from_a_file_without_them(tmp_path: Path) -> None:
+    CounterSnapshotFile(tmp_path, BOOT).save({A: 2})
+    f = CounterSnapshotFile(tmp_path, BOOT)
+    assert f.load() == {A: 2}
+    assert f.loaded_limit_hits is None

@@ -9,6 +9,7 @@ from oomguard.cgroups.counters import (
     counters_from_v1,
     counters_from_v2,
     kills_between,
+    limit_hits_rose,
     limit_was_hit,
     parse_flat_keyed,
     parse_single_int,
@@ -71,3 +72,19 @@ def test_resume_baseline(
     on_disk: MemoryCounters | None, handed_on: int | None, start: MemoryCounters | None
 ) -> None:
     assert resume_baseline(on_disk, handed_on) == start
+
+
+@pytest.mark.parametrize(
+    ("saved", "on_disk", "rose"),
+    [
+        (None, 3, None),  # no count kept (v1, an old snapshot): unknown
+        (2, 2, False),
+        (2, 3, True),
+        (0, 1, True),  # made while the agent was down, or not listed (0)
+        (0, 0, False),
+        (5, 1, True),  # lower: made again under the same name, counted from 0
+        (5, 0, False),
+    ],
+)
+def test_limit_hits_rose(saved: int | None, on_disk: int, rose: bool | None) -> None:
+    assert limit_hits_rose(saved, on_disk) is rose

@@ -1,0 +1,97 @@
+"""What the agent's one-value state files share (`statefile.StateFile`), shown on the kmsg
+position, whose own tests (round trip, boots, readers) are in test_klog_syslog.py and
+test_agent_handed_on.py. The counter snapshot and the oom_score_adj state have theirs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from oomguard.agent import KMSG_POSITION_FILE, KmsgPosition
+from oomguard.statefile import parse_versioned
+
+BOOT = "8c2e6f0b-1d3a-4a5e-9b7c-2f4d6e8a0b1c"
+FORMAT = "oomguard/example/v1"
+
+
+class ExampleFormatError(ValueError):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"", "not JSON"),
+        (b"\xff\xfe", "not JSON"),
+        (b"[1]", "not an example state (a JSON list)"),
+        (b'{"boot_id": "b"}', "format None, this version reads only 'oomguard/example/v1'"),
+        (b'{"format": "oomguard/example/v2"}', "format 'oomguard/example/v2'"),
+        (f'{{"format": "{FORMAT}", "boot_id": 7}}'.encode(), "boot_id is not a string"),
+    ],
+)
+def test_parse_versioned_says_what_is_wrong(raw: bytes, why: str) -> None:
+    with pytest.raises(ExampleFormatError) as caught:
+        parse_versioned(raw, FORMAT, "an example state", ExampleFormatError)
+    assert why in str(caught.value)
+
+
+def test_parse_versioned_returns_the_body_and_boot() -> None:
+    raw = f'{{"format": "{FORMAT}", "boot_id": "{BOOT}", "x": 1}}'.encode()
+    body, boot = parse_versioned(raw, FORMAT, "an example state")
+    assert (body["x"], boot) == (1, BOOT)
+
+
+@pytest.mark.parametrize(
+    "content", [b"{", b'{"boot_id": "b"}', b'{"seq": "x", "boot_id": "b"}', b"[1]", b'"s"']
+)
+def test_a_corrupt_position_is_set_aside_with_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
+) -> None:
+    (tmp_path / KMSG_POSITION_FILE).write_bytes(content)
+    with caplog.at_level(logging.INFO, logger="oomguard.agent"):
+        assert KmsgPosition(tmp_path, BOOT).resume_after("kmsg") is None  # only new records
+    (aside,) = [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+    assert aside.name.startswith(f"{KMSG_POSITION_FILE}.corrupt-")
+    assert aside.read_bytes() == content
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and record.name == "oomguard.agent"
+    assert "moved it aside" in record.getMessage() and "cgroup counters" in record.getMessage()
+    # The second reader's look finds no file: a first start, silently.
+    assert KmsgPosition(tmp_path, BOOT).resume_after("syslog") is None
+
+
+def test_a_position_that_cannot_be_read_or_moved_is_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / KMSG_POSITION_FILE).mkdir()  # read_bytes fails (EISDIR)
+    with caplog.at_level(logging.ERROR):
+        assert KmsgPosition(tmp_path, BOOT).resume_after() is None
+    assert "cannot read" in caplog.text
+    os.rmdir(tmp_path / KMSG_POSITION_FILE)
+
+    (tmp_path / KMSG_POSITION_FILE).write_text("{")
+
+    def refuse(*_: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert KmsgPosition(tmp_path, BOOT).resume_after() is None
+    assert "could not be moved aside" in caplog.text
+
+
+def test_a_failed_position_write_is_logged_once_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    position = KmsgPosition(tmp_path / "absent", BOOT)
+    with caplog.at_level(logging.ERROR):
+        position.save(10)
+        position.save(11)
+    assert position.save_errors == 2 and caplog.text.count("cannot write") == 1
+    (tmp_path / "absent").mkdir()
+    position.save(11)
+    assert KmsgPosition(tmp_path / "absent", BOOT).resume_after() == 11
