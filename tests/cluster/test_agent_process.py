@@ -209,6 +209,26 @@ def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
+def agent_argv(kubeconfig: Path, tree: ScratchTree, state_dir: Path, port: int) -> list[str]:
+    """`oomguard run` as the DaemonSet runs it, on this test's cgroups and API server."""
+    return [
+        sys.executable,
+        "-m",
+        "oomguard.cli",
+        "run",
+        "--node-name",
+        NODE,
+        "--kubeconfig",
+        str(kubeconfig),
+        "--cgroup-root",
+        str(tree.top),
+        "--state-dir",
+        str(state_dir),
+        "--metrics-address",
+        f"127.0.0.1:{port}",
+    ]
+
+
 @pytest.fixture
 def start_agent(
     kubeconfig: Path, tree: ScratchTree, state_dir: Path, tmp_path: Path
@@ -221,22 +241,7 @@ def start_agent(
 
     def start(*, ready: bool = True, policy_file: Path | None = None) -> AgentProcess:
         port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "oomguard.cli",
-            "run",
-            "--node-name",
-            NODE,
-            "--kubeconfig",
-            str(kubeconfig),
-            "--cgroup-root",
-            str(tree.top),
-            "--state-dir",
-            str(state_dir),
-            "--metrics-address",
-            f"127.0.0.1:{port}",
-        ]
+        argv = agent_argv(kubeconfig, tree, state_dir, port)
         if policy_file is not None:
             argv += ["--policy-file", str(policy_file)]
         agent = AgentProcess(argv, port, tmp_path / f"agent-{len(started)}.log")

@@ -11,7 +11,6 @@ event queue's memory of kill ids drops what was already submitted.
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +22,10 @@ from oomguard.cgroups.hierarchy import MemoryHierarchy
 from oomguard.scratch import ScratchTree
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.cluster.test_agent_process import (
-    NODE,
     NS,
     AgentProcess,
     Pod,
+    agent_argv,
     counts,
     event_writes,
     events_by_pod,
@@ -62,22 +61,7 @@ class Starter:
 
     def __call__(self, *, kmsg: bool = True) -> AgentProcess:
         port = free_port()
-        argv = [
-            sys.executable,
-            "-m",
-            "oomguard.cli",
-            "run",
-            "--node-name",
-            NODE,
-            "--kubeconfig",
-            str(self.kubeconfig),
-            "--cgroup-root",
-            str(self.tree.top),
-            "--state-dir",
-            str(self.state_dir),
-            "--metrics-address",
-            f"127.0.0.1:{port}",
-        ]
+        argv = agent_argv(self.kubeconfig, self.tree, self.state_dir, port)
         if not kmsg:
             argv += ["--kmsg-path", ""]  # no kernel log at all: counters only
         agent = AgentProcess(argv, port, self.logs / f"agent-{len(self.started)}.log")
