@@ -38,10 +38,13 @@ class Run:
         self.watcher = watcher
         self.kills: list[OomKill] = []
         self.counters: dict[str, int] | None = None
+        self.limit_hits: dict[str, int] | None = None  # cgroup v2 `oom` counts
         self.kmsg_seq: int | None = None
 
     def on_handed_on(self, mark: HandedOn) -> None:
         self.counters = apply_handed_on(self.counters, mark)
+        if mark.limit_hits is not None:
+            self.limit_hits = dict(mark.limit_hits)
         if mark.kmsg_seq is not None:
             self.kmsg_seq = mark.kmsg_seq
 
@@ -64,6 +67,7 @@ def running(
     *,
     kmsg: bool,
     counter_baseline: Mapping[str, int] | None = None,
+    limit_hits_baseline: Mapping[str, int] | None = None,
     kmsg_after_seq: int | None = None,
     root: Path | None = None,
 ) -> Iterator[Run]:
@@ -82,6 +86,7 @@ def running(
         kmsg_path="/dev/kmsg" if kmsg else None,
         syslog_fallback=False,
         counter_baseline=counter_baseline,
+        limit_hits_baseline=limit_hits_baseline,
         kmsg_after_seq=kmsg_after_seq,
         on_handed_on=on_handed_on,
     )
