@@ -193,7 +193,7 @@ def test_lost_between(prev: int | None, seq: int, lost: int) -> None:
 
 # --- OOM reports, one kernel at a time -----------------------------------------------
 
-# Kernel 6.18, cgroup v1, this project's own test host (/work/shared/TESTING.md). The noise
+# Kernel 6.18, cgroup v1, this project's own test host (see the shared TESTING.md). The noise
 # between the lines is from 6.x reports (Call Trace, task table), verbatim from other dumps.
 V1_6_18 = [
     "hog invoked oom-killer: gfp_mask=0xcc0(GFP_KERNEL), order=0, oom_score_adj=0",
