@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # Victims captured but not yet in a record: bounded, a storm never grows it.
 _MAX_CAPTURED = 1024
+# A victim is reaped milliseconds after its kill line; a line older than this names a
+# pid that may have been reused: its /proc is not asked.
+_MAX_CAPTURE_AGE_S = 1.0
 _POLL_FLAGS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 # syslog(2) reads: each makes the kernel format its whole log buffer (~2 ms for 128 KiB
@@ -414,7 +417,6 @@ class OomWatcher:
         self.joiner.kernel_log_read(started)
 
     def _on_kernel_kill(self, kill: KernelOomKill) -> None:
-        self._capture_victim(kill)
         # Members of a memory.oom.group kill other than the chosen victim are named
         # only by pid: ask /proc while the process is still exiting, else credit the
         # group's cgroup (kubelet sets oom.group on container cgroups, so that is
@@ -433,6 +435,7 @@ class OomWatcher:
             if cgroup is not None and inside:
                 self.joiner.on_repeat_kill(cgroup, now_mono=time.monotonic(), report=kill)
             return
+        self._capture_victim(kill)
         record = self.joiner.on_kernel_kill(
             kill,
             # Which limit a bare line hit only the counters can tell: pair it with its
@@ -446,13 +449,10 @@ class OomWatcher:
             self._emit(record)
 
     def _cgroup_of_pid(self, pid: int) -> str | None:
-        try:
-            with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
-                path = self.hierarchy.memory_cgroup(f.read())
-        except OSError:
-            return None
+        """A victim's memory cgroup while it exits; None when /proc cannot say."""
+        path = self._live_cgroup_of_pid(pid)
         # A zombie (exited, not yet reaped) reads "/" on v1: that says nothing.
-        return None if path in (None, "/") else path
+        return None if path == "/" else path
 
     def _live_cgroup_of_pid(self, pid: int) -> str | None:
         """A live process's memory cgroup, "/" included (a parent may live there)."""
@@ -463,7 +463,17 @@ class OomWatcher:
             return None
 
     def _capture_victim(self, kill: KernelOomKill) -> None:
-        if kill.repeat:
+        """Read the victim's /proc facts now, while it exits (main_process.py).
+
+        Only for a line printed moments ago: a report read back after a restart (the
+        first turn's catch-up) names a process reaped long since, whose pid may belong to
+        another process by now.
+        """
+        if not self._caught_up:
+            return
+        now = time.monotonic()
+        printed = self.kernel_clock.monotonic(kill.kernel_time_us, now)
+        if printed is not None and now - printed > _MAX_CAPTURE_AGE_S:
             return
         captured = self._main_probe.capture(kill.pid, kill.command)
         if captured is None:
