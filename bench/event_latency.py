@@ -46,17 +46,14 @@ import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 import uuid  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
 
-import attrs  # noqa: E402
-
+from bench.stamped_api import running_pod, stamping_server  # noqa: E402
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
 from oomguard.kclock import kernel_clock_offset_us  # noqa: E402
 from oomguard.kmsg_parse import OomReportAssembler  # noqa: E402
 from oomguard.kmsg_reader import KmsgReader  # noqa: E402
 from oomguard.records import KernelOomKill  # noqa: E402
 from oomguard.scratch import MIB, ScratchTree  # noqa: E402
-from tests.cluster.apiserver import EVENTS, ApiServer, KubernetesApi, ResourceType  # noqa: E402
 
 NODE = "bench-node"
 NAMESPACE = "bench"
@@ -65,30 +62,6 @@ SPACING_S = 0.6  # 10 per 5 s is the kernel's report burst: stay below it
 RATELIMIT_RECOVERY_S = 6.0  # the kernel's interval is 5 s
 AGENT_START_TIMEOUT_S = 60.0
 DELIVERY_TIMEOUT_S = 30.0
-
-
-@attrs.define(kw_only=True)
-class StampingApi(KubernetesApi):
-    """The test server's handler, noting when each pod's Event is first stored."""
-
-    # involvedObject.uid -> CLOCK_MONOTONIC when the server committed its first Event
-    stored_at: dict[str, float] = attrs.field(factory=dict, init=False)
-
-    def commit(
-        self,
-        rtype: ResourceType,
-        namespace: str,
-        name: str,
-        obj: dict[str, Any] | None,
-        *,
-        stamp: bool = True,
-    ) -> dict[str, Any]:
-        new = super().commit(rtype, namespace, name, obj, stamp=stamp)
-        if rtype is EVENTS and obj is not None:
-            uid = (new.get("involvedObject") or {}).get("uid")
-            if uid:
-                self.stored_at.setdefault(uid, time.monotonic())
-        return new
 
 
 @dataclass(frozen=True)
@@ -108,25 +81,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pod(uid: str, cid: str, index: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"hog-{index}", "namespace": NAMESPACE, "uid": uid},
-        "spec": {
-            "nodeName": NODE,
-            "containers": [{"name": "app", "image": "hog", "resources": {"limits": {}}}],
-        },
-        "status": {
-            "phase": "Running",
-            "qosClass": "Burstable",
-            "containerStatuses": [
-                {"name": "app", "containerID": f"containerd://{cid}", "state": {"running": {}}}
-            ],
-        },
-    }
 
 
 class KernelKills:
@@ -202,19 +156,14 @@ class AgentProcess:
 def measure(run: int, kills_per_phase: int) -> list[Sample]:
     hierarchy = detect_memory_hierarchy()
     offset_us = kernel_clock_offset_us()
-    server = ApiServer(host="127.0.0.1", port=0)
-    server._handler_factory = StampingApi  # the server's one seam for its handler
-    server.start()
     samples: list[Sample] = []
-    try:
-        handler = server.handler
-        assert isinstance(handler, StampingApi)
+    with stamping_server() as (server, handler):
         name = f"oomguard-bench-events-{os.getpid()}-{run}"
         with tempfile.TemporaryDirectory() as tmp, ScratchTree(hierarchy, name) as tree:
             cgroups: list[tuple[str, str]] = []  # (pod uid, container cgroup)
             for i in range(2 * kills_per_phase):
                 uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
-                server.apply(pod(uid, cid, i))
+                server.apply(running_pod(f"hog-{i}", NAMESPACE, NODE, uid, {"app": cid}))
                 cgroups.append(
                     (uid, tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=LIMIT_BYTES))
                 )
@@ -240,7 +189,7 @@ def measure(run: int, kills_per_phase: int) -> list[Sample]:
                 deadline = time.monotonic() + DELIVERY_TIMEOUT_S
                 while time.monotonic() < deadline:
                     kernel.drain()
-                    stored = server.run(lambda: dict(handler.stored_at))
+                    stored = server.run(handler.first_stored)
                     if all(uid in stored and pid in kernel.by_pid for _, uid, pid in victims):
                         break
                     time.sleep(0.05)
@@ -258,8 +207,6 @@ def measure(run: int, kills_per_phase: int) -> list[Sample]:
                 kernel_mono_s = (k.kernel_time_us + offset_us) / 1e6
                 full = k.oom_memcg is not None or k.constraint is not None
                 samples.append(Sample(phase, full, (stored[uid] - kernel_mono_s) * 1000))
-    finally:
-        server.stop()
     return samples
 
 

@@ -54,12 +54,11 @@ from dataclasses import dataclass, field  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from typing import IO, Any  # noqa: E402
 
-import attrs  # noqa: E402
-
+from bench.stamped_api import StampingApi, running_pod, stamping_server  # noqa: E402
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
 from oomguard.k8s.events import window_start  # noqa: E402
 from oomguard.scratch import ScratchTree  # noqa: E402
-from tests.cluster.apiserver import EVENTS, ApiServer, KubernetesApi, ResourceType  # noqa: E402
+from tests.cluster.apiserver import EVENTS, ApiServer  # noqa: E402
 
 NODE = "bench-node"
 NAMESPACE = "storm"
@@ -197,45 +196,6 @@ def agent_child(config: dict[str, Any]) -> None:
 # The bench: server, cgroups, pods, the child, and the measurements
 
 
-@attrs.define(kw_only=True)
-class StampingApi(KubernetesApi):
-    """The test server's handler, noting when each Event write is stored, and its count."""
-
-    event_writes: list[tuple[float, str, int]] = attrs.field(factory=list, init=False)
-
-    def commit(
-        self,
-        rtype: ResourceType,
-        namespace: str,
-        name: str,
-        obj: dict[str, Any] | None,
-        *,
-        stamp: bool = True,
-    ) -> dict[str, Any]:
-        new = super().commit(rtype, namespace, name, obj, stamp=stamp)
-        if rtype is EVENTS and obj is not None:
-            self.event_writes.append((time.monotonic(), name, int(new.get("count") or 0)))
-        return new
-
-
-def pod(index: int, uid: str, cids: list[str]) -> dict[str, Any]:
-    names = [f"c{j}" for j in range(len(cids))]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"storm-{index}", "namespace": NAMESPACE, "uid": uid},
-        "spec": {"nodeName": NODE, "containers": [{"name": n, "image": "app"} for n in names]},
-        "status": {
-            "phase": "Running",
-            "qosClass": "Burstable",
-            "containerStatuses": [
-                {"name": n, "containerID": f"containerd://{cid}", "state": {"running": {}}}
-                for n, cid in zip(names, cids, strict=True)
-            ],
-        },
-    }
-
-
 @dataclass
 class RssSampler:
     pid: int
@@ -287,19 +247,18 @@ def read_message(proc: subprocess.Popen[str], state: str, log: Path) -> dict[str
 
 def storm(name: str, kills: int, seconds: float, outage: bool) -> StormResult:
     hierarchy = detect_memory_hierarchy()
-    server = ApiServer(host="127.0.0.1", port=0)
-    server._handler_factory = StampingApi  # the server's one seam for its handler
-    server.start()
-    try:
-        handler = server.handler
-        assert isinstance(handler, StampingApi)
+    with stamping_server() as (server, handler):
         top = f"oomguard-bench-storm-{os.getpid()}-{int(outage)}"
         with tempfile.TemporaryDirectory() as tmp, ScratchTree(hierarchy, top) as tree:
             containers: list[tuple[str, str]] = []  # (pod uid, container cgroup)
             for p in range(PODS):
                 uid = str(uuid.uuid4())
                 cids = [secrets.token_hex(32) for _ in range(CONTAINERS_PER_POD)]
-                server.apply(pod(p, uid, cids))
+                server.apply(
+                    running_pod(
+                        f"storm-{p}", NAMESPACE, NODE, uid, {f"c{j}": c for j, c in enumerate(cids)}
+                    )
+                )
                 for cid in cids:
                     cgroup = tree.make(
                         f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=LIMIT_KB * 1024
@@ -328,8 +287,6 @@ def storm(name: str, kills: int, seconds: float, outage: bool) -> StormResult:
                     if proc.poll() is None:
                         proc.kill()
                     proc.wait()
-    finally:
-        server.stop()
 
 
 def drive(
@@ -363,7 +320,8 @@ def drive(
             writes = server.run(lambda: list(handler.event_writes))
             latest: dict[str, int] = {}
             done_at = None
-            for at, event, count in writes:
+            for write in writes:
+                at, event, count = write.at, write.name, write.count
                 latest[event] = count
                 if done_at is None and sum(latest.values()) >= kills:
                     done_at = at
