@@ -48,7 +48,6 @@ from oomguard.k8s.event_queue import (
     EventSenderSettings,
     read_boot_id,
 )
-from oomguard.k8s.events import timestamp
 from oomguard.k8s.namespace_labels import NamespaceLabels
 from oomguard.k8s.pod_cache import PodCache, PodView
 from oomguard.metrics import Metrics, Server, serve
@@ -327,22 +326,18 @@ class Agent:
         obj = builder.involved_object(target)
         namespace = obj["namespace"] or "default"
         digest = hashlib.sha256(f"{obj.get('uid', obj['name'])}|{reason}|{message}".encode())
-        now = timestamp(datetime.now(UTC))
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": f"{obj['name'][:200]}.{digest.hexdigest()[:16]}"},
-            "involvedObject": obj,
-            "type": type_,
-            "reason": reason,
-            "message": message[:1024],
-            "count": 1,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "source": {"component": "oomguard", "host": self.settings.node_name},
-            "reportingComponent": "oomguard",
-            "reportingInstance": self.settings.node_name,
-        }
+        now = datetime.now(UTC)
+        body = builder.create_body(
+            namespace=namespace,
+            name=f"{obj['name'][:200]}.{digest.hexdigest()[:16]}",
+            involved_object=obj,
+            reason=reason,
+            message=message,
+            first=now,
+            last=now,
+            count=1,
+            type_=type_,
+        )
         try:
             self.api.create(f"/api/v1/namespaces/{namespace}/events", body)
         except ApiStatusError as exc:

@@ -274,6 +274,7 @@ class EventBuilder:
         last: datetime,
         count: int,
         delivery: str | None = None,
+        type_: str = "Warning",
     ) -> dict[str, Any]:
         metadata: dict[str, Any] = {"name": name, "namespace": namespace}
         if delivery:
@@ -285,7 +286,7 @@ class EventBuilder:
             "involvedObject": dict(involved_object),
             "reason": reason,
             "message": truncate_utf8(message),
-            "type": "Warning",
+            "type": type_,
             "source": {"component": REPORTING_COMPONENT, "host": self.node_name},
             "reportingComponent": REPORTING_COMPONENT,
             "reportingInstance": self.node_name[:_REPORTING_INSTANCE_LIMIT],
