@@ -380,7 +380,8 @@ class KillJoiner:
 
     # ----- pairing bare lines by time ------------------------------------------------
 
-    def _printed(self, kill: KernelOomKill, now_mono: float) -> float | None:
+    def _printed(self, kill: KernelOomKill, now_mono: float) -> float:
+        """When the line was printed: the clock's best estimate (a record's time)."""
         return self._clock.monotonic(kill.kernel_time_us, now_mono)
 
     def _calibrate(self, stamp_us: int, seen: float, since: float | None) -> None:
@@ -396,7 +397,8 @@ class KillJoiner:
         return self.PAIR_MARGIN_S + self._clock.uncertainty_s(now_mono)
 
     def _distance(self, o: _Orphan, p: _Pending, now_mono: float) -> float | None:
-        printed = self._printed(o.kill, now_mono)
+        # Could this line be that kill: the bracket's centre and half its width answer.
+        printed = self._clock.middle(o.kill.kernel_time_us, now_mono)
         if printed is None:
             return None
         half = self._clock.uncertainty_s(now_mono) / 2
@@ -591,8 +593,7 @@ class KillJoiner:
         now_wall: datetime,
         counter: int | None = None,
     ) -> OomKill:
-        printed = self._printed(kill, now_mono)
-        age_s = 0.0 if printed is None else max(0.0, now_mono - printed)
+        age_s = max(0.0, now_mono - self._printed(kill, now_mono))
         rss_parts = [kill.anon_rss_kb, kill.file_rss_kb, kill.shmem_rss_kb]
         rss_kb = (
             sum(x for x in rss_parts if x is not None) if kill.anon_rss_kb is not None else None

@@ -63,6 +63,11 @@ SYSLOG_AFTER_V1_SIGNAL_S = 0.005
 # core), so that a kill no watched counter shows is reported within it.
 SYSLOG_IDLE_READ_INTERVAL_S = 5.0
 
+# A read begun this soon after a kernel push (kmsg POLLIN, a cgroup's OOM eventfd or
+# memory.events inotify) returns lines printed just before it: its bound on the kernel
+# clock is tight enough to anchor the kill times (kclock.py).
+PROMPT_READ_S = 0.01
+
 _COUNTERS_ONLY = "OOM kills will be reported from cgroup counters without the victim's name"
 
 
@@ -110,6 +115,7 @@ class OomWatcher:
         self._klog_read_due: float | None = None  # when syslog(2) is to be read next
         self._klog_last_read = float("-inf")
         self._klog_checked: float | None = None  # when the log last had nothing unread
+        self._last_push = float("-inf")  # when a kernel signal last woke the loop
         self.syslog_idle_read_interval_s = syslog_idle_read_interval_s
         self._assembler = OomReportAssembler()
         self._grace_s = grace_s
@@ -247,6 +253,8 @@ class OomWatcher:
         ready = self._poll.poll(wait_s * 1000)
         woke = time.monotonic()  # when the kernel's signals in `ready` were there
         kmsg_fd = self.kmsg.fileno() if isinstance(self.kmsg, KmsgReader) else -1
+        if any(fd != self._wake for fd, _ in ready):
+            self._last_push = woke
         # kmsg first: a report that is already there completes its counter change
         # without a grace period.
         ready.sort(key=lambda item: item[0] != kmsg_fd)
@@ -397,8 +405,9 @@ class OomWatcher:
                 return
         else:
             records = self.kmsg.read_available()
-        # The kernel clock: these lines were printed before this read ended, and (when
-        # nothing was lost in between) after the last look that found nothing new began.
+        # The kernel clock: these lines were printed before this read ended (just before,
+        # when a kernel signal prompted it), and (when nothing was lost in between) after
+        # the last look that found nothing new began.
         previous, self._klog_checked = self._klog_checked, started
         if records:
             stamps = [r.time_us for r in records]
@@ -407,6 +416,7 @@ class OomWatcher:
                 max(stamps),
                 oldest_us=min(stamps),
                 previous_mono=previous if self.kmsg.lost_records == lost else None,
+                prompt=self._caught_up and started - self._last_push <= PROMPT_READ_S,
             )
         for record in records:
             for kill in self._assembler.feed(record):
@@ -472,8 +482,7 @@ class OomWatcher:
         if not self._caught_up:
             return
         now = time.monotonic()
-        printed = self.kernel_clock.monotonic(kill.kernel_time_us, now)
-        if printed is not None and now - printed > _MAX_CAPTURE_AGE_S:
+        if now - self.kernel_clock.monotonic(kill.kernel_time_us, now) > _MAX_CAPTURE_AGE_S:
             return
         captured = self._main_probe.capture(kill.pid, kill.command)
         if captured is None:

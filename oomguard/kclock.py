@@ -1,16 +1,41 @@
-"""How far the kernel log's clock is from CLOCK_MONOTONIC.
+"""Kernel log stamps on CLOCK_MONOTONIC, without writing to the log.
 
-kmsg stamps records with the scheduler clock, which runs a little apart from
-CLOCK_MONOTONIC (1.7 ms on the test host). Detection latency is "now minus the
-kernel's stamp", so the demo and the benchmark measure the offset once by writing a
-probe record and reading its stamp back. It needs write access to /dev/kmsg (root);
-without it the offset is 0 and latencies are over-stated by that much.
+What the kernel guarantees, and what follows:
+- A record's stamp is `local_clock()` when the record was stored (printk_ringbuffer:
+  `ts_nsec`), before any reader can see it. `local_clock()` is the scheduler clock:
+  on x86 with a stable TSC the TSC scaled to ns from boot, else filtered against
+  CLOCK_MONOTONIC. Both it and CLOCK_MONOTONIC start near 0 at boot and stop in
+  suspend; they differ by where each began (1.7 ms on the test host) and by their
+  rates: CLOCK_MONOTONIC is slewed by NTP, at most MAXFREQ (500 ppm) apart from the
+  raw counter, on the test host 0.4 ppm (7.6 ms four hours after boot). No interface
+  gives both clocks at one instant to a reader that may not write to /dev/kmsg (the
+  agent's unprivileged container cannot; syslog(2) has no write at all).
+- So every read bounds the offset (CLOCK_MONOTONIC minus stamp) from above: the
+  lines it returns were printed before it ended. A read made the moment a kernel
+  push arrived (kmsg POLLIN, a cgroup's OOM eventfd or memory.events inotify, which
+  fire within milliseconds of the kill's lines) returned lines printed just before it:
+  its bound is tight to that delay. A read made for another reason (start, resync, an
+  idle syslog(2) read every 5 s) may return a line printed long before: a true bound,
+  but a loose one.
+- From below, the only evidence is "this line was not there at the last look", and
+  the last look may be a minute (or, idle on a real node, hours) old.
 
-The engine needs the offset without writing to the log (syslog(2) mode has no /dev/kmsg
-at all), and over days, while the two clocks drift apart (NTP slews CLOCK_MONOTONIC; on
-the test host they moved 0.4 ppm apart: 7.6 ms four hours after boot, 0.2 ms more in
-the next ten minutes). `KernelClock` learns it from what the engine sees anyway: when
-reads return lines, and when counters show the kills whose lines those are.
+The old estimate, the middle of that bracket, was therefore early by half the idle
+time: 30 s after 60 s idle. The estimate now is the tightest upper bound seen from
+prompt reads (the anchor), kept as it was (real drift is ppm: 0.6 ms in 10 min at
+1 ppm) and replaced by a newer prompt bound whenever that is lower than the old one
+could be by now (aged at MAXFREQ), which is also how a drift is followed: a kill's
+own prompt read re-anchors it. Before any prompt read, the prior is 0 (both clocks
+count from boot). Either is clamped into the bracket of every bound seen, each aged
+by MAXFREQ (`bound_above`, `bound_below`), so a wrong prior or stale anchor cannot
+leave what the reads prove.
+
+`middle()` (the bracket's centre and its width, `uncertainty_s`) is what pairing a
+bare kill line with a counter increase uses: there the question is "could this line
+be that kill", which the bracket answers; `monotonic()` is when it was printed.
+
+`kernel_clock_offset_us` (a probe written to /dev/kmsg) is for the benchmark's
+reference time only: the agent never writes to the kernel log.
 """
 
 from __future__ import annotations
@@ -60,25 +85,27 @@ def kernel_clock_offset_us(path: str = "/dev/kmsg", samples: int = 5) -> int:
 class KernelClock:
     """Kernel log stamps (microseconds since boot) on CLOCK_MONOTONIC, learnt as it goes.
 
-    The offset is bracketed. From above: a read returned a line before the read ended,
-    and a kill's line is printed right after the count that a read showed. From below:
-    a line that a read returns for the first time was printed after the read before it
-    began, and a kill's line after a read that did not show its count yet. Each bound
-    loosens by MAX_DRIFT per second of age, the most the two clocks may drift apart
-    (the kernel's NTP frequency limit), so fresh bounds win and the bracket follows a
-    drift; bounds that contradict each other give way to the newer one. The estimate is
-    the middle of the bracket, `uncertainty_s` its width (infinite while one side is
-    unknown). `offset_us` seeds it with a measured offset (`kernel_clock_offset_us`),
-    as both sides, taken at `at_mono` (None: fixed, only replaced by tighter bounds).
-    Pure: the caller says what time it is.
+    The bracket: from above, a read returned a line before the read ended, and a kill's
+    line is printed right after the count that a read showed; from below, a line that a
+    read returns for the first time was printed after the read before it began, and a
+    kill's line after a read that did not show its count yet. Each bound loosens by
+    MAX_DRIFT per second of age, the most the two clocks may drift apart (the kernel's
+    NTP frequency limit), so fresh bounds win and the bracket follows a drift; bounds
+    that contradict each other give way to the newer one. The estimate (`offset_s`) is
+    the prompt reads' anchor, else the prior PRIOR_OFFSET_S, clamped into the bracket
+    (module docstring). `offset_us` seeds both with a measured offset, taken at
+    `at_mono` (None: fixed, only replaced by tighter bounds). Pure: the caller says
+    what time it is.
     """
 
     MAX_DRIFT = 500e-6  # s/s: MAXFREQ, the NTP frequency adjustment limit (500 ppm)
+    PRIOR_OFFSET_S = 0.0  # both clocks count from boot
 
     def __init__(self, offset_us: int | None = None, *, at_mono: float | None = None) -> None:
         seed = None if offset_us is None else (offset_us / 1e6, at_mono)
         self._upper: tuple[float, float | None] | None = seed
         self._lower: tuple[float, float | None] | None = seed
+        self._anchor: tuple[float, float | None] | None = seed
 
     def _aged(
         self, bound: tuple[float, float | None] | None, now: float, sign: int
@@ -88,8 +115,13 @@ class KernelClock:
         value, at = bound
         return value if at is None else value + sign * self.MAX_DRIFT * max(0.0, now - at)
 
-    def bound_above(self, offset_s: float, at_mono: float) -> None:
-        """The offset was at most `offset_s` at `at_mono`."""
+    def bound_above(self, offset_s: float, at_mono: float, *, prompt: bool = False) -> None:
+        """The offset was at most `offset_s` at `at_mono`; `prompt`: the evidence came the
+        moment the kernel pushed it, so the bound is tight (an anchor for the estimate)."""
+        if prompt:
+            anchor = self._aged(self._anchor, at_mono, +1)
+            if anchor is None or offset_s < anchor:
+                self._anchor = (offset_s, at_mono)
         current = self._aged(self._upper, at_mono, +1)
         if current is None or offset_s < current:
             self._upper = (offset_s, at_mono)
@@ -113,32 +145,49 @@ class KernelClock:
         *,
         oldest_us: int | None = None,
         previous_mono: float | None = None,
+        prompt: bool = False,
     ) -> None:
         """A read that ended at `ended_mono` returned new lines stamped `oldest_us` ..
         `newest_us`; the read before it (or a check that found nothing new) began at
-        `previous_mono`."""
-        self.bound_above(ended_mono - newest_us / 1e6, ended_mono)
+        `previous_mono`; `prompt`: it was made the moment a kernel signal arrived."""
+        self.bound_above(ended_mono - newest_us / 1e6, ended_mono, prompt=prompt)
         if oldest_us is not None and previous_mono is not None:
             self.bound_below(previous_mono - oldest_us / 1e6, ended_mono)
 
-    def offset_s(self, now_mono: float) -> float | None:
-        """Seconds to add to a stamp to get CLOCK_MONOTONIC; None: not known yet."""
-        upper = self._aged(self._upper, now_mono, +1)
-        lower = self._aged(self._lower, now_mono, -1)
+    def _bracket(self, now_mono: float) -> tuple[float | None, float | None]:
+        return self._aged(self._lower, now_mono, -1), self._aged(self._upper, now_mono, +1)
+
+    def offset_s(self, now_mono: float) -> float:
+        """Seconds to add to a stamp to get CLOCK_MONOTONIC: the best estimate."""
+        lower, upper = self._bracket(now_mono)
+        estimate = self.PRIOR_OFFSET_S if self._anchor is None else self._anchor[0]
+        if upper is not None:
+            estimate = min(estimate, upper)
+        if lower is not None:
+            estimate = max(estimate, lower)
+        return estimate
+
+    def middle_offset_s(self, now_mono: float) -> float | None:
+        """The bracket's centre (one side alone while the other is unknown; None: no read
+        yet), the reference for `uncertainty_s`."""
+        lower, upper = self._bracket(now_mono)
         if upper is None or lower is None:
             return upper if upper is not None else lower
         return (upper + lower) / 2
 
     def uncertainty_s(self, now_mono: float) -> float:
         """The width of the bracket (inf while a side is unknown)."""
-        upper = self._aged(self._upper, now_mono, +1)
-        lower = self._aged(self._lower, now_mono, -1)
+        lower, upper = self._bracket(now_mono)
         if upper is None or lower is None:
             return float("inf")
         return max(0.0, upper - lower)
 
-    def monotonic(self, stamp_us: int, now_mono: float) -> float | None:
-        """When a line stamped `stamp_us` was printed, on CLOCK_MONOTONIC (None: unknown),
-        give or take half of `uncertainty_s`."""
-        offset = self.offset_s(now_mono)
+    def monotonic(self, stamp_us: int, now_mono: float) -> float:
+        """When a line stamped `stamp_us` was printed, on CLOCK_MONOTONIC."""
+        return stamp_us / 1e6 + self.offset_s(now_mono)
+
+    def middle(self, stamp_us: int, now_mono: float) -> float | None:
+        """The bracket's centre for a line stamped `stamp_us` (None: nothing read yet),
+        give or take half of `uncertainty_s`: what pairing by time uses."""
+        offset = self.middle_offset_s(now_mono)
         return None if offset is None else stamp_us / 1e6 + offset
