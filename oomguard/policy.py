@@ -102,8 +102,9 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -136,6 +137,8 @@ FALSE = "false"
 _MAX_NUMBER_CHARS = len(str(OOM_SCORE_ADJ_MIN))
 # How much of a hostile value a message quotes.
 _QUOTE_CHARS = 40
+# How many of a policy's problems one message lists.
+_LISTED_PROBLEMS = 8
 # How many container names a message lists.
 _LISTED_CONTAINERS = 8
 
@@ -611,60 +614,197 @@ class AdminPolicy(BaseModel):
 
 
 def _describe_validation_error(error: ValidationError) -> str:
+    details = error.errors()
     parts = []
-    for detail in error.errors():
-        where = ".".join(str(part) for part in detail["loc"])
+    for detail in details[:_LISTED_PROBLEMS]:
+        where = ".".join(_clip(str(part), _QUOTE_CHARS) for part in detail["loc"])
         message = str(detail["msg"]).removeprefix("Value error, ")
         message = message.replace("a valid tuple", "a list")  # YAML has lists, not tuples
         parts.append(f"{where}: {message}" if where else message)
+    more = len(details) - _LISTED_PROBLEMS
+    if more > 0:
+        parts.append(f"and {more} more")
     return "invalid oomguard policy: " + "; ".join(parts) + "."
 
 
-def _check_duplicate_keys(node: Any) -> None:
-    """PyYAML keeps the last of two equal keys; an admin's typo should be an error."""
-    import yaml  # type: ignore[import-untyped,unused-ignore]
+# Bounds on reading a policy file. The deepest valid policy is 5 levels
+# (trusted_namespaces.selector.matchExpressions[i].values[j]) and a real one has tens
+# of values; these leave room for any honest file while keeping the worst file cheap:
+# PyYAML's pure-Python composer recurses once per level and takes ~20 us per value.
+MAX_POLICY_DEPTH = 32
+# Values the document stands for once aliases are expanded: every use of an alias
+# counts the whole value it names, since validation walks it again each time.
+MAX_POLICY_VALUES = 50_000
+# The longest key or value a policy needs is a label key (317 characters); int() of
+# a long sexagesimal number ("1:59:59...") is quadratic, and of 4,300+ digits refused.
+MAX_POLICY_SCALAR_CHARS = 4096
+# How much of a parser's own message a PolicyError quotes.
+_PROBLEM_CHARS = 200
 
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            if isinstance(key_node, yaml.ScalarNode):
-                if key_node.value in seen:
-                    line = key_node.start_mark.line + 1
-                    raise PolicyError(
-                        f"the policy repeats the key {key_node.value!r} (line {line})."
+
+def _clip(text: str, limit: int = _PROBLEM_CHARS) -> str:
+    """A third-party message made safe for one log line or Event: printable, short."""
+    shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
+
+
+class _BeyondBounds(yaml.MarkedYAMLError):
+    """Valid YAML, maybe, but more than a policy file may make the agent do."""
+
+
+def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
+    """PyYAML keeps the last of two equal keys; an admin's typo should be an error."""
+    seen: set[str] = set()
+    for key_node, _value in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            if key_node.value in seen:
+                line = key_node.start_mark.line + 1
+                raise PolicyError(
+                    f"the policy repeats the key {_quote(key_node.value)} (line {line})."
+                )
+            seen.add(key_node.value)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, with the work a document can cause bounded while it is read.
+
+    The checks sit in the composer, the one place that sees every value and every use
+    of an alias exactly once, so the cost of reading is linear in the file's size:
+    - nesting deeper than MAX_POLICY_DEPTH stops before Python's recursion limit;
+    - each value counts once, each alias counts the size of the value it names
+      (known when that value was composed), so an alias bomb is refused after at most
+      MAX_POLICY_VALUES values instead of expanding exponentially; an alias to a value
+      still being composed (a cycle) is refused;
+    - scalars longer than MAX_POLICY_SCALAR_CHARS are refused before a constructor
+      (int, timestamp) works on them;
+    - a key repeated in one mapping is an error (PyYAML would keep the last one, and
+      an admin's typo should not silently win); checked as each mapping is composed.
+
+    Aliases stay allowed, within the same budget: that is what Kubernetes' own YAML
+    reader (go-yaml, "excessive aliasing") does, and honest policies may use anchors.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._values = 0
+        self._expanded: dict[int, int] = {}  # id(node) -> values it stands for
+
+    def _spend(self, values: int, event: yaml.Event) -> None:
+        self._values += values
+        if self._values > MAX_POLICY_VALUES:
+            self._refuse(
+                f"the policy stands for more than {MAX_POLICY_VALUES} values "
+                "(aliases count each time they are used)",
+                event,
+            )
+
+    def _next_event(self) -> yaml.Event:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        return event
+
+    def _refuse(self, problem: str, event: yaml.Event) -> NoReturn:
+        mark = event.start_mark if isinstance(event.start_mark, yaml.Mark) else None
+        raise _BeyondBounds(None, None, problem, mark)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self._next_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # an undefined alias: PyYAML's own error says so
+                size = self._expanded.get(id(target))
+                if size is None:
+                    self._refuse(
+                        f"the alias *{_clip(str(event.anchor), _QUOTE_CHARS)} refers to a value "
+                        "that contains it",
+                        event,
                     )
-                seen.add(key_node.value)
-            _check_duplicate_keys(value_node)
-    elif isinstance(node, yaml.SequenceNode):
-        for item in node.value:
-            _check_duplicate_keys(item)
+                self._spend(size, event)
+            return self._compose(parent, index)
+        if self._depth >= MAX_POLICY_DEPTH:
+            self._refuse(f"values are nested more than {MAX_POLICY_DEPTH} levels deep", event)
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_POLICY_SCALAR_CHARS:
+            self._refuse(f"a value is longer than {MAX_POLICY_SCALAR_CHARS} characters", event)
+        before = self._values
+        self._spend(1, event)
+        self._depth += 1
+        try:
+            node = self._compose(parent, index)
+        finally:
+            self._depth -= 1
+        self._expanded[id(node)] = self._values - before
+        if isinstance(node, yaml.MappingNode):
+            _refuse_duplicate_keys(node)
+        return node
+
+    def _compose(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        node = super().compose_node(parent, index)
+        assert node is not None  # PyYAML returns None only at the end of the stream
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """Constructors raise ValueError for e.g. 2024-13-45; say where, like YAML errors."""
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, OverflowError) as error:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"this value cannot be read: {error}", node.start_mark
+            ) from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message as "(line L, column C): what", where the parser says where."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    context = getattr(error, "context", None)
+    if context:  # e.g. "expected a single document in the stream", "while parsing a ..."
+        problem = f"{context}, {problem}"
+    return f"{where}: {_clip(problem)}"
 
 
 def _parse_document(text: str) -> object:
+    """The document in `text`, read within the loader's bounds.
+
+    Everything reading can raise becomes a PolicyError: the input is an admin's file,
+    and no mistake in it may stop the agent (the caller keeps the last good policy).
+    """
     if not text.strip():
         raise PolicyError("the policy file is empty; write {} to use the defaults.")
+    loader: _BoundedLoader | None = None
     try:
-        import yaml  # type: ignore[import-untyped,unused-ignore]
-    except ImportError:  # JSON is all we can read without PyYAML
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise PolicyError(
-                f"the policy is not valid JSON (line {error.lineno}, column {error.colno}: "
-                f"{error.msg}), and PyYAML is not installed to read YAML."
-            ) from None
-    try:
-        _check_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        return yaml.safe_load(text)
+        loader = _BoundedLoader(text)  # checks the characters: a ReaderError
+        return loader.get_single_data()
+    except PolicyError:
+        raise
+    except _BeyondBounds as error:
+        raise PolicyError(f"the policy is refused{_yaml_problem(error)}.") from None
+    except yaml.reader.ReaderError as error:
+        raise PolicyError(
+            f"the policy is not valid YAML (character {error.position + 1}): "
+            f"{_clip(str(error.reason))} (#x{error.character:04x})."
+            if isinstance(error.character, int)
+            else f"the policy is not valid YAML: {_clip(str(error.reason))}."
+        ) from None
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise PolicyError(f"the policy is not valid YAML{where}: {problem}.") from None
+        raise PolicyError(f"the policy is not valid YAML{_yaml_problem(error)}.") from None
+    except RecursionError:  # the depth limit should make this unreachable
+        raise PolicyError("the policy is nested too deeply to be read.") from None
+    except Exception as error:  # PyYAML's own code on hostile input: never crash on it
+        raise PolicyError(
+            f"the policy cannot be read: {type(error).__name__}: {_clip(str(error))}."
+        ) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
 
 
 def load_policy(text: str) -> AdminPolicy:
-    """Parse and validate a policy file's text; a `PolicyError` says what is wrong."""
+    """Parse and validate a policy file's text; a `PolicyError` says what is wrong.
+
+    Nothing else is raised, whatever the text: reading is bounded (`_BoundedLoader`)
+    and any other failure is reported as a PolicyError naming it.
+    """
     document = _parse_document(text)
     if not isinstance(document, dict):
         kind = type(document).__name__
@@ -673,6 +813,10 @@ def load_policy(text: str) -> AdminPolicy:
         return AdminPolicy.model_validate(document)
     except ValidationError as error:
         raise PolicyError(_describe_validation_error(error)) from None
+    except Exception as error:  # e.g. RecursionError; a bug here must not stop the agent
+        raise PolicyError(
+            f"the policy cannot be validated: {type(error).__name__}: {_clip(str(error))}."
+        ) from None
 
 
 # --------------------------------------------------------------------------- decision

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -386,6 +388,115 @@ def test_invalid_policies_say_why_in_one_sentence(text: str, fragment: str) -> N
     message = str(raised.value)
     assert message.endswith(".")
     assert "\n" not in message
+
+
+# Hostile policy files (issue 14): each must end as a PolicyError, quickly.
+
+
+def alias_bomb(levels: int = 9, fan_out: int = 9) -> str:
+    """ "Billion laughs": each anchor names the previous one fan_out times (~400 bytes)."""
+    lines = ["l0: &l0 [" + ", ".join(["lol"] * fan_out) + "]"]
+    for level in range(1, levels):
+        refs = ", ".join([f"*l{level - 1}"] * fan_out)
+        lines.append(f"l{level}: &l{level} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+HOSTILE_POLICIES = {
+    # 200 kB, well under the size cap: PyYAML's composer recursed until RecursionError.
+    "deep-flow-list": ("[" * 100_000 + "]" * 100_000, "nested more than"),
+    "deep-flow-map": ("{a: " * 50_000 + "1" + "}" * 50_000, "nested more than"),
+    "deep-block-list": ("- " * 50_000 + "x", "nested more than"),
+    "alias-bomb": (alias_bomb(), "more than"),
+    "alias-bomb-as-keys": (
+        alias_bomb() + "qos: {*l8: 1}",
+        "more than",
+    ),
+    "alias-cycle": ("a: &a [*a]", "refers to a value that contains it"),
+    "undefined-alias": ("qos: *nowhere", "undefined alias"),
+    "merge-key-bomb": (
+        "a: &a {x: 1, y: 2, z: 3}\n"
+        + "".join(
+            f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}' if i else '*a'] * 9)}]}}\n"
+            for i in range(9)
+        ),
+        "more than",
+    ),
+    # int() of a long sexagesimal number is quadratic; of 5,000 digits, a ValueError.
+    "long-sexagesimal-int": (
+        "allow_never_kill: 1" + ":59" * 300_000,
+        r"refused \(line 1, column 19\): a value is longer than",
+    ),
+    "int-over-python-digit-limit": ("allow_never_kill: " + "9" * 4_500, "longer than 4096"),
+    "impossible-date": (
+        "allow_never_kill: 2024-13-45",
+        r"\(line 1, column 19\): this value cannot be read: month",
+    ),
+    "two-documents": ("{}\n---\n{}", "single document"),
+    "long-duplicate-key": (
+        "x" * 1000 + ": 1\n" + "x" * 1000 + ": 2",
+        "repeats the key",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"), HOSTILE_POLICIES.values(), ids=HOSTILE_POLICIES.keys()
+)
+def test_hostile_policies_are_policy_errors(text: str, fragment: str) -> None:
+    with pytest.raises(PolicyError, match=fragment) as raised:
+        load_policy(text)
+    message = str(raised.value)
+    assert message.endswith(".") and "\n" not in message
+    assert len(message) < 1000  # a hostile key is quoted short, never whole
+
+
+def test_alias_bomb_is_refused_instead_of_freezing_the_agent() -> None:
+    """In a child process, so a regression shows as a failure, not a hung test run.
+
+    The bound is not a timing assertion: a fixed loader answers in well under a second,
+    the unfixed one had not finished after 60 s.
+    """
+    code = (
+        "import sys\n"
+        "from oomguard.policy import PolicyError, load_policy\n"
+        "try:\n"
+        "    load_policy(sys.stdin.read())\n"
+        "except PolicyError as error:\n"
+        "    print(error)\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            input=alias_bomb(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("load_policy did not finish on a 400-byte alias bomb")
+    assert done.returncode == 0, done.stderr
+    assert "aliases count each time they are used" in done.stdout
+
+
+def test_anchors_and_aliases_within_the_budget_still_work() -> None:
+    policy = load_policy(
+        "trusted_namespaces: {names: &ns [db, cache]}\n"
+        "defaults: [{namespaces: {names: *ns}, request: protect}]\n"
+        "qos:\n"
+        "  Burstable: &wide {lowest: 500, highest: 1000}\n"
+        "  BestEffort: *wide\n"
+    )
+    assert policy.trusted_namespaces.names == ("db", "cache")
+    assert policy.qos[BE].lowest == policy.qos[BU].lowest == 500
+
+
+def test_the_deepest_valid_policy_is_far_inside_the_depth_limit() -> None:
+    nested = (
+        "trusted_namespaces: {selector: {matchExpressions: [{key: a, operator: In, values: [b]}]}}"
+    )
+    assert load_policy(nested).trusts("x", {"a": "b"})
 
 
 def test_never_kill_for_guaranteed_only_when_allowed() -> None:
