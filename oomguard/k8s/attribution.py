@@ -7,7 +7,12 @@ on, using only the pod cache's lookups, so it stays pure and testable with a dic
 Why a kill lands where it does:
 - a container ID the cache knows (current or recently terminated) -> that container;
 - else a pod UID / config hash the cache knows -> the pod, with no fieldPath (a process
-  in the pod cgroup itself, or a container the cache has not seen);
+  in the pod cgroup itself, or a container the cache has not seen). A UID always wins
+  over a hash, and a static pod's hash is only ever taken from its mirror pod as the
+  kubelet creates it (PodCache's docstring says what the kubelet and the API server
+  guarantee): annotations are user input, so a pod that writes etcd's hash in its own
+  annotations is never named for a kill in etcd's cgroup. A hash two live pods claim
+  names neither: the kill goes on the Node, saying so;
 - else -> the Node: nothing on the cluster side can be named, and the Node is where an
   operator looks for kills of system daemons. A global (system) OOM of a process that
   belongs to no container also goes on the Node: the node ran out, no workload's own
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView
 from oomguard.records import Constraint, OomKill
@@ -33,6 +38,14 @@ class PodLookup(Protocol):
     def lookup_container(self, container_id: str) -> tuple[PodView, ContainerView] | None: ...
 
     def lookup_pod(self, uid_or_config_hash: str) -> PodView | None: ...
+
+
+@runtime_checkable
+class HashClaims(Protocol):
+    """How many live pods claim a static pod's hash (PodCache has it); only for the
+    message of a kill that falls back to the Node."""
+
+    def hash_claims(self, config_hash: str) -> int: ...
 
 
 class TargetKind(enum.StrEnum):
@@ -101,6 +114,13 @@ def attribute(kill: OomKill, lookup: PodLookup) -> Target:
                 name=pod_view.name,
                 uid=pod_view.uid,
             )
+    claims = (
+        lookup.hash_claims(ident.pod_uid) if ident.pod_uid and isinstance(lookup, HashClaims) else 0
+    )
+    if claims > 1:
+        return Target.node(
+            f"static pod hash {ident.pod_uid} is claimed by {claims} pods; naming none"
+        )
     if ident.container_id:
         return Target.node(f"container {ident.container_id[:12]} is not in this node's pods")
     if ident.pod_uid and kill.constraint is not Constraint.SYSTEM:

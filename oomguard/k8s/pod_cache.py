@@ -15,7 +15,40 @@ fleet of agents does not stampede a recovering apiserver; a stream that ends or 
 after delivering events is normal and just reconnects.
 
 Only projections are kept (ECOSYSTEM.md: raw JSON plus a small projection is what keeps
-the agent near 85 MiB instead of 107+ with typed models).
+the agent near 85 MiB instead of 107+ with typed models), and a projection keeps only what
+the agent reads: the annotations it acts on (`oomguard.io/...` and the kubelet's
+`kubernetes.io/config.*`), bounded in number and length, and identity strings no longer
+than the API allows. A pod with a megabyte of other annotations costs the cache what a
+plain pod costs, and a pod whose object no real API server would send (a 10 kB uid) is
+skipped as malformed.
+
+Static pods, and what the kubelet guarantees about their mirror pods
+--------------------------------------------------------------------
+A static pod's cgroup is named after its config hash (the kubelet uses the hash as the
+static pod's UID), not after the UID of the mirror pod the API shows. So a kill in
+`pod<hash>` is found through the mirror pod's hash. Annotations are user input
+(anyone who can create a pod writes them), so the hash is taken only from a pod that
+carries what the kubelet and the API server control:
+
+- the `kubernetes.io/config.mirror` annotation, set by the kubelet when it creates the
+  mirror (pkg/kubelet/pod/mirror_client.go, CreateMirrorPod: the value is the static
+  pod's hash), and equal to `kubernetes.io/config.hash` when that is present too;
+- exactly one ownerReference, a controller of kind `Node` (apiVersion v1) naming the
+  pod's own node: the kubelet sets it since MirrorPodNodeRestriction (KEP-1314,
+  on by default since 1.17), and the NodeRestriction admission plugin
+  (plugin/pkg/admission/noderestriction, admitPodCreate) lets a node create only pods
+  that have the mirror annotation, are bound to itself and have this single owner.
+- The mirror annotation can never be added, changed or removed by an update
+  (pkg/apis/core/validation, ValidatePodSpecificAnnotationUpdates: "may not add
+  mirror pod annotation"), so a running pod cannot turn into a mirror later.
+
+What the API does *not* guarantee: a user allowed to create pods can create one with
+the mirror annotation and a Node ownerReference at create time (the garbage collector
+deletes it when the reference's uid is not the Node's, and the kubelet deletes mirror
+pods that match no static pod, but only on its next housekeeping). So, in addition:
+a pod UID always wins over a hash (a key that is some pod's UID is never looked up as a
+hash), and a hash claimed by two live pods names neither: the kill goes on the Node
+with the reason, rather than on whichever pod wrote last.
 """
 
 from __future__ import annotations
@@ -47,6 +80,29 @@ log = logging.getLogger(__name__)
 PODS_PATH = "/api/v1/pods"
 CONFIG_HASH_ANNOTATION = "kubernetes.io/config.hash"
 CONFIG_MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+CONFIG_SOURCE_ANNOTATION = "kubernetes.io/config.source"
+
+# The annotations the agent acts on: the policy's (all of `oomguard.io/`, so unknown
+# words still get their warning) and the kubelet's (node-critical, static pods).
+KEPT_ANNOTATION_PREFIX = "oomguard.io/"
+KEPT_KUBELET_ANNOTATIONS = frozenset(
+    {CONFIG_HASH_ANNOTATION, CONFIG_MIRROR_ANNOTATION, CONFIG_SOURCE_ANNOTATION}
+)
+# Per pod: at most this many kept annotations (sorted by key, the rest dropped) ...
+MAX_KEPT_ANNOTATIONS = 32
+# ... and values cut to this length plus a marker that no valid value contains, so a
+# cut value stays invalid (never cut into a valid one) and is reported as such.
+MAX_ANNOTATION_VALUE_CHARS = 256
+CUT_MARKER = "\u2026"
+# Longer keys are not valid annotation keys (prefix <= 253, name <= 63).
+_MAX_ANNOTATION_KEY_CHARS = 317
+# Identity strings beyond what the API validates (DNS subdomain names, UUIDs) make a
+# pod malformed rather than a memory cost.
+_MAX_NAME_CHARS = 253
+_MAX_UID_CHARS = 128
+_MAX_CONTAINER_ID_CHARS = 128
+# Short enumerations and opaque versions (qosClass, phase, resourceVersion).
+_MAX_SHORT_CHARS = 64
 
 
 # ---------------------------------------------------------------------------------------
@@ -164,6 +220,9 @@ class PodView:
     phase: str | None
     containers: tuple[ContainerView, ...]
     resource_version: str | None
+    # Pod-level resources (KEP-2837): the memory request of the pod as a whole, which
+    # the kubelet shares out among the containers for oom_score_adj. None: not set.
+    pod_memory_request_bytes: int | None = None
 
     def container(self, name: str, kind: ContainerKind | None = None) -> ContainerView | None:
         for container in self.containers:
@@ -184,8 +243,9 @@ def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _str(value: object, max_chars: int = _MAX_NAME_CHARS) -> str | None:
+    """A non-empty string no longer than `max_chars`; anything else is absent."""
+    return value if isinstance(value, str) and 0 < len(value) <= max_chars else None
 
 
 def _int(value: object) -> int | None:
@@ -205,18 +265,18 @@ def _container(
     # resize); the spec is what was asked for.
     resources = _dict(status.get("resources")) or _dict(spec.get("resources"))
     runtime, container_id = None, None
-    if raw_id := _str(status.get("containerID")):
+    if raw_id := _str(status.get("containerID"), _MAX_CONTAINER_ID_CHARS):
         runtime, container_id = split_container_id(raw_id)
     past: list[str] = []
     terminated = _dict(_dict(status.get("lastState")).get("terminated"))
-    if last_id := _str(terminated.get("containerID")):
+    if last_id := _str(terminated.get("containerID"), _MAX_CONTAINER_ID_CHARS):
         _, bare = split_container_id(last_id)
         if bare != container_id:
             past.append(bare)
     return ContainerView(
         name=_str(spec.get("name")) or _str(status.get("name")) or "",
         kind=kind,
-        restart_policy=_str(spec.get("restartPolicy")),
+        restart_policy=_str(spec.get("restartPolicy"), _MAX_SHORT_CHARS),
         memory_request_bytes=parse_quantity(_dict(resources.get("requests")).get("memory")),
         memory_limit_bytes=parse_quantity(_dict(resources.get("limits")).get("memory")),
         container_id=container_id,
@@ -225,6 +285,69 @@ def _container(
         running="running" in _dict(status.get("state")),
         restart_count=_int(status.get("restartCount")) or 0,
     )
+
+
+def kept_annotations(raw: object) -> dict[str, str]:
+    """The annotations the agent acts on, bounded (see the module docstring); values
+    that are not strings are dropped, as the API would never send them."""
+    kept: dict[str, str] = {}
+    items = _dict(raw).items()
+    candidates = sorted(
+        key
+        for key, value in items
+        if isinstance(key, str)
+        and isinstance(value, str)
+        and len(key) <= _MAX_ANNOTATION_KEY_CHARS
+        and (key.startswith(KEPT_ANNOTATION_PREFIX) or key in KEPT_KUBELET_ANNOTATIONS)
+    )
+    source = _dict(raw)
+    for key in candidates[:MAX_KEPT_ANNOTATIONS]:
+        value = source[key]
+        if len(value) > MAX_ANNOTATION_VALUE_CHARS:
+            value = value[:MAX_ANNOTATION_VALUE_CHARS] + CUT_MARKER
+        kept[key] = value
+    return kept
+
+
+def mirror_pod_hash(meta: Mapping[str, Any], node_name: str | None) -> str | None:
+    """The static pod's config hash if this is its mirror pod as the kubelet creates it
+    (mirror annotation, and a single controller ownerReference to its own Node); None
+    for any other pod, whatever its annotations say. Rules: the module docstring."""
+    if not node_name:
+        return None
+    annotations = _dict(meta.get("annotations"))
+    mirror = _str(annotations.get(CONFIG_MIRROR_ANNOTATION), _MAX_SHORT_CHARS)
+    if mirror is None:
+        return None
+    declared = annotations.get(CONFIG_HASH_ANNOTATION)
+    if declared is not None and declared != mirror:
+        return None
+    owners = _list(meta.get("ownerReferences"))
+    if len(owners) != 1:
+        return None
+    owner = _dict(owners[0])
+    if (
+        owner.get("apiVersion") != "v1"
+        or owner.get("kind") != "Node"
+        or owner.get("name") != node_name
+        or owner.get("controller") is not True
+    ):
+        return None
+    return mirror
+
+
+def _pod_memory_request(spec: Mapping[str, Any], status: Mapping[str, Any]) -> int | None:
+    """The pod-level memory request the kubelet computes with: the allocated one
+    (`status.allocatedResources`, in-place pod-level resize), else the one applied
+    (`status.resources`), else the spec's; None when the pod sets none."""
+    for requests in (
+        _dict(status.get("allocatedResources")),
+        _dict(_dict(status.get("resources")).get("requests")),
+        _dict(_dict(spec.get("resources")).get("requests")),
+    ):
+        if "memory" in requests:
+            return parse_quantity(requests.get("memory"))
+    return None
 
 
 def project_pod(obj: object) -> PodView:
@@ -237,10 +360,15 @@ def project_pod(obj: object) -> PodView:
         _dict(obj.get("spec")),
         _dict(obj.get("status")),
     )
-    uid = _str(meta.get("uid"))
+    uid = _str(meta.get("uid"), _MAX_UID_CHARS)
+    pod_namespace, pod_name = meta.get("namespace"), meta.get("name")
     if uid is None:
-        raise MalformedPod(f"pod {meta.get('namespace')}/{meta.get('name')} has no metadata.uid")
-    annotations = {k: v for k, v in _dict(meta.get("annotations")).items() if isinstance(v, str)}
+        raise MalformedPod(
+            f"pod {_short(pod_namespace)}/{_short(pod_name)} has no usable metadata.uid"
+        )
+    for what, value in (("namespace", pod_namespace), ("name", pod_name)):
+        if isinstance(value, str) and len(value) > _MAX_NAME_CHARS:
+            raise MalformedPod(f"pod {uid}: metadata.{what} is longer than any valid name")
     containers = []
     for kind, (spec_field, status_field) in _SPEC_FIELD.items():
         statuses = {
@@ -253,21 +381,27 @@ def project_pod(obj: object) -> PodView:
                 containers.append(_container(kind, spec_item, statuses.pop(name, {})))
         for name, status_item in statuses.items():  # a status whose spec we did not get
             containers.append(_container(kind, {"name": name}, status_item))
+    node_name = _str(spec.get("nodeName")) or ""
     return PodView(
         uid=uid,
-        namespace=_str(meta.get("namespace")) or "",
-        name=_str(meta.get("name")) or "",
-        node_name=_str(spec.get("nodeName")) or "",
-        annotations=MappingProxyType(annotations),
-        qos_class=_str(status.get("qosClass")),
+        namespace=_str(pod_namespace) or "",
+        name=_str(pod_name) or "",
+        node_name=node_name,
+        annotations=MappingProxyType(kept_annotations(meta.get("annotations"))),
+        qos_class=_str(status.get("qosClass"), _MAX_SHORT_CHARS),
         priority=_int(spec.get("priority")),
         priority_class_name=_str(spec.get("priorityClassName")),
-        config_hash=_str(annotations.get(CONFIG_HASH_ANNOTATION))
-        or _str(annotations.get(CONFIG_MIRROR_ANNOTATION)),
-        phase=_str(status.get("phase")),
+        config_hash=mirror_pod_hash(meta, node_name),
+        phase=_str(status.get("phase"), _MAX_SHORT_CHARS),
         containers=tuple(containers),
-        resource_version=_str(meta.get("resourceVersion")),
+        resource_version=_str(meta.get("resourceVersion"), _MAX_SHORT_CHARS),
+        pod_memory_request_bytes=_pod_memory_request(spec, status),
     )
+
+
+def _short(value: object) -> str:
+    """A name for a log line about a malformed pod, whatever the server sent."""
+    return repr(value)[:40] if not isinstance(value, str) else value[:40]
 
 
 def _with_history(new: PodView, old: PodView | None, keep: int) -> PodView:
@@ -359,7 +493,9 @@ class PodCache:
         self._thread: threading.Thread | None = None
         self._changed = threading.Condition()
         self._pods: dict[str, PodView] = {}  # normalized uid -> view
-        self._by_hash: dict[str, str] = {}  # normalized config hash -> normalized uid
+        # normalized config hash -> normalized uids of the live mirror pods claiming it
+        # (more than one: ambiguous, names neither)
+        self._by_hash: dict[str, set[str]] = {}
         self._by_container: dict[str, tuple[PodView, ContainerView]] = {}
         self._deleted: collections.OrderedDict[str, tuple[float, PodView]] = (
             collections.OrderedDict()
@@ -450,12 +586,38 @@ class PodCache:
         return self._resource_version
 
     def _lookup_pod(self, key: str) -> PodView | None:
+        """A UID (live, then recently deleted) before any hash; a hash only when exactly
+        one live mirror pod claims it, else the last deleted one that did."""
         self._expire_deleted()
-        uid = key if key in self._pods else self._by_hash.get(key)
-        if uid is not None and uid in self._pods:
-            return self._pods[uid]
-        uid = key if key in self._deleted else self._deleted_hashes.get(key)
-        return self._deleted[uid][1] if uid is not None and uid in self._deleted else None
+        if key in self._pods:
+            return self._pods[key]
+        if key in self._deleted:
+            return self._deleted[key][1]
+        claims = self._by_hash.get(key)
+        if claims:
+            if len(claims) > 1:
+                return None
+            (claimant,) = claims
+            return self._pods.get(claimant)
+        buried = self._deleted_hashes.get(key)
+        return self._deleted[buried][1] if buried is not None and buried in self._deleted else None
+
+    def hash_claims(self, config_hash: str) -> int:
+        """How many live pods claim this static-pod hash (for a message: 2+ names none)."""
+        with self._changed:
+            return len(self._by_hash.get(normalize_pod_key(config_hash), ()))
+
+    def sizes(self) -> dict[str, int]:
+        """Entries in each of the cache's structures (for tests and benches of churn)."""
+        with self._changed:
+            return {
+                "pods": len(self._pods),
+                "hashes": len(self._by_hash),
+                "containers": len(self._by_container),
+                "deleted": len(self._deleted),
+                "deleted_containers": len(self._deleted_containers),
+                "deleted_hashes": len(self._deleted_hashes),
+            }
 
     def _count(self, **deltas: int) -> None:
         values = {k: getattr(self._counters, k) + v for k, v in deltas.items()}
@@ -467,7 +629,7 @@ class PodCache:
         key = normalize_pod_key(view.uid)
         self._pods[key] = view
         if view.config_hash:
-            self._by_hash[normalize_pod_key(view.config_hash)] = key
+            self._by_hash.setdefault(normalize_pod_key(view.config_hash), set()).add(key)
         for container in view.containers:
             for container_id in container.all_ids:
                 self._by_container[container_id] = (view, container)
@@ -477,7 +639,12 @@ class PodCache:
         if view is None:
             return None
         if view.config_hash:
-            self._by_hash.pop(normalize_pod_key(view.config_hash), None)
+            hashed = normalize_pod_key(view.config_hash)
+            claims = self._by_hash.get(hashed)
+            if claims is not None:
+                claims.discard(key)
+                if not claims:
+                    del self._by_hash[hashed]
         for container in view.containers:
             for container_id in container.all_ids:
                 hit = self._by_container.get(container_id)
@@ -680,7 +847,7 @@ class PodCache:
         try:
             for event in stream:
                 try:
-                    self._apply(event)
+                    self.apply_event(event)
                 except _Gone as gone:
                     raise _Gone(str(gone), after_events=received > 0) from None
                 received += 1
@@ -697,7 +864,12 @@ class PodCache:
         with self._changed:
             self._count(watch_restarts=1)
 
-    def _apply(self, event: Mapping[str, Any]) -> None:
+    def apply_event(self, event: Mapping[str, Any]) -> None:
+        """One watch event as the server streamed it (the cache's input boundary).
+
+        Any ADDED/MODIFIED/DELETED/BOOKMARK event, however malformed its object, is
+        applied or counted as malformed and never raises; an ERROR event raises (410:
+        relist; others: back off), as the watch loop expects."""
         kind, obj = event.get("type"), event.get("object")
         if kind == "ERROR":
             status = _dict(obj)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from oomguard.cgroup_path import parse_cgroup_path
 from oomguard.k8s import (
     ApiConnectionError,
     ApiStatusError,
@@ -20,6 +22,8 @@ from oomguard.k8s import (
     parse_quantity,
     project_pod,
 )
+from oomguard.k8s.attribution import attribute
+from oomguard.records import Constraint, OomKill
 from tests.cluster.apiserver import PODS, ApiServer
 
 NODE = "node-1"
@@ -484,21 +488,151 @@ def test_malformed_pods_neither_crash_nor_hide_others(
     assert cache.running
 
 
-def test_static_pods_are_found_by_config_hash(apiserver: ApiServer, cache: PodCache) -> None:
-    config_hash = "6f1e2b0c9d8a7e6f5a4b3c2d1e0f9a8b"
-    mirror = pod("etcd-node-1", uid="3b4c5d6e-0000-4000-8000-000000000001")
-    mirror["metadata"]["annotations"] = {
+ETCD_HASH = "6f1e2b0c9d8a7e6f5a4b3c2d1e0f9a8b"
+NODE_OWNER = {
+    "apiVersion": "v1",
+    "kind": "Node",
+    "name": NODE,
+    "uid": "node-uid",
+    "controller": True,
+}
+
+
+def mirror_pod(
+    name: str = "etcd-node-1",
+    *,
+    config_hash: str = ETCD_HASH,
+    owners: list[dict[str, Any]] | None = None,
+    namespace: str = "kube-system",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A static pod's mirror as the kubelet creates it (mirror_client.go): the hash in
+    both annotations and a single controller ownerReference to its Node."""
+    obj = pod(name, containers={}, **fields)
+    obj["metadata"]["namespace"] = namespace
+    obj["metadata"]["annotations"] = {
         "kubernetes.io/config.hash": config_hash,
         "kubernetes.io/config.mirror": config_hash,
         "kubernetes.io/config.source": "file",
     }
-    apiserver.apply(mirror)
-    wait_until(lambda: cache.lookup_pod(config_hash) is not None)
-    view = cache.lookup_pod(config_hash)
-    assert view is not None and view.name == "etcd-node-1" and view.config_hash == config_hash
+    obj["metadata"]["ownerReferences"] = [NODE_OWNER] if owners is None else owners
+    return obj
+
+
+def static_kill(config_hash: str, container_id: str) -> OomKill:
+    """A kill in a static pod's container as the cgroup path names it (pod<hash>), the
+    container not (yet) in any status."""
+    path = f"/kubepods/burstable/pod{config_hash}/{container_id}"
+    identity = parse_cgroup_path(path)
+    assert identity.pod_uid is not None and identity.container_id == container_id
+    return OomKill(
+        time=datetime.now(UTC),
+        kernel_time_us=None,
+        kmsg_seq=None,
+        constraint=Constraint.CONTAINER,
+        cgroup=path,
+        oom_cgroup=path,
+        identity=identity,
+        pid=None,
+        command=None,
+        uid=None,
+        rss_bytes=None,
+        anon_rss_bytes=None,
+        file_rss_bytes=None,
+        shmem_rss_bytes=None,
+        oom_score_adj=None,
+        memory_limit_bytes=None,
+        memory_usage_bytes=None,
+        source="counters",
+    )
+
+
+def test_static_pods_are_found_by_config_hash(apiserver: ApiServer, cache: PodCache) -> None:
+    apiserver.apply(mirror_pod(uid="3b4c5d6e-0000-4000-8000-000000000001"))
+    wait_until(lambda: cache.lookup_pod(ETCD_HASH) is not None)
+    view = cache.lookup_pod(ETCD_HASH)
+    assert view is not None and view.name == "etcd-node-1" and view.config_hash == ETCD_HASH
     # UIDs however a cgroup path spells them: dashes, systemd's underscores.
     assert cache.lookup_pod("3b4c5d6e_0000_4000_8000_000000000001") is view
     assert cache.lookup_pod("3B4C5D6E-0000-4000-8000-000000000001") is view
+    target = attribute(static_kill(ETCD_HASH, cid(77)), cache)
+    assert (target.namespace, target.name) == ("kube-system", "etcd-node-1")
+
+
+def test_a_pod_cannot_take_the_blame_for_a_static_pods_kills(
+    apiserver: ApiServer, cache: PodCache
+) -> None:
+    """Issue 14.3: the last pod to write etcd's hash in its annotations was named for
+    kills in etcd's cgroup. Annotations are user input; only a mirror pod as the kubelet
+    makes it (mirror annotation and its Node as sole controller owner) names a hash."""
+    apiserver.apply(mirror_pod())
+    wait_until(lambda: cache.lookup_pod(ETCD_HASH) is not None)
+    decoys = {
+        # what issue 14 reproduced: the hash annotation alone
+        "hash-only": {"kubernetes.io/config.hash": ETCD_HASH},
+        # the mirror annotation too, but no Node owner (any user can write annotations)
+        "mirror-no-owner": {
+            "kubernetes.io/config.hash": ETCD_HASH,
+            "kubernetes.io/config.mirror": ETCD_HASH,
+        },
+    }
+    for name, decoy_annotations in decoys.items():
+        decoy = pod(name, containers={"main": cid(len(name))})
+        decoy["metadata"]["namespace"] = "evil"
+        decoy["metadata"]["annotations"] = decoy_annotations
+        apiserver.apply(decoy)
+    decoy_owned = mirror_pod("other-owner", namespace="evil")
+    decoy_owned["metadata"]["ownerReferences"] = [{**NODE_OWNER, "name": "node-2"}]
+    apiserver.apply(decoy_owned)
+    not_controller = mirror_pod("not-controller", namespace="evil")
+    not_controller["metadata"]["ownerReferences"] = [{**NODE_OWNER, "controller": False}]
+    apiserver.apply(not_controller)
+    wait_until(lambda: len(cache.pods()) == 5)
+    for kill_target in (
+        cache.lookup_pod(ETCD_HASH),
+        attribute(static_kill(ETCD_HASH, cid(999)), cache),
+    ):
+        assert kill_target is not None
+        assert (kill_target.namespace, kill_target.name) == ("kube-system", "etcd-node-1")
+    # Without the real mirror pod, none of them is found by the hash.
+    apiserver.delete(PODS, "kube-system", "etcd-node-1")
+    wait_until(lambda: len(cache.pods()) == 4)
+    with_retention = cache.lookup_pod(ETCD_HASH)  # the deleted mirror, still remembered
+    assert with_retention is not None and with_retention.name == "etcd-node-1"
+    assert all(p.config_hash is None for p in cache.pods())
+
+
+def test_two_pods_claiming_one_hash_name_neither(apiserver: ApiServer, cache: PodCache) -> None:
+    """A user allowed to create pods can forge a mirror pod at create time (annotation
+    and a Node ownerReference); until it is deleted, the claim is ambiguous, and the kill
+    goes on the Node saying so, never on whichever pod wrote last."""
+    apiserver.apply(mirror_pod())
+    forged = mirror_pod("decoy", namespace="evil")
+    apiserver.apply(forged)
+    wait_until(lambda: len(cache.pods()) == 2)
+    assert cache.lookup_pod(ETCD_HASH) is None
+    target = attribute(static_kill(ETCD_HASH, cid(999)), cache)
+    assert target.is_node
+    assert target.unresolved is not None and "2 pods" in target.unresolved
+    apiserver.delete(PODS, "evil", "decoy")  # the garbage collector or the kubelet
+    wait_until(lambda: cache.hash_claims(ETCD_HASH) == 1)
+    view = cache.lookup_pod(ETCD_HASH)
+    assert view is not None and view.name == "etcd-node-1"
+
+
+def test_a_uid_wins_over_a_hash(apiserver: ApiServer, cache: PodCache) -> None:
+    """A mirror pod whose hash is spelled like another pod's UID cannot take that pod's
+    kills: a key that is a pod's UID is never looked up as a hash."""
+    victim_uid = "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d"
+    apiserver.apply(pod("victim", uid=victim_uid))
+    apiserver.apply(mirror_pod("decoy", config_hash=victim_uid.replace("-", "")))
+    wait_until(lambda: len(cache.pods()) == 2)
+    view = cache.lookup_pod(victim_uid.replace("-", ""))
+    assert view is not None and view.name == "victim"
+    apiserver.delete(PODS, NS, "victim")  # deleted but remembered: still the UID's pod
+    wait_until(lambda: len(cache.pods()) == 1)
+    view = cache.lookup_pod(victim_uid)
+    assert view is not None and view.name == "victim"
 
 
 def test_deleted_pods_stay_findable_for_a_while(apiserver: ApiServer) -> None:
