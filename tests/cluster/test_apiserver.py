@@ -302,7 +302,10 @@ def test_bookmarks_only_when_asked(apiserver: ApiServer, raw: Raw) -> None:
 def test_timeout_seconds_ends_the_stream(apiserver: ApiServer, raw: Raw) -> None:
     started = time.monotonic()
     assert list(raw.watch("/api/v1/pods", [("timeoutSeconds", "1")])) == []
-    assert 0.9 <= time.monotonic() - started < 3
+    # It lasted the second asked for, then ended by itself: a stream left open would
+    # raise the client's 5 s read timeout instead of ending (no upper bound on the
+    # clock here, which a loaded 2-core machine could overrun).
+    assert time.monotonic() - started >= 0.9
 
 
 def test_dropped_stream_is_cut_mid_response(apiserver: ApiServer, raw: Raw) -> None:

@@ -184,8 +184,11 @@ def test_an_outage_costs_one_quick_try_per_pause(
     started = time.monotonic()
     for name in ("db", "shop", "web"):
         assert cache(name) == {}
-    assert time.monotonic() - started < 5
     assert cache.requests == 1  # the first refusal paused every read
+    # No read waited for the API to come back: a refused connection answers in
+    # milliseconds, and a read that slept out the pause would take retry_after_error_s.
+    # That pause is the bound: loose enough for a loaded 2-core machine.
+    assert time.monotonic() - started < cache.settings.retry_after_error_s
     (warning,) = warnings(caplog)
     assert "Connection refused" in warning
 

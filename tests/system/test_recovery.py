@@ -134,10 +134,11 @@ def test_a_kill_while_down_comes_from_the_counters_once(tree: ScratchTree) -> No
         assert second.counters == {cg: 2}
         # Live kills are still pushed by the eventfd registered at the start.
         oom_kill(tree, quiet)
-        began = time.monotonic()
-        second.wait_for(2, timeout_s=5.0)
+        # Pushed, not found by a resync: the watcher's resync comes every 60 s, so a kill
+        # seen within half of that came by the eventfd. (It takes milliseconds; the rest
+        # is room for a loaded 2-core machine. The speed is bench/detection_latency.py's.)
+        second.wait_for(2, timeout_s=second.watcher.resync_interval_s / 2)
         assert [k.cgroup for k in second.kills] == [cg, quiet]
-        assert time.monotonic() - began < 2.0  # long before a resync (60 s)
         assert second.turn(0.3) == second.kills
         assert second.counters == {cg: 2, quiet: 1}
 
