@@ -174,7 +174,12 @@ def _memory(container: ContainerView) -> ContainerMemory:
 def kubelet_scores(pod: PodView, node_memory_bytes: int) -> dict[str, int] | None:
     """The kubelet's oom_score_adj for each container; None when it cannot be known.
 
-    Needs `status.qosClass` (PodView carries no cpu amounts to derive it from).
+    Needs `status.qosClass` (PodView carries no cpu amounts to derive it from; the API
+    server sets it at creation, from the pod-level resources when the pod has them).
+    The pod-level memory request goes in as well: the kubelet shares what no container
+    claims among all of them (a Burstable pod with only a pod-level request of half the
+    node gets 500, not 999), and a value computed without it would refuse raises the
+    kubelet allows and "restore" a value the kubelet never set.
     """
     try:
         qos = QosClass(pod.qos_class or "")
@@ -193,6 +198,9 @@ def kubelet_scores(pod: PodView, node_memory_bytes: int) -> dict[str, int] | Non
         ephemeral_containers=tuple(m for m in memories if m.kind is ContainerKind.EPHEMERAL),
         node_critical=is_node_critical(
             pod.priority, pod.priority_class_name or "", pod.annotations
+        ),
+        pod_memory_request_bytes=(
+            None if pod.pod_memory_request_bytes is None else max(pod.pod_memory_request_bytes, 0)
         ),
     )
     return {m.name: kubelet_oom_score_adj(memory, m.name, node_memory_bytes) for m in memories}

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from oomguard.k8s.pod_cache import project_pod
 from oomguard.kubelet_score import (
     BEST_EFFORT_OOM_SCORE_ADJ,
     BURSTABLE_MAX_OOM_SCORE_ADJ,
@@ -32,6 +34,8 @@ from oomguard.kubelet_score import (
     kubelet_oom_score_adj,
     qos_class,
 )
+from oomguard.policy import AdminPolicy, Outcome, PodProjection, decide
+from oomguard.reconciler import kubelet_scores
 
 MI = 1 << 20
 GI = 1 << 30
@@ -377,6 +381,184 @@ def test_get_container_oom_score_adjust(case: OomCase) -> None:
     for name, (low, high) in case.expected.items():
         score = kubelet_oom_score_adj(case.pod, name, case.capacity, case.features)
         assert low <= score <= high, f"{name}: {score} not in {low}..{high}"
+
+
+# ------------------------------------------- the same pods as the API delivers them
+#
+# Issue 14.6: the kubelet's value the reconciler works with came from the pod cache's
+# projection, which dropped `spec.resources`: a Burstable pod whose memory request is
+# set only at the pod level got 999 instead of the kubelet's 500, so raises the kubelet
+# allows were refused and "restore" wrote a value the kubelet never set. These rows are
+# kubelet's pod-level cases again, as pod JSON through project_pod and the reconciler's
+# kubelet_scores (the path the agent runs).
+
+
+def _quantities(amounts: Mapping[str, int]) -> dict[str, str]:
+    return {k: f"{v}m" if k == "cpu" else str(v) for k, v in amounts.items()}
+
+
+def _api_pod(
+    *specs: Spec,
+    pod_requests: Mapping[str, int] | None = None,
+    pod_limits: Mapping[str, int] | None = None,
+    where: str = "spec",
+) -> dict[str, Any]:
+    """A pod object as the watch delivers it, with status.qosClass as the API server
+    sets it. `where` puts the pod-level request in the spec, or only in the status's
+    allocatedResources (an in-place pod-level resize: the kubelet computes from that)."""
+
+    def container(spec: Spec) -> dict[str, object]:
+        body: dict[str, object] = {
+            "name": spec.name,
+            "resources": {
+                "requests": _quantities(spec.requests),
+                "limits": _quantities(spec.limits),
+            },
+        }
+        if spec.kind is ContainerKind.SIDECAR:
+            body["restartPolicy"] = "Always"
+        return body
+
+    pod_resources = None
+    if pod_requests is not None or pod_limits is not None:
+        pod_resources = ResourceRequirements(pod_requests or {}, pod_limits or {})
+    qos = qos_class((ResourceRequirements(s.requests, s.limits) for s in specs), pod_resources)
+    spec: dict[str, object] = {
+        "nodeName": "node-1",
+        "containers": [container(s) for s in specs if s.kind is ContainerKind.REGULAR],
+        "initContainers": [container(s) for s in specs if s.kind is not ContainerKind.REGULAR],
+    }
+    statuses = [
+        {"name": s.name, "containerID": f"containerd://{i:064x}", "state": {"running": {}}}
+        for i, s in enumerate(specs)
+    ]
+    status: dict[str, object] = {
+        "qosClass": qos.value,
+        "containerStatuses": [
+            item for item, s in zip(statuses, specs, strict=True) if s.kind is ContainerKind.REGULAR
+        ],
+        "initContainerStatuses": [
+            item
+            for item, s in zip(statuses, specs, strict=True)
+            if s.kind is not ContainerKind.REGULAR
+        ],
+    }
+    if pod_resources is not None:
+        requests, limits = _quantities(pod_resources.requests), _quantities(pod_resources.limits)
+        if where == "spec":
+            spec["resources"] = {"requests": requests, "limits": limits}
+        else:  # resized in place: the spec asks for more than was allocated so far
+            spec["resources"] = {"requests": {**requests, "memory": str(7 * GI)}}
+            status["allocatedResources"] = requests
+    return {
+        "metadata": {"uid": "u-1", "namespace": "team-a", "name": "p"},
+        "spec": spec,
+        "status": status,
+    }
+
+
+_TWO_PLAIN = (Spec("no-request-limit-1"), Spec("no-request-limit-2"))
+_TWO_BURSTABLE = (
+    Spec("burstable-container", _res(3, SAMPLE_REQUEST), _res(5, SAMPLE_REQUEST)),
+    Spec("best-effort-container"),
+)
+_UNEQUAL_WITH_SIDECAR = (
+    Spec(
+        "burstable-sidecar", _res(5, 200_000_000), _res(5, SAMPLE_POD_LIMIT), ContainerKind.SIDECAR
+    ),
+    Spec("burstable-container-1", _res(5, 1_000_000_000), _res(5, SAMPLE_POD_LIMIT)),
+    Spec("burstable-container-2", _res(5, 500_000_000), _res(5, SAMPLE_POD_LIMIT)),
+)
+# name -> (containers, pod requests, pod limits, capacity, expected per container)
+API_POD_CASES: dict[
+    str, tuple[tuple[Spec, ...], Mapping[str, int], Mapping[str, int], int, Mapping[str, int]]
+] = {
+    "guaranteed-pod-resources-no-container-resources": (
+        _TWO_PLAIN,
+        _res(5, SAMPLE_POD_REQUEST),
+        _res(5, SAMPLE_POD_REQUEST),
+        4_000_000_000,
+        {"no-request-limit-1": -997, "no-request-limit-2": -997},
+    ),
+    "burstable-pod-resources-no-container-resources": (
+        _TWO_PLAIN,
+        _res(5, SAMPLE_POD_REQUEST),
+        _res(5, SAMPLE_POD_LIMIT),
+        4_000_000_000,
+        {"no-request-limit-1": 750, "no-request-limit-2": 750},
+    ),
+    "burstable-pod-resources-unequal-container-requests": (
+        _TWO_BURSTABLE,
+        _res(5, SAMPLE_POD_REQUEST),
+        _res(5, SAMPLE_POD_LIMIT),
+        4_000_000_000,
+        {"burstable-container": 625, "best-effort-container": 875},
+    ),
+    "burstable-pod-resources-no-container-resources-with-sidecar": (
+        (Spec("no-request-limit-sidecar", kind=ContainerKind.SIDECAR), Spec("no-request-limit")),
+        _res(5, SAMPLE_POD_REQUEST),
+        _res(5, SAMPLE_POD_LIMIT),
+        4_000_000_000,
+        {"no-request-limit": 750, "no-request-limit-sidecar": 750},
+    ),
+    "burstable-pod-resources-unequal-container-requests-with-sidecar": (
+        _UNEQUAL_WITH_SIDECAR,
+        _res(5, 2_000_000_000),
+        _res(5, SAMPLE_POD_LIMIT),
+        4_000_000_000,
+        {"burstable-container-1": 725, "burstable-container-2": 850, "burstable-sidecar": 850},
+    ),
+    # The issue's case: memory requested only for the pod, half the node.
+    "pod-level-memory-only-half-the-node": (
+        (Spec("app", _res(cpu_m=100)),),
+        _res(memory=4 * GI),
+        _res(memory=6 * GI),
+        8 * GI,
+        {"app": 500},
+    ),
+}
+
+
+@pytest.mark.parametrize("where", ["spec", "allocated"])
+@pytest.mark.parametrize("case", API_POD_CASES.values(), ids=API_POD_CASES.keys())
+def test_kubelet_value_of_a_pod_from_the_api(
+    case: tuple[tuple[Spec, ...], Mapping[str, int], Mapping[str, int], int, Mapping[str, int]],
+    where: str,
+) -> None:
+    specs, pod_requests, pod_limits, capacity, expected = case
+    view = project_pod(
+        _api_pod(*specs, pod_requests=pod_requests, pod_limits=pod_limits, where=where)
+    )
+    assert kubelet_scores(view, capacity) == expected
+
+
+def test_a_raise_above_the_kubelets_value_is_applied_and_restore_puts_it_back() -> None:
+    """What a user noticed in issue 14.6: asking for 600 (killed sooner than the kubelet's
+    500) was refused as a lowering of 999, and removing the annotation "restored" 999."""
+    api_pod = _api_pod(Spec("app", _res(cpu_m=100)), pod_requests=_res(memory=4 * GI))
+    api_pod["metadata"]["annotations"] = {"oomguard.io/oom-score-adj": "600"}
+    view = project_pod(api_pod)
+    scores = kubelet_scores(view, 8 * GI)
+    assert scores is not None
+    projection = PodProjection(
+        namespace=view.namespace,
+        qos_class=QosClass(view.qos_class or ""),
+        kubelet_scores=scores,
+        annotations=view.annotations,
+    )
+    decision = decide(projection, "app", AdminPolicy())
+    assert (decision.outcome, decision.desired) == (Outcome.APPLIED, 600)
+    assert decision.kubelet_value == 500  # what "restore" writes when the annotation goes
+
+
+def test_pod_without_pod_level_resources_is_read_per_container() -> None:
+    view = project_pod(_api_pod(*_TWO_BURSTABLE))
+    assert view.pod_memory_request_bytes is None
+    # kubelet's "burstable-mixed" rows: each container by its own request.
+    assert kubelet_scores(view, 4_000_000_000) == {
+        "burstable-container": 750,
+        "best-effort-container": 999,
+    }
 
 
 def _tie_pod(*specs: Spec, pod_requests: Mapping[str, int] | None = None) -> PodMemory:
