@@ -302,14 +302,16 @@ class Agent:
         self._next_reconcile = now + self.settings.reconcile_interval_s
         self.reconciler.pass_once(self.cache.pods())
         error = self.policy.last_error
-        if error and error != self._policy_error_reported:
+        if error is None:
+            self._policy_error_reported = None  # fixed: a later breakage is news again
+        elif error != self._policy_error_reported:
             self._policy_error_reported = error
             self._post_event(
                 Target.node(),
                 "Warning",
                 "OOMGuardPolicyInvalid",
-                f"the admin policy {self.settings.policy_file} is invalid, the last good "
-                f"one stays in force: {error}",
+                f"the admin policy {self.settings.policy_file} is invalid, "
+                f"{self.policy.kept} stays in force: {error}",
             )
 
     def _pod_event(self, pod: PodView, type_: str, reason: str, message: str) -> None:

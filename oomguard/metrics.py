@@ -35,6 +35,11 @@ Metrics (all names start with `oomguard_`; counters end in `_total`)
         policy refused a pod's request; the baseline stands), error (the write failed).
     policy_reload_errors_total
         Admin policy ConfigMaps rejected (the last good policy stays in force).
+    policy_valid (gauge)
+        1 while the policy file in force is the file as it is now (or there is no file);
+        0 while its current version is rejected and the previous policy (or, if none was
+        ever valid, the default one) stays in force. Alert on it: the counter above only
+        says that something was rejected once.
     build_info{version} (gauge, always 1)
     process_* (resident memory, CPU, open fds; Linux only)
 
@@ -172,6 +177,11 @@ class Metrics:
             "policy_reload_errors_total",
             "Admin policy documents rejected (the last good policy stays in force).",
         )
+        self.policy_valid = gauge(
+            "policy_valid",
+            "1 if the admin policy file as it is now is in force, 0 while it is rejected.",
+        )
+        self.policy_valid.set(1)
         self.build_info = gauge("build_info", "The running oomguard build; always 1.", ("version",))
         if process_metrics:
             ProcessCollector(registry=r)

@@ -13,8 +13,18 @@ most once every `poll_interval_s` and re-reads only when the stat changed.
 - a missing file means the default policy (`load_policy("{}")`): nothing trusted,
   only raising works;
 - an invalid file keeps the last good policy in force; `last_error` says why,
-  `errors` counts rejected versions, and each distinct error is logged once, loudly;
+  `errors` counts rejected versions, and each distinct error is logged once, loudly
+  (again if it comes back after the file was fixed); the `policy_valid` gauge reads 0
+  until a version is taken into force;
+- an invalid file at start, with no good version seen since, keeps the defaults: the
+  most conservative choice (nothing is trusted, so no pod is made safer than the
+  kubelet's value on the strength of a file the agent cannot read), and the agent
+  keeps running and reporting kills;
 - a file that becomes valid again clears `last_error`.
+
+Nothing a file can contain makes `current()` raise: reading is bounded in
+`policy.load_policy` (size here, depth, aliases and scalar length there), and any
+other failure of the reader is taken as one more reason to reject that version.
 """
 
 from __future__ import annotations
@@ -109,14 +119,13 @@ class PolicySource:
                     )
                 self._policy = load_policy("{}")
                 self.loaded_from_file = False
-                self.last_error = None
-                self.reloads += 1
+                self._accepted()
             self._stamp = None
             return
         try:
             text = self._read(stamp[0])
             policy = load_policy(text)
-        except (PolicyError, OSError, UnicodeDecodeError) as exc:
+        except Exception as exc:  # whatever a file does, it must never stop the agent
             self._stamp = stamp  # do not re-read an unchanged bad file on every poll
             self._reject(exc)
             return
@@ -127,8 +136,19 @@ class PolicySource:
             log.warning("policy file %s is valid again; it is now in force", self.path)
         else:
             log.info("policy file %s loaded", self.path)
+        self._accepted()
+
+    def _accepted(self) -> None:
         self.last_error = None
+        self._logged_errors.clear()  # a later breakage is news again
         self.reloads += 1
+        if self._metrics is not None:
+            self._metrics.policy_valid.set(1)
+
+    @property
+    def kept(self) -> str:
+        """What is in force while the file is rejected, in words."""
+        return "the previous policy" if self.loaded_from_file else "the default policy"
 
     def _read(self, resolved: str) -> str:
         with open(resolved, "rb") as f:
@@ -141,16 +161,23 @@ class PolicySource:
         if isinstance(exc, PolicyError):
             why = str(exc)
         elif isinstance(exc, UnicodeDecodeError):
-            why = "the policy file is not UTF-8 text."
-        else:
-            why = f"the policy file cannot be read: {exc}"
+            why = f"the policy file is not UTF-8 text (byte {exc.start + 1})."
+        elif isinstance(exc, OSError):
+            why = f"the policy file cannot be read: {exc}."
+        else:  # a failure load_policy should have turned into a PolicyError
+            why = f"the policy file cannot be loaded: {type(exc).__name__}: {str(exc)[:200]!r}."
         self.last_error = why
         self.errors += 1
         if self._metrics is not None:
             self._metrics.policy_reload_errors.inc()
-        kept = "the previous policy" if self.loaded_from_file else "the default policy"
+            self._metrics.policy_valid.set(0)
         if why not in self._logged_errors:
             if len(self._logged_errors) >= 64:
                 self._logged_errors.clear()
             self._logged_errors.add(why)
-            log.error("INVALID oomguard policy in %s: %s %s stays in force.", self.path, why, kept)
+            log.error(
+                "INVALID oomguard policy in %s: %s %s stays in force.",
+                self.path,
+                why,
+                self.kept[0].upper() + self.kept[1:],
+            )
