@@ -272,6 +272,9 @@ class Reconciler:
             raise ValueError("node_memory_bytes must be positive")
         self.dry_run = dry_run
         self.policy_source = policy_source
+        # The policy the last pass used (the defaults before the first one).
+        self._last_policy = AdminPolicy()
+        self._policy_failing = False  # said once until a pass gets a policy again
         self._on_event = on_event
         self._metrics = metrics
         self._namespace_labels = namespace_labels
@@ -356,7 +359,7 @@ class Reconciler:
         `pods` are forgotten)."""
         started = time.perf_counter()
         report = PassReport(dry_run=self.dry_run)
-        policy = self.policy_source.current()
+        policy = self._policy_in_force(report)
         seen: set[str] = set()
         for pod in pods:
             seen.add(pod.uid)
@@ -375,6 +378,25 @@ class Reconciler:
             self._save_state(report)
         report.duration_s = time.perf_counter() - started
         return report
+
+    def _policy_in_force(self, report: PassReport) -> AdminPolicy:
+        """The provider's policy; if asking fails, the one the last pass used.
+
+        `PolicySource.current()` turns any bad file into a kept policy and never raises;
+        this is the last resort for any provider, so that nothing about the policy can
+        stop the pass (the agent's main loop): logged once until a pass succeeds.
+        """
+        try:
+            policy = self.policy_source.current()
+        except Exception:
+            report.errors += 1
+            if not self._policy_failing:
+                log.exception("the admin policy could not be read; the last one used stays")
+            self._policy_failing = True
+            return self._last_policy
+        self._policy_failing = False
+        self._last_policy = policy
+        return policy
 
     def _pod(self, pod: PodView, policy: AdminPolicy, report: PassReport) -> None:
         scores = kubelet_scores(pod, self.node_memory_bytes)
