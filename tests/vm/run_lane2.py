@@ -19,11 +19,14 @@ What it does (standard library only):
 3. In the guest: mount the Python image(s) over the same path(s), enable the memory
    controller in the root cgroup, run ``python -m pytest -m vm -p no:cacheprovider tests/vm
    [pytest args...]`` and write its output and exit code into the out dir.
-4. Stream that output here and exit with pytest's exit code. pytest's 5 ("no tests
+4. Stream that output here and judge it: pytest's exit code, then its summary. Every
+   `vm` test the host collects (same selection and args) must have passed; a skip
+   counts only if `ALLOWED_SKIPS` names its reason (none does), so a run where tests
+   skip, or fewer ran, fails although pytest exited 0. pytest's 5 ("no tests
    collected") is a failure here too.
 
 Exit codes: pytest's own; 100 when the set-up (host or guest side) failed or the VM gave no
-verdict; 124 on the hard timeout.
+verdict; 101 when pytest exited 0 but not every vm test passed; 124 on the hard timeout.
 
 Environment:
     OOMGUARD_LANE2_CACHE      cache dir (default ~/.cache/oomguard-lane2)
@@ -47,7 +50,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -67,9 +71,18 @@ REQUIRED_MODULES = ("pydantic", "psutil", "inotify_simple", "pytest")
 IMAGE_FORMAT = "1"  # bump to force every cached image to be rebuilt
 RUNS_KEPT_S = 24 * 3600  # out dirs of earlier runs older than this are removed
 
+APT_LOCK_WAIT_S = 300.0  # another apt run (other work on the machine) may hold the lock
+
 EXIT_SETUP_FAILED = 100
+EXIT_NOT_ALL_PASSED = 101
 EXIT_TIMEOUT = 124
 PYTEST_NO_TESTS = 5
+
+# Skips that lane 2 accepts, as regexes matched against pytest's "path:line: reason".
+# None today: the VM is the place where every `vm` test can run (it is root, cgroup v2
+# with the memory controller, the only kernel log writer), so a skip there means a test
+# did not test. A reason goes here only with a comment saying why the VM cannot help it.
+ALLOWED_SKIPS: tuple[re.Pattern[str], ...] = ()
 
 # No journal (the guest mounts it read-only), no reserved blocks.
 MKFS = ("mkfs.ext4", "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-L", "oomguard-py")
@@ -155,8 +168,27 @@ class Apt:
     def update_once(self) -> None:
         if not self.updated:
             with timed("apt-get update"):
-                run(["apt-get", "update"], "apt-get update", timeout=600)
+                self._update_waiting_for_the_lock()
             self.updated = True
+
+    @staticmethod
+    def _update_waiting_for_the_lock() -> None:
+        """apt-get update, waiting while another apt (another engineer's, a timer) holds
+        the lists lock: DPkg::Lock::Timeout covers dpkg's lock, not always that one."""
+        deadline = time.monotonic() + APT_LOCK_WAIT_S
+        while True:
+            try:
+                run(
+                    ["apt-get", "update", "-o", f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S:.0f}"],
+                    "apt-get update",
+                    timeout=600,
+                )
+                return
+            except SetupError as exc:
+                if "Could not get lock" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                say("apt-get update: another apt holds the lock; waiting")
+                time.sleep(5)
 
     def ensure_installed(self, packages: Sequence[str]) -> None:
         missing = [p for p in packages if not dpkg_installed(p)]
@@ -171,7 +203,7 @@ class Apt:
                     "-y",
                     "--no-install-recommends",
                     "-o",
-                    "DPkg::Lock::Timeout=300",
+                    f"DPkg::Lock::Timeout={APT_LOCK_WAIT_S:.0f}",
                     *missing,
                 ],
                 "apt-get install",
@@ -360,6 +392,120 @@ def ensure_image(tree: Path) -> Path:
     return image
 
 
+# ------------------------------------------------------------------------- the verdict
+#
+# pytest's exit code 0 also means "everything skipped": a lane whose tests all skip (a
+# fixture that no longer finds cgroup v2, a test that thinks it is not root) would pass
+# while testing nothing. So the run is judged on pytest's own counts: every `vm` test
+# the host collects must have passed in the VM.
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The last line of a run: "=== 11 passed, 1 skipped, 2 warnings in 73.21s (0:01:13) ===",
+# or under -q the same without the rules; "no tests ran in 0.01s" when nothing ran.
+_RUN_SUMMARY = re.compile(
+    r"^=*\s*(?P<body>no tests ran|\d+ [a-z]+(?:, \d+ [a-z]+)*) in [0-9.]+s(?: \([0-9:]+\))?\s*=*$"
+)
+_COUNT = re.compile(r"(\d+) ([a-z]+)")
+# A line of -rs (in -ra, -rA): "SKIPPED [2] tests/vm/test_x.py:55: the reason".
+_SKIPPED = re.compile(r"^SKIPPED \[(?P<n>\d+)\] (?P<where>\S+?:\d+): (?P<reason>.*)$")
+# The last line of --collect-only: "12/13 tests collected (1 deselected) in 0.79s".
+_COLLECTED = re.compile(r"^=*\s*(?:(?P<n>\d+)(?:/\d+)? tests? collected|no tests collected)")
+_PLURALS = {"errors": "error", "warnings": "warning"}
+_VERBOSITY = re.compile(r"^-(?:q+|v+)$|^--(?:quiet|verbose)$")
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """pytest's counts for one run, and the skips it reported with their reasons."""
+
+    counts: Mapping[str, int]  # "passed", "failed", "skipped", "error", "xfailed", ...
+    skips: tuple[tuple[int, str], ...] = ()  # (how many, "path:line: reason")
+
+    def count(self, outcome: str) -> int:
+        return self.counts.get(outcome, 0)
+
+
+def parse_summary(output: str) -> RunSummary | None:
+    """The counts of the last pytest run in `output`; None when it printed no summary
+    (it crashed, or was cut off) -- which is a failure, not zero tests."""
+    counts: dict[str, int] | None = None
+    skips: tuple[tuple[int, str], ...] = ()
+    pending: list[tuple[int, str]] = []  # a run's skip lines come before its summary
+    for raw in output.splitlines():
+        line = _ANSI.sub("", raw).strip()
+        if m := _SKIPPED.match(line):
+            pending.append((int(m["n"]), f"{m['where']}: {m['reason']}"))
+        elif m := _RUN_SUMMARY.match(line):
+            counts = {}
+            for n, word in _COUNT.findall(m["body"]):
+                key = _PLURALS.get(word, word)
+                counts[key] = counts.get(key, 0) + int(n)
+            skips, pending = tuple(pending), []
+    return None if counts is None else RunSummary(counts, skips)
+
+
+def judge(
+    summary: RunSummary | None,
+    expected: int,
+    allowed_skips: Sequence[re.Pattern[str]] = ALLOWED_SKIPS,
+) -> list[str]:
+    """What is wrong with a lane-2 run that should have passed `expected` tests; [] when
+    nothing is. A skip counts as a pass only when `allowed_skips` names its reason."""
+    if summary is None:
+        return ["the VM's output has no pytest summary line (crashed or cut off)"]
+    problems: list[str] = []
+    if expected == 0:
+        problems.append("the host collects no `vm` test: lane 2 would test nothing")
+    for outcome in ("failed", "error", "xfailed", "xpassed"):
+        if summary.count(outcome):
+            problems.append(f"{summary.count(outcome)} {outcome}")
+    allowed = 0
+    for n, skip in summary.skips:
+        if any(p.search(skip) for p in allowed_skips):
+            allowed += n
+        else:
+            problems.append(f"{n} skipped in the VM, where it must run: {skip}")
+    unexplained = summary.count("skipped") - sum(n for n, _ in summary.skips)
+    if unexplained > 0:
+        problems.append(f"{unexplained} skipped without a reason shown (run pytest with -rs)")
+    if summary.count("passed") + allowed != expected:
+        problems.append(
+            f"{summary.count('passed')} passed of the {expected} `vm` tests the host collects"
+        )
+    return problems
+
+
+def pytest_command(args: Sequence[str]) -> list[str]:
+    """The pytest command line lane 2 runs (in the guest; collected on the host)."""
+    return ["-m", "pytest", "-m", "vm", "-p", "no:cacheprovider", "tests/vm", *args]
+
+
+def collect_vm_tests(args: Sequence[str]) -> int:
+    """How many `vm` tests the guest's pytest (same selection, same args) must pass.
+
+    Counted on the host, where they are collected like in the guest (the lane-2
+    conftest only marks them skipped here): a test the guest fails to collect, or a
+    selection that shrank, then shows as a shortfall. Verbosity flags are left out so
+    that pytest prints its "N tests collected" line.
+    """
+    kept = [a for a in args if not _VERBOSITY.match(a)]
+    proc = subprocess.run(
+        [sys.executable, *pytest_command(kept), "--collect-only"],
+        cwd=REPO,
+        env=dict(os.environ, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", OOMGUARD_IN_VM="0"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    found = [m for line in proc.stdout.splitlines() if (m := _COLLECTED.match(line.strip()))]
+    if proc.returncode not in (0, PYTEST_NO_TESTS) or not found:
+        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+        raise SetupError(f"collecting the vm tests on the host: exit {proc.returncode}: {tail}")
+    return int(found[-1]["n"] or 0)
+
+
 # ------------------------------------------------------------------------------ the guest
 
 
@@ -400,7 +546,7 @@ cd "$REPO" || fail "cannot cd to $REPO"
 export OOMGUARD_IN_VM=1 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 PYTHONPATH="$REPO"
 export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 say "running pytest at $(cut -d' ' -f1 /proc/uptime) s"
-__PYTHON__ -m pytest -m vm -p no:cacheprovider tests/vm __ARGS__ >> "$LOG" 2>&1 < /dev/null
+__PYTHON__ __PYTEST__ >> "$LOG" 2>&1 < /dev/null
 rc=$?
 say "pytest exited $rc at $(cut -d' ' -f1 /proc/uptime) s"
 sync
@@ -428,7 +574,7 @@ def guest_script(out: Path, mounts: Sequence[tuple[str, Path]], pytest_args: Seq
         .replace("__REPO__", q(str(REPO)))
         .replace("__MOUNTS__", mount_lines)
         .replace("__PYTHON__", q(sys.executable))
-        .replace("__ARGS__", " ".join(q(a) for a in pytest_args))
+        .replace("__PYTEST__", " ".join(q(a) for a in pytest_command(pytest_args)))
     )
 
 
@@ -449,6 +595,7 @@ def boot(
     images: Sequence[tuple[str, Path, Path]],
     out: Path,
     pytest_args: Sequence[str],
+    expected: int,
 ) -> int:
     script = out / "guest.sh"
     script.write_text(guest_script(out, [(s, t) for s, _, t in images], pytest_args))
@@ -548,10 +695,15 @@ def boot(
         return EXIT_SETUP_FAILED
     if rc == PYTEST_NO_TESTS:
         say(f"FAILED: pytest collected no tests (exit 5) in {elapsed:.0f} s: lane 2 ran nothing")
-    elif rc == 0:
-        say(f"passed: pytest exit 0; VM run {elapsed:.0f} s")
-    else:
+    elif rc != 0:
         say(f"FAILED: pytest exit {rc}; VM run {elapsed:.0f} s (output: {output_log})")
+    elif problems := judge(parse_summary(output_log.read_text(errors="replace")), expected):
+        for problem in problems:
+            say(f"FAILED: {problem}")
+        say(f"FAILED: pytest exit 0, but not every vm test passed (output: {output_log})")
+        return EXIT_NOT_ALL_PASSED
+    else:
+        say(f"passed: all {expected} vm tests passed; VM run {elapsed:.0f} s")
     return rc
 
 
@@ -622,7 +774,9 @@ def main(argv: Sequence[str]) -> int:
             f"set-up ready in {time.monotonic() - start:.1f} s: kernel {version}, "
             f"python {sys.executable}, images {[str(t) for _, _, t in images]}"
         )
-        rc = boot(bin_dir, vmlinuz, images, new_out_dir(), argv)
+        expected = collect_vm_tests(argv)
+        say(f"{expected} vm tests to pass")
+        rc = boot(bin_dir, vmlinuz, images, new_out_dir(), argv, expected)
     except SetupError as exc:
         say(f"set-up failed: {exc}")
         return EXIT_SETUP_FAILED
