@@ -99,6 +99,9 @@ class CgroupWatch:
         self._removed: list[str] = []  # since the last take_removed()
         self._inotify: INotify | None = INotify(nonblocking=True) if push else None
         self.push_errors = 0
+        # Watched cgroups the kernel cannot push for (registration refused: a read-only
+        # cgroup mount, out of watches): their counters are read at each resync only.
+        self._unpushed: set[str] = set()
         self.rescans = 0
 
     # ----- the watched set -------------------------------------------------------
@@ -275,12 +278,30 @@ class CgroupWatch:
                 exc.errno, "cannot register for memory cgroup notifications", exc.filename
             ) from exc
         except OSError as exc:
-            # Out of watches or descriptors: the cgroup is still covered by the poll.
+            # A read-only mount (EROFS), out of watches or descriptors: the cgroup is
+            # still covered by the resync. Said once, not once per cgroup (a node has
+            # hundreds); the kernel log is then read every second (`engine`).
             self.push_errors += 1
-            log.warning("cannot watch %s for changes (%s); it is polled instead", cgroup, exc)
+            self._unpushed.add(cgroup)
+            if self.push_errors == 1:
+                log.warning(
+                    "cannot register for OOM notifications of %s (%s): cgroups whose "
+                    "registration fails are read at each resync instead; kills are still "
+                    "reported from the kernel log as soon as it is read",
+                    cgroup,
+                    exc.strerror or exc,
+                )
+            else:
+                log.debug("cannot watch %s for changes (%s)", cgroup, exc)
+
+    @property
+    def fully_pushed(self) -> bool:
+        """Every watched cgroup's kills are pushed by the kernel (no resync needed)."""
+        return self.push and not self._unpushed
 
     def _remove(self, cgroup: str, *, gone: bool = True) -> None:
         w = self._watched.pop(cgroup, None)
+        self._unpushed.discard(cgroup)
         if w is None:
             return
         if gone:
