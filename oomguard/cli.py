@@ -26,11 +26,13 @@ from oomguard.cgroups.hierarchy import (
 from oomguard.engine import OomWatcher
 from oomguard.output import human_line, json_line
 from oomguard.records import OomKill
+from oomguard.safe_text import EscapingFormatter
 from oomguard.scratch import ScratchError
 from oomguard.statefile import DEFAULT_STATE_DIR
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class UserError(Exception):
@@ -272,10 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_logging(level: str) -> None:
+    """Text logs on stderr, escaped (`safe_text`): they quote process names and cgroup
+    paths, which any process chooses. `run --log-format json` swaps the formatter."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)
     try:
         rc: int = args.func(args)
         return rc

@@ -60,6 +60,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from oomguard.kmsg_parse import KmsgRecord
+from oomguard.safe_text import decode
 
 __all__ = [
     "LINES_PER_US",
@@ -141,7 +142,7 @@ def parse_syslog_line(line: bytes) -> SyslogLine | None:
         level=prio & 7,
         time_us=None if sec is None else int(sec) * 1_000_000 + int(usec),
         caller=None if caller is None else caller.decode("ascii"),
-        message=line[m.end() :].decode("utf-8", errors="replace"),
+        message=decode(line[m.end() :]),
     )
 
 

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from oomguard.records import KernelOomKill
+from oomguard.safe_text import decode
 
 __all__ = [
     "KERNEL_FACILITY",
@@ -99,7 +100,7 @@ def parse_kmsg_record(raw: bytes) -> KmsgRecord | None:
         time_us=int(m["time_us"]),
         priority=prio & 7,
         facility=prio >> 3,
-        message=_unescape(text).decode("utf-8", errors="replace"),
+        message=decode(_unescape(text)),
     )
 
 

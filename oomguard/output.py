@@ -1,10 +1,16 @@
-"""How a record looks to a person and to a script (`watch` and `demo`)."""
+"""How a record looks to a person and to a script (`watch` and `demo`).
+
+The human line shows names and paths through `safe_text.escape` (a process names itself,
+and a terminal would obey the escapes in its name); the JSON line keeps the values as
+they are (JSON escapes control characters itself, and scripts need the raw value).
+"""
 
 from __future__ import annotations
 
 import json
 
 from oomguard.records import Constraint, OomKill
+from oomguard.safe_text import escape, json_text
 
 _WHY = {
     Constraint.CONTAINER: "its own memory limit",
@@ -27,23 +33,24 @@ def human_bytes(n: int | None) -> str:
 
 
 def json_line(kill: OomKill) -> str:
-    return json.dumps(kill.to_json_dict(), separators=(",", ":"), ensure_ascii=False)
+    body = {k: json_text(v) if isinstance(v, str) else v for k, v in kill.to_json_dict().items()}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 def human_line(kill: OomKill) -> str:
     ident = kill.identity
     if kill.pid is not None:
-        victim = f"pid {kill.pid} ({kill.command})"
+        victim = f"pid {kill.pid} ({escape(kill.command or '?')})"
     else:
         victim = "victim unknown (kernel log unreadable)"
     if ident.container_id:
-        where = f"container {ident.container_id[:12]}"
+        where = f"container {escape(ident.container_id[:12])}"
         if ident.pod_uid:
-            where += f" pod {ident.pod_uid} ({ident.qos})"
+            where += f" pod {escape(ident.pod_uid)} ({ident.qos})"
     elif ident.unit:
-        where = ident.unit
+        where = escape(ident.unit)
     else:
-        where = f"cgroup {kill.cgroup or '?'}"
+        where = f"cgroup {escape(kill.cgroup or '?')}"
     limit = (
         f", limit {human_bytes(kill.memory_limit_bytes)}"
         if kill.memory_limit_bytes is not None

@@ -13,6 +13,7 @@ import errno
 import os
 
 from oomguard.closing import Closing
+from oomguard.safe_text import decode
 
 _GONE_ERRNOS = frozenset({errno.ESRCH, errno.ENOENT})
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -56,7 +57,7 @@ class ProcHandle(Closing):
                 if not chunk:
                     break
                 chunks.append(chunk)
-            return b"".join(chunks).decode("utf-8", errors="replace")
+            return decode(b"".join(chunks))
         except OSError as exc:
             if exc.errno in _GONE_ERRNOS:
                 return None

@@ -15,6 +15,7 @@ from oomguard.cgroup_path import parse_cgroup_path
 from oomguard.cgroups.hierarchy import MemoryHierarchy
 from oomguard.procfs import ProcHandle, list_pids
 from oomguard.records import CgroupIdentity
+from oomguard.safe_text import escape, json_text
 from oomguard.score_state import WantedValue
 
 
@@ -39,7 +40,9 @@ class ProcessScore:
         return None if self.wanted is None else self.oom_score_adj == self.wanted.value
 
     def to_json_dict(self) -> dict[str, object]:
-        return {
+        """The raw values (JSON escapes controls itself); bytes that are not UTF-8 are
+        U+FFFD here, as they were before the readers kept them."""
+        body: dict[str, object] = {
             "pid": self.pid,
             "command": self.command,
             "oom_score": self.oom_score,
@@ -57,6 +60,7 @@ class ProcessScore:
             "pod_name": None if self.wanted is None else self.wanted.pod,
             "container_name": None if self.wanted is None else self.wanted.container,
         }
+        return {k: json_text(v) if isinstance(v, str) else v for k, v in body.items()}
 
 
 def _within(cgroup: str | None, root: str | None) -> bool:
@@ -131,6 +135,8 @@ def _ok(applied: bool | None) -> str:
 
 
 def format_table(rows: list[ProcessScore]) -> str:
+    """The human table. Every name in it is shown through `safe_text.escape`: a process
+    names itself, and `top` must not clear or rewrite the terminal of whoever runs it."""
     header = (
         f"{'PID':>7} {'OOM_SCORE':>9} {'ADJ':>5} {'WANT':>5} {'OK':<3} {'RSS':>9}  "
         f"{'QOS':<10} {'POD':<36} {'CONTAINER':<12} COMMAND"
@@ -146,6 +152,7 @@ def format_table(rows: list[ProcessScore]) -> str:
             pod, container = ident.pod_uid or ident.unit or "-", (ident.container_id or "-")[:12]
         lines.append(
             f"{p.pid:>7} {p.oom_score:>9} {p.oom_score_adj:>5} {want:>5} {_ok(p.applied):<3} "
-            f"{rss_mib:>9}  {(ident.qos or '-'):<10} {pod:<36} {container:<12} {p.command}"
+            f"{rss_mib:>9}  {(ident.qos or '-'):<10} {escape(pod):<36} {escape(container):<12} "
+            f"{escape(p.command)}"
         )
     return "\n".join(lines)

@@ -38,6 +38,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from oomguard import safe_text
 from oomguard.k8s.attribution import Target, TargetKind
 from oomguard.records import Constraint, OomKill
 
@@ -124,14 +125,21 @@ def event_name(key: AggregationKey, object_name: str, start: datetime) -> str:
 
 
 def truncate_utf8(text: str, limit: int = MESSAGE_LIMIT_BYTES) -> str:
-    """`text` cut to at most `limit` bytes of UTF-8, never splitting a character, with an
-    ellipsis to say something was cut."""
-    data = text.encode("utf-8")
-    if len(data) <= limit:
-        return text
-    ellipsis = "…"
-    keep = data[: limit - len(ellipsis.encode("utf-8"))]
-    return keep.decode("utf-8", errors="ignore") + ellipsis
+    """`text` cut to at most `limit` bytes of UTF-8, never splitting a character or an
+    escape sequence, with an ellipsis to say something was cut."""
+    return safe_text.truncate_utf8(text, limit)
+
+
+def safe_message(message: str) -> str:
+    """An Event message as the API gets it: nothing a terminal acts on, at most 1 KiB.
+
+    Messages made here are escaped value by value (`format_message`) and pass
+    unchanged; one built elsewhere with a raw control character in it is escaped whole,
+    so no Event ever carries one (`kubectl get events` prints messages raw).
+    """
+    if not safe_text.is_safe(message):
+        message = safe_text.escape(message)
+    return truncate_utf8(message)
 
 
 def _mib(value: int) -> str:
@@ -147,8 +155,12 @@ def _limit_bytes(kill: OomKill, target: Target) -> int | None:
 
 
 def _quote(text: str) -> str:
-    # Kernel comm names may hold quotes, spaces, anything but NUL: keep them on one line.
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """A name in double quotes, escaped by the one rule (`safe_text.escape`).
+
+    Kernel comm names may hold quotes, spaces, escapes, anything but NUL: the quote is
+    escaped too, so the name ends where the quotes say.
+    """
+    return '"' + safe_text.escape(text).replace('"', '\\"') + '"'
 
 
 def format_message(kill: OomKill, target: Target) -> str:
@@ -162,7 +174,9 @@ def format_message(kill: OomKill, target: Target) -> str:
     elif target.kind is TargetKind.POD:
         where = "A process in the pod (outside its containers)"
     else:
-        where = f"A process in cgroup {kill.cgroup or '/'}" if kill.cgroup else "A process"
+        where = (
+            f"A process in cgroup {safe_text.escape(kill.cgroup)}" if kill.cgroup else "A process"
+        )
     limit = _limit_bytes(kill, target)
     why = _WHY[kill.constraint].format(limit=f" ({_mib(limit)})" if limit is not None else "")
     parts = [f"{where} was OOM-killed: {why}."]
@@ -185,7 +199,7 @@ def format_message(kill: OomKill, target: Target) -> str:
     if kill.group_kill:
         parts.append("Part of a memory.oom.group kill of the whole cgroup.")
     if target.unresolved:
-        parts.append(f"Reported on the node: {target.unresolved}.")
+        parts.append(f"Reported on the node: {safe_text.escape(target.unresolved)}.")
     return truncate_utf8(" ".join(parts))
 
 
@@ -285,7 +299,7 @@ class EventBuilder:
             "metadata": metadata,
             "involvedObject": dict(involved_object),
             "reason": reason,
-            "message": truncate_utf8(message),
+            "message": safe_message(message),
             "type": type_,
             "source": {"component": REPORTING_COMPONENT, "host": self.node_name},
             "reportingComponent": REPORTING_COMPONENT,
@@ -323,7 +337,7 @@ def aggregate_patch(
     """
     patch: dict[str, Any] = {"count": count, "lastTimestamp": timestamp(last)}
     if message is not None:
-        patch["message"] = truncate_utf8(message)
+        patch["message"] = safe_message(message)
     if first is not None:
         patch["firstTimestamp"] = timestamp(first)
     if delivery:

@@ -297,6 +297,60 @@ def test_message_quotes_odd_process_names() -> None:
     assert '"we\\"ird\\nname"' in message and "\n" not in message
 
 
+# A process can name itself this (15 bytes of /proc/self/comm): printed raw by
+# `kubectl get events` it clears the screen, retitles the window and rewinds the line.
+HOSTILE_COMM = "\x1b[2J\x1b]0;pwn\x07\rX"
+
+
+def test_message_escapes_a_hostile_process_name() -> None:
+    message = format_message(make_kill(command=HOSTILE_COMM), pod_target())
+    assert 'Killed process "\\x1b[2J\\x1b]0;pwn\\x07\\rX" (pid 4242' in message
+    assert message.isprintable()
+
+
+def test_message_escapes_what_the_terminal_and_reader_would_act_on() -> None:
+    # C1 CSI, a bidi override, invalid UTF-8 (kept by the kernel log reader as
+    # surrogateescape), a literal "\x1b" typed by the process, a quote.
+    command = '\x9b2J\u202ex\udcff\\x1b"'
+    message = format_message(make_kill(command=command), pod_target())
+    assert 'Killed process "\\u009b2J\\u202ex\\xff\\\\x1b\\"" (pid' in message
+    assert message.isprintable()
+
+
+def test_node_event_escapes_the_cgroup_path() -> None:
+    cgroup = "/system.slice/evil\x1b[2J\u2066\udc80.scope"
+    kill = make_kill(container_id=None, pod_uid=None, cgroup=cgroup, command=HOSTILE_COMM)
+    body = BUILDER.create_body_for(BUILDER.occurrence(kill, Target.node("no pod")))
+    message = body["message"]
+    assert message.startswith("A process in cgroup /system.slice/evil\\x1b[2J\\u2066\\x80.scope ")
+    assert message.isprintable()
+
+
+def test_event_message_cut_after_escaping_never_inside_an_escape() -> None:
+    # Each \x1b becomes 4 bytes: the raw name would fit the limit, the escaped one not.
+    kill = make_kill(container_id=None, pod_uid=None, cgroup="/x" + "\x1b" * 400)
+    message = format_message(kill, Target.node())
+    assert len(message.encode()) <= MESSAGE_LIMIT_BYTES
+    assert message.endswith("\\x1b…")  # the cut falls between two escapes
+
+
+def test_event_body_escapes_a_message_built_elsewhere() -> None:
+    # Policy Events are worded by other parts; a raw control in one is escaped here.
+    body = BUILDER.create_body(
+        namespace="n",
+        name="x",
+        involved_object={},
+        reason="OOMGuardAnnotationInvalid",
+        message=f"value {HOSTILE_COMM} rejected",
+        first=T0,
+        last=T0,
+        count=1,
+    )
+    assert body["message"] == "value \\x1b[2J\\x1b]0;pwn\\x07\\rX rejected"
+    patch = aggregate_patch(count=2, last=T0, message=f"again {HOSTILE_COMM}")
+    assert patch["message"].isprintable()
+
+
 @pytest.mark.parametrize("char", ["a", "é", "€", "𝄞"])
 def test_message_truncated_utf8_safe(char: str) -> None:
     long_cgroup = "/system.slice/" + char * 3000

@@ -149,7 +149,7 @@ PARSE_CASES = [
     ),
     pytest.param(
         b"<6>[   12.345678] comm \x01\xc3\xa9\xff raw",
-        SyslogLine(0, 6, 12345678, None, "comm \x01\u00e9\ufffd raw"),
+        SyslogLine(0, 6, 12345678, None, "comm \x01\u00e9\udcff raw"),
         id="raw-bytes-not-escaped",
     ),
     pytest.param(

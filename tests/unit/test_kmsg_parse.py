@@ -133,7 +133,7 @@ def seq_of(lines: Sequence[Line], needle: str, nth: int = 0) -> int:
         pytest.param(
             # A comm cut at 15 bytes in the middle of a UTF-8 sequence.
             b"3,1,2,-;(\\xc3\\xa9\\xc3)\n",
-            KmsgRecord(1, 2, 3, 0, "(\u00e9\ufffd)"),
+            KmsgRecord(1, 2, 3, 0, "(\u00e9\udcc3)"),  # the byte kept (surrogateescape)
             id="broken-utf8",
         ),
         pytest.param(
@@ -765,8 +765,9 @@ def report_618(comm: bytes, *, path: bytes = b"/pod/ctr", pid: int = 5714) -> li
         (b"back\\slash", "back\\slash"),
         ("caf\u00e9".encode(), "caf\u00e9"),
         ("\u65e5\u672c\u8a9e".encode(), "\u65e5\u672c\u8a9e"),
-        ("\u00e9".encode() * 7 + b"\xc3", "\u00e9" * 7 + "\ufffd"),  # cut mid-character
-        (b"\xff\xfe", "\ufffd\ufffd"),
+        # Bytes that are not UTF-8 are kept (surrogateescape): shown as \xNN to people.
+        ("\u00e9".encode() * 7 + b"\xc3", "\u00e9" * 7 + "\udcc3"),  # cut mid-character
+        (b"\xff\xfe", "\udcff\udcfe"),
     ],
 )
 def test_command_names(comm: bytes, expected: str) -> None:
@@ -929,7 +930,7 @@ def test_escaped_records_round_trip(prio: int, seq: int, time_us: int, text: byt
         time_us=time_us,
         priority=prio % 8,
         facility=prio // 8,
-        message=text.decode("utf-8", errors="replace"),
+        message=text.decode("utf-8", errors="surrogateescape"),  # every byte kept
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from oomguard.cgroup_path import parse_cgroup_path
 from oomguard.score_state import WantedValue
 from oomguard.top import ProcessScore, format_table, with_wanted
@@ -133,3 +135,23 @@ def test_table_has_want_and_ok_columns_and_pod_names() -> None:
     assert "shop/web-0" in lines[1] and " app " in lines[1]
     assert lines[2].split()[:5] == ["2", "910", "900", "1000", "no"]
     assert lines[3].split()[:5] == ["3", "910", "900", "-", "-"]
+
+
+HOSTILE_COMM = "\x1b[2J\x1b]0;pwn\x07\rX"  # 15 bytes: fits /proc/self/comm
+
+
+def test_table_escapes_process_and_pod_names() -> None:
+    # The pod names come from the agent's published file, which top does not vouch for.
+    odd = dataclasses.replace(wanted(), pod="web\x1b]0;x\x07\u202e", container="a\rb")
+    rows = with_wanted([dataclasses.replace(row(5, CONTAINER), command=HOSTILE_COMM)], {CID: odd})
+    table = format_table(rows)
+    assert all(line.isprintable() for line in table.splitlines())
+    line = table.splitlines()[1]
+    assert line.endswith(" \\x1b[2J\\x1b]0;pwn\\x07\\rX")
+    assert " shop/web\\x1b]0;x\\x07\\u202e " in line and " a\\rb " in line
+
+
+def test_json_keeps_the_raw_name() -> None:
+    # JSON escapes control characters itself; scripts get the name as the process set it.
+    body = dataclasses.replace(row(5, CONTAINER), command=HOSTILE_COMM).to_json_dict()
+    assert body["command"] == HOSTILE_COMM
