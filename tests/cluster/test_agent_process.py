@@ -20,12 +20,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from oomguard.cgroups.counters import read_counters
 from oomguard.cgroups.hierarchy import MemoryHierarchy
 from oomguard.k8s.rbac import RBAC as AGENT_RBAC
 from oomguard.scratch import MIB, ScratchTree
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.system
 
 NODE = "node-a"
 NS = "shop"
+COUNTER_FILE = "oom-kill-counters.json"
 REPO = Path(__file__).resolve().parents[2]
 # The least the agent needs, as declared (oomguard/k8s/rbac.py; the chart's ClusterRole
 # is compared with it): (verb, resource) pairs, as the test API server authorizes them.
@@ -106,6 +108,13 @@ class Pod:
         hog = self._tree.start_hog(self.cgroup, process_name)
         assert hog.wait(timeout=30) == -signal.SIGKILL
         return hog.pid
+
+    def oom_kill_counter(self) -> int:
+        """The kernel's count of kills in the container's cgroup."""
+        hierarchy = self._tree.hierarchy
+        found = read_counters(hierarchy.version, hierarchy.fs_path(self.cgroup))
+        assert found is not None, f"{self.cgroup} is gone"
+        return found.oom_kill
 
 
 def events_by_pod(apiserver: ApiServer) -> dict[str, list[dict[str, Any]]]:
@@ -271,6 +280,42 @@ def pending_kills(state_dir: Path) -> int:
     return sum(int(p["count"]) for p in state["pending"] if p["ref"].startswith(f"{NS}/"))
 
 
+def handed_on(state_dir: Path) -> dict[str, int]:
+    """Per cgroup, the `oom_kill` count up to which the agent has handed every kill on
+    (oom-kill-counters.json, see oomguard/counter_snapshot.py)."""
+    try:
+        state = json.loads((state_dir / COUNTER_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {str(cgroup): int(n) for cgroup, n in state.get("oom_kill", {}).items()}
+
+
+def past_every_kill(
+    apiserver: ApiServer, state_dir: Path, marker: Pod, pods: Iterable[Pod]
+) -> None:
+    """Wait for proof that the running agent is done with every kill so far, so that a
+    duplicate of one would be on the server by now (a quiet pause proves nothing: a late
+    duplicate comes after any pause one picks).
+
+    - A later kill, in a pod of its own (`marker`), has its Event: the kernel log is
+      read in order, so every record before it (also those read back at a restart)
+      was taken, and the queue delivered past them.
+    - Every pod's `oom_kill` count is handed on in the agent's state: no counter
+      increase still waits out the grace for its report (which, unpaired, would become
+      a second record of the same kill).
+    - Nothing is pending in the event queue: no delivery is left to retry.
+    """
+    marker.oom_kill("marker")
+    wait_for(lambda: counts(apiserver).get(marker.uid) == [1], 30, "the later kill's Event")
+    every = [*pods, marker]
+    wait_for(
+        lambda: all(handed_on(state_dir).get(p.cgroup, 0) == p.oom_kill_counter() for p in every),
+        30,
+        "every kill counted by the kernel handed on",
+    )
+    wait_for(lambda: pending_kills(state_dir) == 0, 30, "nothing left to deliver")
+
+
 def stop(agent: AgentProcess) -> None:
     agent.signal(signal.SIGTERM)
     assert agent.wait(20) == 0, agent.log()
@@ -283,6 +328,7 @@ def test_kill_9_with_undelivered_events_delivers_them_after_restart_once(
     apiserver: ApiServer, tree: ScratchTree, start_agent: AgentFactory, state_dir: Path
 ) -> None:
     cart, shop = Pod(apiserver, tree, "cart-1"), Pod(apiserver, tree, "shop-1")
+    marker = Pod(apiserver, tree, "marker-1")
     agent = start_agent()
     apiserver.begin_outage()
     cart.oom_kill()
@@ -299,11 +345,12 @@ def test_kill_9_with_undelivered_events_delivers_them_after_restart_once(
     again = start_agent()
     expected = {cart.uid: [2], shop.uid: [1]}
     wait_for(lambda: counts(apiserver) == expected, 30, f"Events {expected}")
-    time.sleep(3)  # nothing more comes: no duplicate Event, no second patch of a count
+    past_every_kill(apiserver, state_dir, marker, [cart, shop])
+    # No duplicate Event, no second patch of a count; only the later kill is new.
+    expected[marker.uid] = [1]
     assert counts(apiserver) == expected
-    assert pending_kills(state_dir) == 0
-    # The restarted agent read nothing back from kmsg as new: its kill counter is 0.
-    assert again.metric("oomguard_oom_kills_total", f'namespace="{NS}"') == 0
+    # The restarted agent read nothing back from kmsg as new: it counted the later kill.
+    assert again.metric("oomguard_oom_kills_total", f'namespace="{NS}"') == 1
     stop(again)
     assert counts(apiserver) == expected
 
@@ -311,7 +358,7 @@ def test_kill_9_with_undelivered_events_delivers_them_after_restart_once(
 def test_restart_after_reported_kills_resends_nothing(
     apiserver: ApiServer, tree: ScratchTree, start_agent: AgentFactory, state_dir: Path
 ) -> None:
-    cart = Pod(apiserver, tree, "cart-1")
+    cart, marker = Pod(apiserver, tree, "cart-1"), Pod(apiserver, tree, "marker-1")
     agent = start_agent()
     pid = cart.oom_kill("cart-worker")
     wait_for(lambda: counts(apiserver) == {cart.uid: [1]}, 30, "the Event")
@@ -321,11 +368,12 @@ def test_restart_after_reported_kills_resends_nothing(
     writes = event_writes(apiserver)
 
     again = start_agent()
-    time.sleep(3)
+    past_every_kill(apiserver, state_dir, marker, [cart])
     stop(again)
-    (after,) = apiserver.objects(EVENTS, NS)
-    assert after == event  # same count, same resourceVersion: not touched
-    assert event_writes(apiserver) == writes  # not even a create that met a 409
+    after = events_by_pod(apiserver)
+    assert after[cart.uid] == [event]  # same count, same resourceVersion: not touched
+    # Only the later kill's Event was written: not even a create that met a 409.
+    assert event_writes(apiserver) == writes + 1
 
 
 def test_documented_rbac_is_enough_for_the_full_path(
@@ -364,7 +412,14 @@ def test_without_create_events_the_agent_says_so_and_stays_alive(
 
     wait_for(refused, 30, "a log line naming the forbidden verb")
     assert agent.metric("oomguard_events_failed_total") >= 1
-    time.sleep(2)
+    # Still at work after the refusal: a later kill is seen (not merely a process
+    # that has not exited yet).
+    cart.oom_kill()
+    wait_for(
+        lambda: agent.metric("oomguard_oom_kills_total", f'namespace="{NS}"') == 2,
+        30,
+        "the later kill counted",
+    )
     assert agent.healthy()
     assert agent.get("/readyz")[0] == 200
     assert "Traceback" not in agent.log()
@@ -380,6 +435,7 @@ def test_a_minute_long_outage_with_kills_during_it_loses_nothing(
     # bare "Memory cgroup out of memory: Killed process" line (the victim already a
     # zombie, whose /proc/PID/cgroup reads "/") into a system OOM on the Node.
     pods = [Pod(apiserver, tree, f"app-{i}") for i in range(3)]
+    marker = Pod(apiserver, tree, "marker-1")
     agent = start_agent()
     outage_s, kill_at = 60.0, (5.0, 25.0, 45.0)
     apiserver.begin_outage()
@@ -399,10 +455,10 @@ def test_a_minute_long_outage_with_kills_during_it_loses_nothing(
     expected = {p.uid: [1] for p in pods}
     # The sender's backoff is capped at 60 s (+1 s jitter): the next try comes within it.
     wait_for(lambda: counts(apiserver) == expected, 75, f"Events {expected}")
-    time.sleep(3)
+    past_every_kill(apiserver, state_dir, marker, pods)
+    expected[marker.uid] = [1]
     assert counts(apiserver) == expected
-    assert pending_kills(state_dir) == 0
-    assert agent.metric("oomguard_oom_kills_total", f'namespace="{NS}"') == 3
+    assert agent.metric("oomguard_oom_kills_total", f'namespace="{NS}"') == 4
     stop(agent)
 
 

@@ -11,8 +11,7 @@ event queue's memory of kill ids drops what was already submitted.
 from __future__ import annotations
 
 import signal
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from tests.cluster.test_agent_process import (
     event_writes,
     events_by_pod,
     free_port,
+    past_every_kill,
     pending_kills,
     stop,
     wait_for,
@@ -106,23 +106,36 @@ def the_event(apiserver: ApiServer, pod: Pod) -> dict[str, Any]:
 
 
 def nothing_more_on_restart(
-    apiserver: ApiServer, start: Starter, *, kmsg: bool, expected: dict[str, int]
+    apiserver: ApiServer,
+    start: Starter,
+    marker: Pod,
+    pods: Sequence[Pod],
+    *,
+    kmsg: bool,
+    expected: dict[str, int],
 ) -> None:
-    """One more restart: it finds nothing new, and touches no Event."""
+    """One more restart: it finds nothing new, and touches no Event of `pods`.
+
+    Checked once the restarted agent has provably gone past every earlier kill (a later
+    kill in `marker` reported, every count handed on: `past_every_kill`), so a kill it
+    wrongly found again would have been reported by then."""
     writes = event_writes(apiserver)
     again = start(kmsg=kmsg)
-    time.sleep(3)  # past the grace a counter increase waits for its report
+    past_every_kill(apiserver, start.state_dir, marker, pods)
     stop(again)
-    # Not even found again: the saved counters and kmsg position cover every kill.
-    assert "oom kill" not in again.log(), again.log()
-    assert kills_by_pod(apiserver) == expected
-    assert event_writes(apiserver) == writes
+    # Not even found again: the saved counters and kmsg position cover every kill. The
+    # one kill it logged is the later one.
+    logged = [line for line in again.log().splitlines() if "oom kill" in line]
+    assert len(logged) == 1 and marker.cid in logged[0], again.log()
+    assert kills_by_pod(apiserver) == {**expected, marker.uid: 1}
+    assert event_writes(apiserver) == writes + 1  # the later kill's Event, nothing else
 
 
 def test_kill_while_stopped_without_kernel_log_is_one_event_victim_unknown(
     apiserver: ApiServer, tree: ScratchTree, start: Starter, state_dir: Path
 ) -> None:
     before, cart = Pod(apiserver, tree, "before-1"), Pod(apiserver, tree, "cart-1")
+    markers = [Pod(apiserver, tree, f"marker-{i}") for i in range(2)]
     before.oom_kill()  # before the agent was installed: history, never reported
     stop(start(kmsg=False))
     assert (state_dir / COUNTER_FILE).exists()
@@ -136,17 +149,20 @@ def test_kill_while_stopped_without_kernel_log_is_one_event_victim_unknown(
     # Its own limit, told by the container's high-water mark (v1), not node pressure.
     assert event["reason"] == "OOMKilled", event
     assert "its memory limit (32.0 MiB) was reached" in event["message"], event["message"]
-    time.sleep(3)
-    assert kills_by_pod(apiserver) == {cart.uid: 1}
-    assert (kills_seen(again), found_again(again)) == (1, 0)
+    past_every_kill(apiserver, state_dir, markers[0], [before, cart])
+    expected = {cart.uid: 1, markers[0].uid: 1}
+    assert kills_by_pod(apiserver) == expected  # no second record of cart's kill
+    assert (kills_seen(again), found_again(again)) == (2, 0)
     stop(again)
-    nothing_more_on_restart(apiserver, start, kmsg=False, expected={cart.uid: 1})
+    pods = [before, cart, markers[0]]
+    nothing_more_on_restart(apiserver, start, markers[1], pods, kmsg=False, expected=expected)
 
 
 def test_kill_while_stopped_with_kernel_log_is_one_event_with_the_victim(
     apiserver: ApiServer, tree: ScratchTree, start: Starter
 ) -> None:
     cart = Pod(apiserver, tree, "cart-1")
+    markers = [Pod(apiserver, tree, f"marker-{i}") for i in range(2)]
     stop(start())
     pid = cart.oom_kill("cart-worker")
 
@@ -155,11 +171,14 @@ def test_kill_while_stopped_with_kernel_log_is_one_event_with_the_victim(
     event = the_event(apiserver, cart)
     assert "cart-worker" in event["message"] and str(pid) in event["message"], event
     assert event["count"] == 1
-    time.sleep(3)  # past the grace: the counter increase was the same kill, no second record
-    assert kills_by_pod(apiserver) == {cart.uid: 1}
-    assert (kills_seen(again), found_again(again)) == (1, 0)
+    # Past the grace of cart's counter increase (handed on): it was the same kill.
+    past_every_kill(apiserver, start.state_dir, markers[0], [cart])
+    expected = {cart.uid: 1, markers[0].uid: 1}
+    assert kills_by_pod(apiserver) == expected  # no second record of cart's kill
+    assert (kills_seen(again), found_again(again)) == (2, 0)
     stop(again)
-    nothing_more_on_restart(apiserver, start, kmsg=True, expected={cart.uid: 1})
+    pods = [cart, markers[0]]
+    nothing_more_on_restart(apiserver, start, markers[1], pods, kmsg=True, expected=expected)
 
 
 @pytest.mark.parametrize("kmsg", [True, False], ids=["kmsg", "counters-only"])
@@ -167,6 +186,7 @@ def test_kill_9_right_after_kills_reports_each_once(
     apiserver: ApiServer, tree: ScratchTree, start: Starter, state_dir: Path, kmsg: bool
 ) -> None:
     cart, shop = Pod(apiserver, tree, "cart-1"), Pod(apiserver, tree, "shop-1")
+    markers = [Pod(apiserver, tree, f"marker-{i}") for i in range(2)]
     agent = start(kmsg=kmsg)
     cart.oom_kill()
     shop.oom_kill()
@@ -179,10 +199,12 @@ def test_kill_9_right_after_kills_reports_each_once(
     expected = {cart.uid: 2, shop.uid: 1}
     again = start(kmsg=kmsg)
     wait_for(lambda: kills_by_pod(apiserver) == expected, 30, f"kills {expected}")
-    time.sleep(3)
+    past_every_kill(apiserver, state_dir, markers[0], [cart, shop])
+    expected[markers[0].uid] = 1
     assert kills_by_pod(apiserver) == expected
-    wait_for(lambda: pending_kills(state_dir) == 0, 10, "nothing left to deliver")
+    assert pending_kills(state_dir) == 0
     stop(again)
     assert kills_by_pod(apiserver) == expected
-    nothing_more_on_restart(apiserver, start, kmsg=kmsg, expected=expected)
+    pods = [cart, shop, markers[0]]
+    nothing_more_on_restart(apiserver, start, markers[1], pods, kmsg=kmsg, expected=expected)
     assert all(ev["involvedObject"]["namespace"] == NS for ev in apiserver.objects(EVENTS, NS))
