@@ -26,7 +26,7 @@ from oomguard.cgroups.hierarchy import (
 from oomguard.engine import OomWatcher
 from oomguard.output import human_line, json_line
 from oomguard.records import OomKill
-from oomguard.safe_text import EscapingFormatter
+from oomguard.safe_text import EscapingFormatter, escape
 from oomguard.scratch import ScratchError
 from oomguard.statefile import DEFAULT_STATE_DIR
 
@@ -109,7 +109,7 @@ def cmd_top(args: argparse.Namespace) -> int:
         root_cgroup = hierarchy.cgroup_of(_root_dir(hierarchy, args.cgroup_root))
     published = read_wanted(Path(args.state_dir), read_boot_id())
     if published.note is not None:
-        print(f"oomguard: WANT and OK are empty: {published.note}", file=sys.stderr)
+        print(f"oomguard: WANT and OK are empty: {escape(published.note)}", file=sys.stderr)
     elif published.dry_run:
         print(
             "oomguard: the agent runs with --dry-run: WANT is what it would set, it sets nothing",
@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except (UserError, HierarchyNotFound, ScratchError) as exc:
-        print(f"oomguard: {exc}", file=sys.stderr)
+        print(f"oomguard: {escape(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except PermissionError as exc:
         print(

@@ -116,3 +116,16 @@ def test_watch_prints_a_killed_hostile_name_escaped(tree: ScratchTree) -> None:
         pytest.skip("another kill on this host made the victim ambiguous (see conftest)")
     assert f"pid {hog.pid} ({SHOWN}) in container " in line
     assert not any(c in line for c in CONTROLS), line
+
+
+def test_an_error_about_a_hostile_path_is_one_escaped_sentence() -> None:
+    result = subprocess.run(
+        _oomguard("watch", "--cgroup-root", "/nonexistent/\x1b[2J\n\rx"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "oomguard: --cgroup-root /nonexistent/\\x1b[2J\\n\\rx: no such directory\n"
+    )
