@@ -17,7 +17,17 @@ COPY pyproject.toml README.md ./
 COPY oomguard ./oomguard
 # The install .ci/run exercises (there editable, with the test extras); pip compiles the
 # bytecode here, so the read-only root filesystem is never written at run time.
-RUN python3 -m pip install --no-cache-dir .
+# A builder behind a TLS-intercepting proxy or with a private index lends pip its
+# configuration as the build secret `pip.conf` (and the CA bundle that names, as
+# `pip-ca.crt`): `--secret id=pip.conf,src=FILE`. Secrets are mounted for this step
+# only and are in no layer; without them pip uses its defaults.
+# Then what the agent never runs goes: pip and setuptools (nothing is installed at run
+# time) and the Kubernetes client's asyncio twin, kubernetes.aio (68 MB; oomguard uses
+# the sync client, and nothing outside kubernetes/aio imports it).
+RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-ca.crt \
+    PIP_CONFIG_FILE=/run/secrets/pip.conf python3 -m pip install --no-cache-dir . \
+ && python3 -m pip uninstall --yes --quiet pip setuptools \
+ && rm -r /opt/oomguard/lib/python3*/site-packages/kubernetes/aio
 
 # -- runtime: the slim base plus the virtual environment, nothing else ----------------
 FROM ${PYTHON_IMAGE}
