@@ -37,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_ENV = "OOMGUARD_LANE3_CACHE"
+CONTEXT_ENV = "OOMGUARD_LANE3_CONTEXT"
 DEFAULT_CACHE = Path("/var/tmp/oomguard-lane3")
 APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 SUITE = "bookworm"
@@ -190,6 +191,12 @@ def pip_loan(into: Path) -> PipLoan:
     return PipLoan(config, ca_bundle, lent)
 
 
+def build_context() -> Path:
+    """The repository, or `$OOMGUARD_LANE3_CONTEXT` (another tree, e.g. an older commit's
+    `git archive`, to see what the lane says of it)."""
+    return Path(os.environ.get(CONTEXT_ENV) or REPO)
+
+
 def build(base: str, tag: str, loan: PipLoan, timings: dict[str, float]) -> str:
     """`podman build` of the repository's Dockerfile on `base`; returns the image id."""
     secrets = ["--secret", f"id=pip.conf,src={loan.config}"]
@@ -198,7 +205,7 @@ def build(base: str, tag: str, loan: PipLoan, timings: dict[str, float]) -> str:
     started = time.monotonic()
     podman(
         *("build", "--quiet", "--build-arg", f"PYTHON_IMAGE={base}", *secrets),
-        *(*ulimit_flags(), "--tag", tag, "--file", str(REPO / "Dockerfile"), str(REPO)),
+        *(*ulimit_flags(), "--tag", tag, "--file", str(REPO / "Dockerfile"), str(build_context())),
         timeout_s=900,
     )
     timings["build_s"] = time.monotonic() - started
