@@ -556,6 +556,8 @@ class KubernetesApi(kmock.KubernetesScaffold):
     _closing: bool = attrs.field(default=False, init=False)
     _streams: dict[int, aiohttp.web.BaseRequest] = attrs.field(factory=dict, init=False)
     _failures: list[_FailureRule] = attrs.field(factory=list, init=False)
+    # (verb, resource) -> seconds every matching request waits before it is answered.
+    _delays: dict[tuple[str | None, str | None], float] = attrs.field(factory=dict, init=False)
     records: list[RequestRecord] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -613,6 +615,16 @@ class KubernetesApi(kmock.KubernetesScaffold):
             )
             self._inject_failure(verb, plural)
             self._authorize(verb, plural, request)
+            delay = max(
+                (
+                    d
+                    for (v, r), d in self._delays.items()
+                    if v in (None, verb) and r in (None, plural)
+                ),
+                default=0.0,
+            )
+            if delay:
+                await asyncio.sleep(delay)  # a slow apiserver: the answer comes, late
         return await super()._handle(request)
 
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
@@ -779,6 +791,9 @@ class KubernetesApi(kmock.KubernetesScaffold):
 
     def add_failures(self, count: int, status: int, verb: str | None, resource: str | None) -> None:
         self._failures.append(_FailureRule(count, status, verb, resource))
+
+    def set_delay(self, seconds: float, verb: str | None, resource: str | None) -> None:
+        self._delays[(verb, resource)] = seconds
 
     def objects(self, rtype: ResourceType, namespace: str | None = None) -> list[JSON]:
         return [
@@ -1233,6 +1248,12 @@ class ApiServer:
     ) -> None:
         """Answer the next `count` matching resource requests with this status."""
         self.run(lambda: self.handler.add_failures(count, status, verb, resource))
+
+    def slow_down(
+        self, seconds: float, *, verb: str | None = None, resource: str | None = None
+    ) -> None:
+        """Answer every matching resource request `seconds` late (0: on time again)."""
+        self.run(lambda: self.handler.set_delay(seconds, verb, resource))
 
     def drop_streams(self) -> int:
         """Cut every open watch connection mid-stream (no chunked terminator)."""

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -474,3 +475,40 @@ def test_sigterm_flushes_a_kill_made_just_before_it(
     assert agent.wait(20) == 0, agent.log()
     assert counts(apiserver) == {cart.uid: [1]}, agent.log()
     assert pending_kills(state_dir) == 0
+
+
+def test_an_api_answering_in_5_s_delays_only_the_events(
+    apiserver: ApiServer, tree: ScratchTree, start_agent: AgentFactory
+) -> None:
+    """Detection and the record do not wait for the API: every kill is counted and
+    logged (with its victim and time) while the Event writes are still in flight, and
+    the Events catch up with exact counts."""
+    cart, shop = Pod(apiserver, tree, "cart-1"), Pod(apiserver, tree, "shop-1")
+    agent = start_agent()
+    apiserver.slow_down(5.0, resource="events")
+
+    def logged() -> list[dict[str, Any]]:
+        prefix = "oom kill: "
+        return [
+            json.loads(line.split(prefix, 1)[1])
+            for line in agent.log().splitlines()
+            if prefix in line and line.split(prefix, 1)[1].startswith("{")
+        ]
+
+    victims = [cart.oom_kill("cart-worker")]
+    wait_for(lambda: len(logged()) == 1, 30, "the first record logged")
+    # Positive evidence that the record did not wait: its Event is still in flight.
+    assert apiserver.objects(EVENTS, NS) == []
+    victims += [cart.oom_kill("cart-worker"), shop.oom_kill()]
+    reaped = time.time()
+    records = wait_for(lambda: len(logged()) == 3 and logged(), 30, "3 records logged")
+    assert agent.metric("oomguard_oom_kills_total", f'namespace="{NS}"') == 3
+    assert sorted(r["pid"] for r in records) == sorted(victims)
+    for record in records:
+        stamped = datetime.fromisoformat(record["time"].replace("Z", "+00:00")).timestamp()
+        assert stamped <= reaped  # the kill's time, not the delivery's
+    expected = {cart.uid: [2], shop.uid: [1]}
+    wait_for(lambda: counts(apiserver) == expected, 60, f"Events {expected}")
+    apiserver.slow_down(0.0, resource="events")
+    stop(agent)
+    assert counts(apiserver) == expected
