@@ -1,0 +1,112 @@
+"""`oomguard run` given a hostile admin policy file (issue 14): it keeps running.
+
+A ConfigMap edit the agent cannot read must not stop it (before: a nested list raised
+RecursionError out of the reconcile pass and the agent exited, and crash-looped with
+the same ConfigMap). What the operator should see instead: the pods keep what the last
+good policy gave them, one OOMGuardPolicyInvalid Warning on the Node saying why, and
+`oomguard_policy_valid` at 0 until the file is fixed.
+
+Real cgroups and processes on lane 1, the real client over real HTTP to the test API
+server; the agent runs in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oomguard.agent import Agent
+from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.k8s.client import KubeApi
+from oomguard.scratch import ScratchTree
+from oomguard.settings import load_settings
+from tests.cluster.apiserver import EVENTS, ApiServer
+from tests.cluster.test_agent import (
+    KUBELET_VALUE,
+    NODE,
+    PROTECTED,
+    PassCounter,
+    RunningAgent,
+    app_pod,
+    get_adj,
+    set_adj,
+    wait_for,
+)
+from tests.system.conftest import lane1_hierarchy
+
+pytestmark = pytest.mark.system
+
+TRUST_DB = "trusted_namespaces: {names: [db]}\n"
+NESTED = "[" * 100_000 + "]" * 100_000  # 200 kB, under the 1 MiB cap
+
+
+@pytest.fixture
+def hierarchy() -> MemoryHierarchy:
+    return lane1_hierarchy()
+
+
+def replace(path: Path, text: str) -> None:
+    """Change the file all at once, as the kubelet's ConfigMap update does."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_an_unreadable_policy_keeps_the_last_good_one_and_says_so_once(
+    apiserver: ApiServer, kubeconfig: Path, tree: ScratchTree, tmp_path: Path
+) -> None:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(TRUST_DB)
+    apiserver.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    pod = app_pod(str(uuid.uuid4()), secrets.token_hex(32))
+    pod["metadata"]["namespace"] = "db"
+    pod["metadata"]["annotations"] = {"oomguard.io/protect": "true"}
+    apiserver.apply(pod)
+    uid = pod["metadata"]["uid"]
+    cid = pod["status"]["containerStatuses"][0]["containerID"].split("//")[1]
+    proc = tree.start_sleeper(tree.make(f"kubepods/burstable/pod{uid}/{cid}"), "db")
+    set_adj(proc.pid, KUBELET_VALUE)
+    settings = load_settings(
+        node_name=NODE,
+        kubeconfig=str(kubeconfig),
+        cgroup_root=str(tree.top),
+        state_dir=tmp_path / "state",
+        metrics_address="127.0.0.1:0",
+        reconcile_interval_s=0.2,
+        policy_file=policy_file,
+    )
+    agent = Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig))
+    valid: Callable[[], float | None] = lambda: agent.metrics.registry.get_sample_value(  # noqa: E731
+        "oomguard_policy_valid"
+    )
+
+    def invalid_events() -> list[dict[str, Any]]:
+        events = apiserver.objects(EVENTS, "default")
+        return [e for e in events if e["reason"] == "OOMGuardPolicyInvalid"]
+
+    with RunningAgent(agent) as running:
+        passes = PassCounter(running)
+        wait_for(lambda: get_adj(proc.pid) == PROTECTED)  # the good policy trusts db
+        replace(policy_file, NESTED)
+        (event,) = wait_for(invalid_events)
+        passes.wait_for_more(5)  # the loop goes on, and says it only once
+        assert len(invalid_events()) == 1
+        assert valid() == 0
+        assert get_adj(proc.pid) == PROTECTED  # the last good policy is still in force
+        assert running.alive()[0]
+
+        replace(policy_file, TRUST_DB + "# fixed\n")
+        wait_for(lambda: valid() == 1)
+        assert running.policy.last_error is None
+
+    assert event["type"] == "Warning"
+    assert event["involvedObject"]["kind"] == "Node"
+    message = event["message"]
+    assert "nested more than 32 levels deep" in message
+    assert "the previous policy stays in force" in message
