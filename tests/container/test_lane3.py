@@ -349,6 +349,11 @@ def test_run_in_the_container_is_ready_steers_and_delivers_the_event(
             assert delivered["type"] == "Warning"
             assert delivered["involvedObject"]["name"] == "cart-1"
 
+            # The agent's peak memory in its container's cgroup (the chart's limit: 256Mi).
+            (peak,) = tree.hierarchy.fs_path(containers.parents[-1].path).glob(
+                "libpod-*/memory.max_usage_in_bytes"
+            )
+            report({"run_container_peak_memory_MiB": int(peak.read_text()) // MIB})
             # SIGTERM, as the kubelet stops it: a clean exit within the grace period.
             box.close()
             assert box.proc.returncode == 0, box.stderr()[-3000:]
