@@ -21,11 +21,12 @@ What the kernel guarantees, and what follows:
   the last look may be a minute (or, idle on a real node, hours) old.
 
 The old estimate, the middle of that bracket, was therefore early by half the idle
-time: 30 s after 60 s idle. The estimate now is the tightest upper bound seen from
-prompt reads (the anchor), kept as it was (real drift is ppm: 0.6 ms in 10 min at
-1 ppm) and replaced by a newer prompt bound whenever that is lower than the old one
-could be by now (aged at MAXFREQ), which is also how a drift is followed: a kill's
-own prompt read re-anchors it. Before any prompt read, the prior is 0 (both clocks
+time: 30 s after 60 s idle. The middle is used only while the bracket is narrow
+(TIGHT_BRACKET_S: the reads of one report follow each other by milliseconds); else the
+estimate is the tightest upper bound seen from prompt reads (the anchor), kept as it
+was (real drift is ppm: 0.6 ms in 10 min at 1 ppm) and replaced by a newer prompt bound
+whenever that is lower than the old one could be by now (aged at MAXFREQ), which is
+also how a drift is followed: a kill's own prompt read re-anchors it. Before any prompt read, the prior is 0 (both clocks
 count from boot). Either is clamped into the bracket of every bound seen, each aged
 by MAXFREQ (`bound_above`, `bound_below`), so a wrong prior or stale anchor cannot
 leave what the reads prove.
@@ -100,6 +101,9 @@ class KernelClock:
 
     MAX_DRIFT = 500e-6  # s/s: MAXFREQ, the NTP frequency adjustment limit (500 ppm)
     PRIOR_OFFSET_S = 0.0  # both clocks count from boot
+    # A bracket this narrow (both sides fresh: the reads of a kill's own report follow
+    # each other by milliseconds) is better than either side: its middle is the estimate.
+    TIGHT_BRACKET_S = 0.02
 
     def __init__(self, offset_us: int | None = None, *, at_mono: float | None = None) -> None:
         seed = None if offset_us is None else (offset_us / 1e6, at_mono)
@@ -160,6 +164,8 @@ class KernelClock:
     def offset_s(self, now_mono: float) -> float:
         """Seconds to add to a stamp to get CLOCK_MONOTONIC: the best estimate."""
         lower, upper = self._bracket(now_mono)
+        if lower is not None and upper is not None and upper - lower <= self.TIGHT_BRACKET_S:
+            return (upper + lower) / 2 if upper >= lower else lower
         estimate = self.PRIOR_OFFSET_S if self._anchor is None else self._anchor[0]
         if upper is not None:
             estimate = min(estimate, upper)

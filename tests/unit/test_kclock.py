@@ -27,8 +27,8 @@ def test_reads_bracket_the_offset() -> None:
     assert clock.middle_offset_s(100.012) == pytest.approx(0.011)
     assert clock.uncertainty_s(100.012) == pytest.approx(0.002)
     assert clock.middle(100_000_000, 100.012) == pytest.approx(100.011)
-    # Not prompted by a kernel signal: the estimate is the prior, clamped into the bracket.
-    assert clock.offset_s(100.012) == pytest.approx(0.010)
+    # A bracket this narrow: its middle is the estimate.
+    assert clock.offset_s(100.012) == pytest.approx(0.011)
     # A later read that tightens neither side changes nothing but the age.
     clock.note_read(100.030, 100_010_000, oldest_us=100_010_000, previous_mono=100.012)
     assert clock.uncertainty_s(100.030) == pytest.approx(0.002 + 2 * DRIFT * 0.018)
@@ -39,9 +39,13 @@ def test_a_prompt_read_anchors_the_estimate() -> None:
     clock.note_read(10.0105, 10_000_000, prompt=True)  # printed just before 10.0105
     assert clock.offset_s(10.0105) == pytest.approx(0.0105)
     assert math.isinf(clock.uncertainty_s(10.0105))
-    clock.bound_below(0.0075, 10.0105)
+    clock.bound_below(0.0075, 10.0105)  # a narrow bracket: its middle
     assert clock.middle_offset_s(10.0105) == pytest.approx(0.009)
-    assert clock.offset_s(10.0105) == pytest.approx(0.0105)  # the anchor, not the middle
+    assert clock.offset_s(10.0105) == pytest.approx(0.009)
+    later = KernelClock()
+    later.note_read(10.0105, 10_000_000, prompt=True)
+    later.bound_below(-0.5, 10.0105)
+    assert later.offset_s(10.0105) == pytest.approx(0.0105)
 
 
 def _idle_then_kill(clock: KernelClock, offset: float, start: float, idle_s: float) -> float:
