@@ -449,7 +449,12 @@ def install_signal_handlers(agent: Agent) -> None:
 
 
 class JsonLogFormatter(logging.Formatter):
-    """One JSON object per log line (`--log-format json`), for log pipelines."""
+    """One JSON object per log line (`--log-format json`), for log pipelines.
+
+    ASCII only: a process name or cgroup path in a message may hold C1 controls, bidi
+    overrides or undecodable bytes (kept as lone surrogates), which JSON would pass on
+    raw to whoever reads `kubectl logs` in a terminal, or fail to encode at all.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, object] = {
@@ -460,4 +465,4 @@ class JsonLogFormatter(logging.Formatter):
         }
         if record.exc_info:
             body["exception"] = self.formatException(record.exc_info)
-        return json.dumps(body, ensure_ascii=False)
+        return json.dumps(body, ensure_ascii=True)
