@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +81,9 @@ def test_an_unreadable_policy_keeps_the_last_good_one_and_says_so_once(
         policy_file=policy_file,
     )
     agent = Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig))
-    valid: Callable[[], float | None] = lambda: agent.metrics.registry.get_sample_value(  # noqa: E731
-        "oomguard_policy_valid"
-    )
+
+    def valid() -> float | None:
+        return agent.metrics.registry.get_sample_value("oomguard_policy_valid")
 
     def invalid_events() -> list[dict[str, Any]]:
         events = apiserver.objects(EVENTS, "default")
