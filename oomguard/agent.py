@@ -56,7 +56,7 @@ from oomguard.policy_file import PolicySource
 from oomguard.reconciler import Reconciler
 from oomguard.records import HandedOn, OomKill
 from oomguard.settings import RunSettings
-from oomguard.statefile import StateFile
+from oomguard.statefile import StateFile, StateWrites, load_json
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,8 @@ class _Position:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> _Position:
+        data = load_json(raw)  # StateFileError (a ValueError) when not JSON or too deep
         try:
-            data = json.loads(raw)
             return cls(int(data["seq"]), str(data["boot_id"]), str(data.get("source", "kmsg")))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a kernel log position ({type(exc).__name__}: {exc})") from None
@@ -93,7 +93,9 @@ class KmsgPosition(StateFile[_Position]):
     are different numbers, so the file says whose it is (`source`; absent: kmsg).
     """
 
-    def __init__(self, state_dir: Path, boot_id: str | None) -> None:
+    def __init__(
+        self, state_dir: Path, boot_id: str | None, writes: StateWrites | None = None
+    ) -> None:
         super().__init__(
             state_dir / KMSG_POSITION_FILE,
             boot_id,
@@ -103,6 +105,7 @@ class KmsgPosition(StateFile[_Position]):
             "down are known only from the cgroup counters",
             unsaved="after a restart, kernel log reports already handed on are read again "
             "(the event queue drops the kills it remembers)",
+            writes=writes,
         )
 
     def resume_after(self, source: str = "kmsg") -> int | None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oomguard.records import HandedOn
-from oomguard.statefile import StateFile, parse_versioned
+from oomguard.statefile import StateFile, StateWrites, parse_versioned
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,9 @@ def apply_handed_on(current: Mapping[str, int] | None, mark: HandedOn) -> dict[s
 class CounterSnapshotFile(StateFile[CounterSnapshot]):
     """The agent's side: load once at start, then save each snapshot that differs."""
 
-    def __init__(self, state_dir: Path, boot_id: str | None) -> None:
+    def __init__(
+        self, state_dir: Path, boot_id: str | None, writes: StateWrites | None = None
+    ) -> None:
         super().__init__(
             Path(state_dir) / STATE_FILE,
             boot_id,
@@ -135,6 +137,7 @@ class CounterSnapshotFile(StateFile[CounterSnapshot]):
             stale="counter baselines are taken from disk",
             unsaved="after a restart, OOM kills already reported may be found again (the "
             "event queue drops those it remembers)",
+            writes=writes,
         )
         # The `oom` counts `load` found (None: none, or a file without them).
         self.loaded_limit_hits: dict[str, int] | None = None

@@ -17,15 +17,17 @@ One JSON file, `oom-score-adj.json`, written by the agent's reconciler, for two 
                  "pod_uid": "...", "container": "app", "value": 1000,
                  "outcome": "applied"}]}
 
-The file is written (crash-safe, through `statefile.atomic_write`) only when what it says
+The file is written (crash-safe, following no symlink, through `statefile`) only when what it says
 changes, never by a pass that changes nothing. A dry run writes no process, so it adds
 nothing to `applied`; its `wanted` says what it would set (and `dry_run` says so).
 
 A file from another boot is ignored: every process is new after a reboot, none carries a
 value this agent wrote, and "restoring" would overwrite values someone else set. A file
-that is unreadable, or in a format this version does not know, is moved aside as
+that is unreadable, or in a format this version does not know (or not a regular file,
+larger than `statefile.MAX_STATE_FILE_BYTES`, JSON nested too deeply), is moved aside as
 `<name>.corrupt-<time>` with a log line, and the agent starts without it; it is never
-fatal. `oomguard top` only reads the file (`read_wanted`) and never moves it.
+fatal. `oomguard top` only reads the file (`read_wanted`), with the same bounds, and
+never moves it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oomguard.statefile import StateFile, parse_versioned
+from oomguard.statefile import (
+    StateFile,
+    StateFileError,
+    StateWrites,
+    parse_versioned,
+    read_capped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +183,9 @@ def _score(item: dict[str, Any], key: str) -> int:
 class ScoreStateFile(StateFile[ScoreState]):
     """The agent's side: load once at start, then save each state that differs."""
 
-    def __init__(self, state_dir: Path, boot_id: str | None) -> None:
+    def __init__(
+        self, state_dir: Path, boot_id: str | None, writes: StateWrites | None = None
+    ) -> None:
         super().__init__(
             Path(state_dir) / STATE_FILE,
             boot_id,
@@ -185,6 +195,7 @@ class ScoreStateFile(StateFile[ScoreState]):
             "keeps its last value until the container restarts)",
             stale="every process is new, so the oom_score_adj values written then are moot",
             unsaved="an agent restart would forget which oom_score_adj values oomguard set",
+            writes=writes,
         )
 
     def load(self) -> ScoreState | None:
@@ -226,13 +237,15 @@ def read_wanted(state_dir: Path, boot_id: str | None) -> PublishedWants:
     """The agent's wanted values, for `top`; never raises, never changes the file."""
     path = Path(state_dir) / STATE_FILE
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path)
     except FileNotFoundError:
         return PublishedWants(
             {},
             note=f"no {STATE_FILE} in {state_dir} (no oomguard agent has run here with "
             "this --state-dir)",
         )
+    except StateFileError as exc:
+        return PublishedWants({}, note=f"{path} is unreadable: {exc}")
     except OSError as exc:
         return PublishedWants({}, note=f"cannot read {path}: {exc.strerror or exc}")
     try:

@@ -26,9 +26,13 @@ meets 409 AlreadyExists reads the Event: if it carries this batch's id the first
 through, else (another run of the agent made it, its state lost) the counts add up.
 Reading the Event uses an empty patch, so the RBAC stays events create + patch.
 
-State writes are atomic (temp file, fsync, rename, fsync of the directory): a crash
-mid-write leaves the old state or the new one. A state file that cannot be read as ours
-is moved aside as `<name>.corrupt-<timestamp>` with a log line, and the agent goes on.
+State is written and read through `statefile`, as every state file of the agent: writes
+are atomic (temp file, fsync, rename, fsync of the directory; a crash mid-write leaves the
+old state or the new one) and follow no symlink; a state file that cannot be used as
+ours (not JSON, nested too deeply, over `max_state_bytes`, not a regular file, another
+format) is moved aside as `<name>.corrupt-<timestamp>` with a log line, and the agent
+goes on. A failed write (the disk full or read-only) leaves everything in memory and
+delivery goes on; it is said once (`StateWrites`) and tried again (`retry_persist`).
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ from oomguard.k8s.events import (
     aggregate_patch,
 )
 from oomguard.records import OomKill
-from oomguard.statefile import atomic_write, read_boot_id
+from oomguard.statefile import StateFile, StateWrites, parse_versioned, read_boot_id
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +218,11 @@ class EventQueueSettings:
     # late kill for one finds it again through 409 AlreadyExists.
     forget_after_window_s: float = 300.0
     max_events_tracked: int = 10_000
+    # The most the state file may hold, read or written. At the bounds above, with the
+    # longest names the API allows (253) and 1 KiB messages, the file is 17 MiB and
+    # parsing it takes ~63 MiB (measured); 32 MiB leaves room for long cgroup paths in
+    # kill ids and keeps a start's parse inside the chart's 256 MiB memory limit.
+    max_state_bytes: int = 32 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +249,7 @@ class EventQueue:
         settings: EventQueueSettings | None = None,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        writes: StateWrites | None = None,
     ) -> None:
         self.settings = settings or EventQueueSettings()
         if self.settings.max_pending < 1:
@@ -251,8 +261,20 @@ class EventQueue:
         self._events: dict[str, _EventState] = {}
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._counters = QueueCounters()
+        self._file: StateFile[_SavedQueue] | None = None
+        self._unsaved = False  # the last write failed: memory is ahead of the file
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._file = StateFile(
+                self.state_dir / STATE_FILE,
+                None,
+                _SavedQueue.from_bytes,
+                log=log,
+                without="started empty (undelivered Events in it are lost)",
+                unsaved="an agent restart now would lose the Events not yet delivered",
+                writes=writes,
+                max_bytes=self.settings.max_state_bytes,
+            )
             self._load()
 
     # -- the detector side ------------------------------------------------------------
@@ -385,6 +407,16 @@ class EventQueue:
         with self._lock:
             self._persist()
 
+    def retry_persist(self) -> None:
+        """Write the state if the last write failed (the disk was full or read-only).
+
+        Called by the agent's loop, so the file catches up once space returns even when
+        nothing changes.
+        """
+        with self._lock:
+            if self._unsaved:
+                self._persist()
+
     # -- internals (callers hold the lock) --------------------------------------------
 
     def _count(self, **deltas: int) -> None:
@@ -492,8 +524,7 @@ class EventQueue:
         return None if self.state_dir is None else self.state_dir / STATE_FILE
 
     def _persist(self) -> None:
-        path = self.state_path
-        if path is None:
+        if self._file is None:
             return
         state = {
             "format": STATE_FORMAT,
@@ -502,68 +533,59 @@ class EventQueue:
             "pending": [e.to_json() for e in self._pending],
             "seen": list(self._seen),
         }
-        try:
-            atomic_write(path, json.dumps(state, separators=(",", ":")).encode())
-        except OSError as exc:
-            # A full or read-only disk must not stop delivery: memory still holds it all.
+        # A full or read-only disk must not stop delivery: memory still holds it all.
+        self._unsaved = not self._file.write_bytes(
+            json.dumps(state, separators=(",", ":")).encode()
+        )
+        if self._unsaved:
             self._count(persist_errors=1)
-            log.error("cannot write event queue state %s: %s; keeping it in memory", path, exc)
 
     def _load(self) -> None:
-        path = self.state_path
-        assert path is not None
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
+        assert self._file is not None
+        saved = self._file.read()
+        if self._file.set_aside_count:
+            self._count(state_files_set_aside=self._file.set_aside_count)
+        if saved is None:
             return
-        except OSError as exc:
-            log.error("cannot read event queue state %s: %s; starting empty", path, exc)
-            return
+        self._events, self._pending = saved.events, saved.pending
+        for kid in saved.seen:
+            self._remember(kid)
+        if saved.pending:
+            log.info(
+                "event queue: %d undelivered kills from before the restart will be delivered",
+                sum(e.count for e in saved.pending),
+            )
+
+
+@dataclasses.dataclass
+class _SavedQueue:
+    """What `event-queue.json` holds (read back at start; written by `_persist`)."""
+
+    events: dict[str, _EventState]
+    pending: list[_Pending]
+    seen: list[str]
+
+    @property
+    def boot_id(self) -> str | None:
+        return None  # kill ids carry their boot; the queue holds for any boot
+
+    def to_bytes(self) -> bytes:
+        raise NotImplementedError("the queue writes its state itself (EventQueue._persist)")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> _SavedQueue:
+        state, _ = parse_versioned(raw, STATE_FORMAT, "an oomguard event queue state")
         try:
-            state = json.loads(raw)
-            if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-                found = state.get("format") if isinstance(state, dict) else type(state).__name__
-                raise ValueError(f"not an oomguard event queue state (format {found!r})")
             events = {str(ref): _EventState.from_json(ev) for ref, ev in state["events"].items()}
             pending = [_Pending.from_json(e) for e in state["pending"]]
             missing = {e.ref for e in pending} - events.keys()
             if missing:
                 raise ValueError(f"pending kills for unknown Events {sorted(missing)[:3]}")
             seen = [str(s) for s in state["seen"]]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            self._set_aside(path, exc)
-            return
-        self._events, self._pending = events, pending
-        for kid in seen:
-            self._remember(kid)
-        if pending:
-            log.info(
-                "event queue: %d undelivered kills from before the restart will be delivered",
-                sum(e.count for e in pending),
-            )
-
-    def _set_aside(self, path: Path, why: BaseException) -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-        try:
-            os.replace(path, aside)
-        except OSError as exc:
-            log.error(
-                "event queue state %s is unreadable (%s) and could not be moved aside (%s); "
-                "starting empty, it will be overwritten",
-                path,
-                why,
-                exc,
-            )
-        else:
-            log.error(
-                "event queue state %s is unreadable (%s); moved it aside to %s and started "
-                "empty (undelivered Events in it are lost)",
-                path,
-                why,
-                aside.name,
-            )
-        self._count(state_files_set_aside=1)
+        except (KeyError, TypeError, AttributeError) as exc:
+            why = f"not an oomguard event queue state ({type(exc).__name__}: {exc})"
+            raise ValueError(why) from None
+        return cls(events, pending, seen)
 
 
 # ---------------------------------------------------------------------------------------

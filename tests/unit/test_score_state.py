@@ -223,7 +223,7 @@ def test_unreadable_and_unmovable_is_not_fatal(
 ) -> None:
     (tmp_path / STATE_FILE).write_text("{")
 
-    def refuse(*_: object) -> None:
+    def refuse(*_: object, **__: object) -> None:
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "replace", refuse)

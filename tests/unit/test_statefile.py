@@ -4,12 +4,14 @@ test_agent_handed_on.py. The counter snapshot and the oom_score_adj state have t
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
 
 import pytest
 
+from oomguard import statefile
 from oomguard.agent import KMSG_POSITION_FILE, KmsgPosition
 from oomguard.statefile import parse_versioned
 
@@ -63,18 +65,35 @@ def test_a_corrupt_position_is_set_aside_with_one_line(
     assert KmsgPosition(tmp_path, BOOT).resume_after("syslog") is None
 
 
+def test_a_directory_at_the_name_is_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Left in place, it would make every write fail (a file cannot replace it)."""
+    (tmp_path / KMSG_POSITION_FILE).mkdir()
+    position = KmsgPosition(tmp_path, BOOT)
+    with caplog.at_level(logging.ERROR):
+        assert position.resume_after() is None
+    assert "a directory" in caplog.text and "moved it aside" in caplog.text
+    position.save(3)
+    assert KmsgPosition(tmp_path, BOOT).resume_after() == 3
+
+
 def test_a_position_that_cannot_be_read_or_moved_is_not_fatal(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / KMSG_POSITION_FILE).mkdir()  # read_bytes fails (EISDIR)
-    with caplog.at_level(logging.ERROR):
-        assert KmsgPosition(tmp_path, BOOT).resume_after() is None
-    assert "cannot read" in caplog.text
-    os.rmdir(tmp_path / KMSG_POSITION_FILE)
-
     (tmp_path / KMSG_POSITION_FILE).write_text("{")
 
-    def refuse(*_: object) -> None:
+    def broken_disk(*_: object) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(statefile, "read_capped", broken_disk)
+        with caplog.at_level(logging.ERROR):
+            assert KmsgPosition(tmp_path, BOOT).resume_after() is None
+    assert "cannot read" in caplog.text and "Input/output error" in caplog.text
+    assert (tmp_path / KMSG_POSITION_FILE).exists()  # left in place: it may read later
+
+    def refuse(*_: object, **__: object) -> None:
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "replace", refuse)
