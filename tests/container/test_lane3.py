@@ -244,6 +244,32 @@ def test_watch_with_the_memory_hierarchy_truly_read_only_reports_at_once(
     assert record["detection_latency_ms"] <= 1000, record
 
 
+def test_watch_truly_read_only_with_earlier_kills_in_the_log_names_the_next_victim(
+    containers: ContainerFactory, tree: ScratchTree, tmp_path: Path
+) -> None:
+    """As on a real node, the kernel log already holds kill reports when the agent starts.
+
+    Ten kills in the watched tree before `watch` starts (their reports are in the log
+    syslog(2) reads back at start), then one after: that one must still be reported at
+    once with its victim named, not only as a counter increase at the 60 s rescan.
+    """
+    for index in range(10):
+        earlier, _, _ = container_cgroup(tree)
+        oom_kill(tree, earlier, f"earlier-{index}")
+    run = containers.spec(tmp_path / "state")
+    box = containers.start(
+        run, ["watch", "--json", "--cgroup-root", str(tree.top)], [READ_ONLY_MEMORY]
+    )
+    start_line(box)
+
+    cgroup, pod_uid, _ = container_cgroup(tree)
+    pid, _ = oom_kill(tree, cgroup, "lane3-next")
+    record, _ = record_of(box, pid, timeout_s=90)
+    assert record["command"] == "lane3-next" and record["pod_uid"] == pod_uid
+    assert record["detection_latency_ms"] is not None
+    assert record["detection_latency_ms"] <= 1000, record
+
+
 # ----- oomguard run --------------------------------------------------------------------
 
 
