@@ -34,8 +34,8 @@ carries what the kubelet and the API server control:
   mirror (pkg/kubelet/pod/mirror_client.go, CreateMirrorPod: the value is the static
   pod's hash), and equal to `kubernetes.io/config.hash` when that is present too;
 - exactly one ownerReference, a controller of kind `Node` (apiVersion v1) naming the
-  pod's own node: the kubelet sets it since MirrorPodNodeRestriction (KEP-1314,
-  on by default since 1.17), and the NodeRestriction admission plugin
+  pod's own node: the kubelet sets it on every mirror pod it creates (KEP-1314,
+  "MirrorPodNodeRestriction"), and the NodeRestriction admission plugin
   (plugin/pkg/admission/noderestriction, admitPodCreate) lets a node create only pods
   that have the mirror annotation, are bound to itself and have this single owner.
 - The mirror annotation can never be added, changed or removed by an update
@@ -216,6 +216,8 @@ class PodView:
     priority: int | None
     priority_class_name: str | None
     # Static pods: the kubelet names the pod cgroup after this hash, not the mirror's UID.
+    # Set only on a mirror pod as the kubelet creates it (`mirror_pod_hash`), never
+    # from annotations alone.
     config_hash: str | None
     phase: str | None
     containers: tuple[ContainerView, ...]
