@@ -54,20 +54,29 @@ Endpoints (`serve`)
     GET /healthz   200 "ok" while `alive()` holds, else 503
     GET /readyz    200 "ok" while `ready()` holds, else 503 with a one-line reason
     anything else  404
+
+The server is bounded whatever its clients do (WORKER_THREADS request threads,
+MAX_CONNECTIONS held open, idle connections closed) and says what goes wrong with a
+client in the log, never on stderr (`_BoundedServer`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import io
 import ipaddress
 import logging
+import queue
+import selectors
 import socket
 import socketserver
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeAlias
-from wsgiref.simple_server import WSGIRequestHandler, make_server
+from typing import Any, TextIO, TypeAlias
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import (
@@ -78,7 +87,6 @@ from prometheus_client import (
     ProcessCollector,
     make_wsgi_app,
 )
-from prometheus_client.exposition import ThreadingWSGIServer
 
 from oomguard import __version__
 from oomguard.records import Constraint
@@ -274,9 +282,13 @@ short line (newlines are replaced and it is cut to 200 characters). A check that
 counts as failing, with the exception as the reason. A plain `Callable[[], bool]` fits.
 """
 
-# How long a connection may stay silent before its thread gives up on it.
-_REQUEST_TIMEOUT_S = 10.0
-# How often the serving loop looks for stop(): the worst-case delay of stop().
+# The server's bounds. Connections that have not sent a request yet wait in one selector
+# and cost no thread; requests are handled by a fixed pool of threads.
+WORKER_THREADS = 4  # requests handled at once: a scrape and both probes, and one spare
+MAX_CONNECTIONS = 64  # held open at once; past it the longest idle one is closed
+IDLE_TIMEOUT_S = 10.0  # a connection silent this long is closed (a probe sends at once)
+REQUEST_DEADLINE_S = 30.0  # the most one request may take, however slowly it is sent
+# How often the serving loop looks for stop() and expired connections.
 _STOP_POLL_S = 0.2
 _REASON_MAX_CHARS = 200
 
@@ -284,9 +296,8 @@ _REASON_MAX_CHARS = 200
 class Server:
     """A running metrics/health server. Stop it with `stop()` (or use it as a context)."""
 
-    def __init__(self, httpd: ThreadingWSGIServer, thread: threading.Thread) -> None:
+    def __init__(self, httpd: _BoundedServer) -> None:
         self._httpd = httpd
-        self._thread = thread
         self._stopped = False
         self._stop_lock = threading.Lock()
         self.host = str(httpd.server_address[0])
@@ -298,9 +309,7 @@ class Server:
             if self._stopped:
                 return
             self._stopped = True
-            self._httpd.shutdown()
-            self._thread.join()
-            self._httpd.server_close()
+            self._httpd.stop()
 
     def __enter__(self) -> Server:
         return self
@@ -309,13 +318,26 @@ class Server:
         self.stop()
 
 
-def serve(metrics: Metrics, address: str, ready: HealthCheck, alive: HealthCheck) -> Server:
-    """Serve /metrics, /healthz and /readyz on `address` from a daemon thread.
+def serve(
+    metrics: Metrics,
+    address: str,
+    ready: HealthCheck,
+    alive: HealthCheck,
+    *,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+) -> Server:
+    """Serve /metrics, /healthz and /readyz on `address` from daemon threads.
 
     `address` is "host:port": "0.0.0.0:9753", "[::]:9753" (IPv6 and IPv4),
     "127.0.0.1:0" (an ephemeral port: read `Server.port`), ":9753" (all IPv4
     interfaces). Raises ValueError for an address that cannot be meant, OSError when
     the port cannot be bound (in use, not permitted).
+
+    Bounded whatever clients do: WORKER_THREADS threads handle requests, one more
+    accepts; at most MAX_CONNECTIONS are held open (a new one closes the longest idle);
+    a connection silent for `idle_timeout_s`, or slower than REQUEST_DEADLINE_S, is
+    closed. What goes wrong with a client is logged (`oomguard.metrics`, debug for the
+    ordinary: idle, reset), never printed to stderr.
     """
     host, port = parse_address(address)
     try:
@@ -329,14 +351,8 @@ def serve(metrics: Metrics, address: str, ready: HealthCheck, alive: HealthCheck
         httpd = make_server(str(sockaddr[0]), port, app, server_class, handler_class=_QuietHandler)
     except OSError as error:
         raise OSError(error.errno, f"cannot listen on {address}: {error.strerror}") from None
-    thread = threading.Thread(
-        target=httpd.serve_forever,
-        kwargs={"poll_interval": _STOP_POLL_S},
-        name=f"oomguard-metrics-{httpd.server_address[1]}",
-        daemon=True,
-    )
-    thread.start()
-    server = Server(httpd, thread)
+    httpd.start(idle_timeout_s)
+    server = Server(httpd)
     log.info("serving /metrics, /healthz and /readyz on %s port %d", server.host, server.port)
     return server
 
@@ -376,7 +392,180 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, port
 
 
-class _IPv4Server(ThreadingWSGIServer):
+class _BoundedServer(WSGIServer):
+    """The stdlib's WSGI server with bounded resources and errors in the log.
+
+    ThreadingWSGIServer (prometheus_client's) starts a thread per connection with no cap,
+    and socketserver prints a traceback to stderr for each connection that ends badly
+    (an idle one timing out: about 17 lines each, outside the agent's log format). Here
+    one thread accepts and keeps connections that have not sent a request yet in a
+    selector (costing no thread), hands each to a fixed pool once it has something to
+    read, and closes those idle too long or past the request deadline. (waitress does
+    this too, but has no supported way to stop a server, which the agent and its tests
+    need: Pylons/waitress#372.)
+    """
+
+    request_queue_size = MAX_CONNECTIONS  # the listen backlog (socketserver's is 5)
+
+    def start(self, idle_timeout_s: float) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._ready: queue.SimpleQueue[tuple[socket.socket, Any] | None] = queue.SimpleQueue()
+        self._waiting: dict[socket.socket, tuple[Any, float]] = {}  # oldest first
+        self._busy: dict[socket.socket, float] = {}  # -> deadline
+        self._held = 0  # waiting + ready + busy
+        self.socket.setblocking(False)
+        port = self.server_address[1]
+        self._threads = [
+            threading.Thread(target=self._accept_loop, name=f"oomguard-metrics-{port}", daemon=True)
+        ]
+        self._threads += [
+            threading.Thread(
+                target=self._work_loop, name=f"oomguard-metrics-{port}-worker-{n}", daemon=True
+            )
+            for n in range(WORKER_THREADS)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._threads[0].join()
+        for _ in range(WORKER_THREADS):
+            self._ready.put(None)
+        with self._lock:
+            for conn in self._busy:
+                _shut(conn)  # a request in progress ends now
+        for thread in self._threads[1:]:
+            thread.join()
+        while (item := self._ready.get_nowait() if not self._ready.empty() else None) is not None:
+            item[0].close()
+        self.server_close()
+
+    # -- the accepting thread --------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        selector = selectors.DefaultSelector()
+        selector.register(self.socket, selectors.EVENT_READ)
+        try:
+            while not self._stopping.is_set():
+                for key, _ in selector.select(_STOP_POLL_S):
+                    if key.fileobj is self.socket:
+                        while self._accept(selector):
+                            pass
+                    else:
+                        conn = key.fileobj
+                        assert isinstance(conn, socket.socket)
+                        selector.unregister(conn)
+                        address, _ = self._waiting.pop(conn)
+                        self._ready.put((conn, address))
+                self._expire(selector)
+        except Exception:
+            log.exception("the metrics server stopped accepting connections")
+        finally:
+            for conn in self._waiting:
+                conn.close()
+            self._waiting.clear()
+            selector.close()
+
+    def _accept(self, selector: selectors.BaseSelector) -> bool:
+        """Take one connection from the backlog; False when there is none to take."""
+        try:
+            conn, address = self.socket.accept()
+        except (BlockingIOError, InterruptedError):
+            return False
+        except ConnectionAbortedError:
+            return True  # the client gave up before we took it
+        except OSError as error:  # EMFILE and the like: say it, keep serving
+            log.warning("the metrics server cannot accept a connection: %s", error)
+            return False
+        conn.setblocking(True)
+        with self._lock:
+            full = self._held >= MAX_CONNECTIONS
+            if not full:
+                self._held += 1
+        if full:
+            if not self._waiting:  # every connection is a request in progress
+                log.debug("refused a connection from %s: %d held", address[0], MAX_CONNECTIONS)
+                conn.close()
+                return True
+            oldest = next(iter(self._waiting))
+            old_address, _ = self._waiting.pop(oldest)
+            selector.unregister(oldest)
+            oldest.close()
+            log.debug(
+                "closed an idle connection from %s to make room (%d held)",
+                old_address[0],
+                MAX_CONNECTIONS,
+            )
+        self._waiting[conn] = (address, time.monotonic() + self.idle_timeout_s)
+        selector.register(conn, selectors.EVENT_READ)
+        return True
+
+    def _expire(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        for conn, (address, deadline) in list(self._waiting.items()):
+            if deadline > now:
+                break  # oldest first: the rest are younger
+            del self._waiting[conn]
+            selector.unregister(conn)
+            conn.close()
+            self._release()
+            log.debug(
+                "closed a connection from %s: idle %.1f s without a request",
+                address[0],
+                self.idle_timeout_s,
+            )
+        with self._lock:
+            for conn, deadline in self._busy.items():
+                if deadline <= now:
+                    _shut(conn)  # its worker's read or write fails, the worker goes on
+
+    def _release(self) -> None:
+        with self._lock:
+            self._held -= 1
+
+    # -- the workers -----------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        while (item := self._ready.get()) is not None:
+            conn, address = item
+            with self._lock:
+                self._busy[conn] = time.monotonic() + REQUEST_DEADLINE_S
+            try:
+                conn.settimeout(self.idle_timeout_s)  # per read or write
+                self.finish_request(conn, address)
+            except Exception:
+                self.handle_error(conn, address)
+            finally:
+                with self._lock:
+                    del self._busy[conn]
+                self._release()
+                self.shutdown_request(conn)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Say what went wrong with one client in the log, instead of a stderr traceback."""
+        error = sys.exc_info()[1]
+        who = client_address[0] if isinstance(client_address, tuple) else client_address
+        if isinstance(error, TimeoutError):
+            log.debug(
+                "closed a connection from %s: idle %.1f s in the middle of a request",
+                who,
+                self.idle_timeout_s,
+            )
+        elif isinstance(error, OSError):
+            log.debug("connection from %s ended: %s", who, error)
+        else:
+            log.warning("request from %s failed: %r", who, error, exc_info=True)
+
+
+def _shut(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
+
+
+class _IPv4Server(_BoundedServer):
     address_family = socket.AF_INET
 
     def server_bind(self) -> None:
@@ -399,13 +588,29 @@ class _IPv6Server(_IPv4Server):
         super().server_bind()
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """Probes every few seconds would flood stderr: requests go to the debug log."""
+class _LogStream(io.StringIO):
+    """What wsgiref's handler takes for stderr: a failing app's traceback goes to the
+    log as one record (at flush) instead of to the process's stderr."""
 
-    timeout = _REQUEST_TIMEOUT_S
+    def flush(self) -> None:
+        text = self.getvalue().strip()
+        if text:
+            log.error("the metrics server's application failed: %s", text)
+        self.seek(0)
+        self.truncate()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Probes every few seconds would flood stderr: requests go to the debug log.
+
+    The socket's timeout is set by the worker (`idle_timeout_s`), none here.
+    """
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
+
+    def get_stderr(self) -> TextIO:
+        return _LogStream()
 
 
 def _dispatcher(
