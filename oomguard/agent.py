@@ -155,13 +155,15 @@ class Agent:
         state_dir = settings.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         boot_id = read_boot_id()
-        self.position = KmsgPosition(state_dir, boot_id)
-        self.counter_snapshot = CounterSnapshotFile(state_dir, boot_id)
+        # One for every state file: a full or read-only state directory is said once.
+        self.state_writes = StateWrites()
+        self.position = KmsgPosition(state_dir, boot_id, self.state_writes)
+        self.counter_snapshot = CounterSnapshotFile(state_dir, boot_id, self.state_writes)
         # What the detector has handed on (its HandedOn marks), written by step().
         self._handed_on: dict[str, int] | None = None
         self._handed_on_seq: int | None = None
         self._handed_on_unsaved = False
-        self.events = EventQueue(state_dir / "events")
+        self.events = EventQueue(state_dir / "events", writes=self.state_writes)
         self.sender = EventSender(
             api,
             self.events,
@@ -198,6 +200,7 @@ class Agent:
             namespace_labels=NamespaceLabels(api, observe_latency=self.metrics.observe_api_request),
             state_dir=state_dir,
             boot_id=boot_id,
+            state_writes=self.state_writes,
         )
         self._next_reconcile = 0.0
         self._policy_error_reported: str | None = None
@@ -268,6 +271,7 @@ class Agent:
                 except queue.Empty:
                     break
         self._save_handed_on()  # also retries a write that failed
+        self.events.retry_persist()  # the same for the event queue (disk full, read-only)
         self._learn_node_uid()
         self.sender.deliver_once()
         self._reconcile()
@@ -412,6 +416,8 @@ class Agent:
             self.metrics.events_failed: sc.failed,
             self.metrics.events_dropped: sc.dropped,
             self.metrics.kmsg_records_lost: self.watcher.lost_kmsg_records,
+            self.metrics.state_write_errors: self.state_writes.errors,
+            self.metrics.state_files_set_aside: self.state_writes.set_aside,
         }
         for counter, total in totals.items():
             seen = self._seen_totals.get(id(counter), 0)

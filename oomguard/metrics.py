@@ -35,6 +35,13 @@ Metrics (all names start with `oomguard_`; counters end in `_total`)
         policy refused a pod's request; the baseline stands), error (the write failed).
     policy_reload_errors_total
         Admin policy ConfigMaps rejected (the last good policy stays in force).
+    state_write_errors_total
+        Writes to the state directory that failed (full, read-only): the agent goes on
+        from memory, Events are still delivered, but a restart now could report kills
+        twice or lose undelivered ones. Retried on each change.
+    state_files_set_aside_total
+        State files that could not be used (corrupt, too large, nested too deeply, not
+        a regular file) and were moved aside as <name>.corrupt-<time> at start.
     policy_valid (gauge)
         1 while the policy file in force is the file as it is now (or there is no file);
         0 while its current version is rejected and the previous policy (or, if none was
@@ -190,6 +197,14 @@ class Metrics:
             "1 if the admin policy file as it is now is in force, 0 while it is rejected.",
         )
         self.policy_valid.set(1)
+        self.state_write_errors = counter(
+            "state_write_errors_total",
+            "Writes to the state directory that failed (full or read-only); retried.",
+        )
+        self.state_files_set_aside = counter(
+            "state_files_set_aside_total",
+            "State files that could not be used and were moved aside at start.",
+        )
         self.build_info = gauge("build_info", "The running oomguard build; always 1.", ("version",))
         if process_metrics:
             ProcessCollector(registry=r)

@@ -68,6 +68,7 @@ from oomguard.metrics import Metrics, ScoreAdjustmentResult
 from oomguard.policy import AdminPolicy, Decision, Outcome, PodProjection, decide_pod
 from oomguard.procfs import ProcHandle, read_cgroup_procs
 from oomguard.score_state import AppliedValue, ScoreState, ScoreStateFile, WantedValue
+from oomguard.statefile import StateWrites
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,7 @@ class Reconciler:
         clock: Callable[[], float] = time.monotonic,
         state_dir: str | os.PathLike[str] | None = None,
         boot_id: str | None = None,
+        state_writes: StateWrites | None = None,
     ) -> None:
         self.hierarchy = hierarchy
         self.cgroup_root = Path(cgroup_root)
@@ -292,7 +294,7 @@ class Reconciler:
         self._state_file: ScoreStateFile | None = None
         self._saved_signature: object = None  # what _save_state last saw saved
         if state_dir is not None:
-            self._state_file = ScoreStateFile(Path(state_dir), boot_id)
+            self._state_file = ScoreStateFile(Path(state_dir), boot_id, state_writes)
             loaded = self._state_file.load()
             if loaded is not None:
                 self._applied.update(loaded.applied)

@@ -30,6 +30,8 @@ UNLABELLED_COUNTERS = [
     "oomguard_pod_relists_total",
     "oomguard_kmsg_records_lost_total",
     "oomguard_policy_reload_errors_total",
+    "oomguard_state_write_errors_total",
+    "oomguard_state_files_set_aside_total",
 ]
 KILLS = "oomguard_oom_kills_total"
 
