@@ -121,6 +121,9 @@ class OomWatcher:
         self._klog_last_read = float("-inf")
         self._klog_checked: float | None = None  # when the log last had nothing unread
         self._last_push = float("-inf")  # when a kernel signal last woke the loop
+        # When the last kill line that names no cgroup was printed, while some cgroups
+        # cannot signal their kills: their counters are read after this read of the log.
+        self._bare_line_at: float | None = None
         self.syslog_idle_read_interval_s = syslog_idle_read_interval_s
         self._assembler = OomReportAssembler()
         self._grace_s = grace_s
@@ -443,6 +446,10 @@ class OomWatcher:
                 self._on_kernel_kill(kill)
         for kill in self._assembler.flush():
             self._on_kernel_kill(kill)
+        if self._bare_line_at is not None:
+            # No OOM signal will say where those kills were: read the counters now.
+            at, self._bare_line_at = self._bare_line_at, None
+            self._counter_changes(self.watch.reread_unpushed(at))
         # Only now, with every line of the read handed in: the joiner may decide.
         self.joiner.kernel_log_read(started)
 
@@ -466,6 +473,9 @@ class OomWatcher:
                 self.joiner.on_repeat_kill(cgroup, now_mono=time.monotonic(), report=kill)
             return
         self._capture_victim(kill)
+        if bare_memcg and not self.watch.fully_pushed:
+            printed = self.kernel_clock.monotonic(kill.kernel_time_us, time.monotonic())
+            self._bare_line_at = max(self._bare_line_at or printed, printed)
         record = self.joiner.on_kernel_kill(
             kill,
             # Which limit a bare line hit only the counters can tell: pair it with its

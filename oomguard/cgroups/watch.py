@@ -404,6 +404,23 @@ class CgroupWatch:
         """Rescan the tree and re-read every counter (the poll and the safety net)."""
         return self._scan(baseline_from_disk=False)
 
+    def reread_unpushed(self, signal_mono: float) -> list[CounterChange]:
+        """Re-read the counters the kernel cannot push for, because a kill line that names
+        no cgroup was printed at `signal_mono`: that time stands in for the OOM signal
+        these cgroups could not give, so the line pairs with its increase (`detector`)."""
+        changes: list[CounterChange] = []
+        for cgroup in sorted(self._unpushed):
+            w = self._watched.get(cgroup)
+            if w is None:
+                continue
+            saved, w.signal_mono = w.signal_mono, signal_mono
+            change = self._reread(cgroup)
+            if change is None:
+                w.signal_mono = saved
+            else:
+                changes.append(change)
+        return changes
+
     # ----- push notifications ----------------------------------------------------------
 
     def fds(self) -> list[int]:
