@@ -28,8 +28,8 @@ was (real drift is ppm: 0.6 ms in 10 min at 1 ppm) and replaced by a newer promp
 whenever that is lower than the old one could be by now (aged at MAXFREQ), which is
 also how a drift is followed: a kill's own prompt read re-anchors it. Before any
 prompt read, the prior is 0 (both clocks count from boot). Either is clamped into the
-bracket of every bound seen, each aged by MAXFREQ (`bound_above`, `bound_below`), so a wrong prior or stale anchor cannot
-leave what the reads prove.
+bracket of every bound seen, each aged by MAXFREQ (`bound_above`, `bound_below`), so
+a wrong prior or stale anchor cannot leave what the reads prove.
 
 `middle()` (the bracket's centre and its width, `uncertainty_s`) is what pairing a
 bare kill line with a counter increase uses: there the question is "could this line
