@@ -4,7 +4,7 @@ Where the agent cannot register for the cgroups' OOM signal (a read-only cgroup 
 mount refuses eventfds) and /dev/kmsg is refused (an unprivileged container), only its
 idle read of the kernel log through syslog(2) finds a kill before the counters' resync.
 This runs the watcher that way (`push=False`, no /dev/kmsg, a resync an hour away, the
-read interval the engine picks for it unless `--idle-s`: it reads every second while some
+read interval the engine picks for it unless `--idle-s`: every 0.75 s while some
 cgroup cannot signal), causes real kills at random moments and prints the engine's own
 account of its reads, how long after the victim was reaped each record came, and how far
 apart the reads were. The system test (tests/system/test_syslog_detection.py) asserts that

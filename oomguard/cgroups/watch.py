@@ -417,8 +417,14 @@ class CgroupWatch:
             change = self._reread(cgroup)
             if change is None:
                 w.signal_mono = saved
-            else:
-                changes.append(change)
+                continue
+            # No eventfd said whose limit was hit (v1's evidence): the peaks say it.
+            reached = self._limit_reached_while_down(cgroup, {})
+            if reached is not None:
+                change = dataclasses.replace(
+                    change, limit_hit_paths=change.limit_hit_paths | {reached}
+                )
+            changes.append(change)
         return changes
 
     # ----- push notifications ----------------------------------------------------------

@@ -64,7 +64,7 @@ def test_kill_in_a_read_only_cgroup_mount_comes_from_the_kernel_log(
         banner = proc.stderr.readline()
         assert "watching" in banner, banner
         if kernel_log == "syslog":
-            assert "every 1 s (some cgroups cannot signal their OOMs)" in banner, banner
+            assert "every 0.75 s (some cgroups cannot signal their OOMs)" in banner, banner
         lines = _Lines(proc)
         hog = tree.start_hog(container, "memhog")
         assert hog.wait(timeout=30) == -9
@@ -138,3 +138,4 @@ def test_bare_kill_lines_in_a_read_only_mount_are_paired_at_once(
     record = json.loads(line)
     assert record["container_id"] == cid
     assert record["pid"] == hog.pid and record["command"] == "memhog", record
+    assert record["constraint"] == "container", record  # its own limit, by the peaks
