@@ -23,8 +23,9 @@ from oomguard.k8s import (
     project_pod,
 )
 from oomguard.k8s.attribution import attribute
-from oomguard.records import Constraint, OomKill
+from oomguard.records import OomKill
 from tests.cluster.apiserver import PODS, ApiServer
+from tests.unit.test_events import make_kill
 
 NODE = "node-1"
 NS = "team-a"
@@ -525,26 +526,7 @@ def static_kill(config_hash: str, container_id: str) -> OomKill:
     path = f"/kubepods/burstable/pod{config_hash}/{container_id}"
     identity = parse_cgroup_path(path)
     assert identity.pod_uid is not None and identity.container_id == container_id
-    return OomKill(
-        time=datetime.now(UTC),
-        kernel_time_us=None,
-        kmsg_seq=None,
-        constraint=Constraint.CONTAINER,
-        cgroup=path,
-        oom_cgroup=path,
-        identity=identity,
-        pid=None,
-        command=None,
-        uid=None,
-        rss_bytes=None,
-        anon_rss_bytes=None,
-        file_rss_bytes=None,
-        shmem_rss_bytes=None,
-        oom_score_adj=None,
-        memory_limit_bytes=None,
-        memory_usage_bytes=None,
-        source="counters",
-    )
+    return make_kill(time=datetime.now(UTC), cgroup=path, oom_cgroup=path, identity=identity)
 
 
 def test_static_pods_are_found_by_config_hash(apiserver: ApiServer, cache: PodCache) -> None:
