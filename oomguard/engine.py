@@ -122,8 +122,8 @@ class OomWatcher:
         self._klog_last_read = float("-inf")
         self._klog_checked: float | None = None  # when the log last had nothing unread
         self._last_push = float("-inf")  # when a kernel signal last woke the loop
-        # When the last kill line that names no cgroup was printed, while some cgroups
-        # cannot signal their kills: their counters are read after this read of the log.
+        # When the last kill line that names no cgroup was printed: the counters it may
+        # concern are read after this read of the log.
         self._bare_line_at: float | None = None
         self.syslog_idle_read_interval_s = syslog_idle_read_interval_s
         self._assembler = OomReportAssembler()
@@ -448,9 +448,15 @@ class OomWatcher:
         for kill in self._assembler.flush():
             self._on_kernel_kill(kill)
         if self._bare_line_at is not None:
-            # No OOM signal will say where those kills were: read the counters now.
+            # A kill line that names no cgroup was printed just after its kill was
+            # counted: the cgroups that signalled an OOM not counted yet have it now (no
+            # need to wait for their recheck), and those that cannot signal are read
+            # with the line's time standing in for the signal.
             at, self._bare_line_at = self._bare_line_at, None
-            self._counter_changes(self.watch.reread_unpushed(at))
+            changes = self.watch.recheck_signalled()
+            if not self.watch.fully_pushed:
+                changes += self.watch.reread_unpushed(at)
+            self._counter_changes(changes)
         # Only now, with every line of the read handed in: the joiner may decide.
         self.joiner.kernel_log_read(started)
 
@@ -474,7 +480,7 @@ class OomWatcher:
                 self.joiner.on_repeat_kill(cgroup, now_mono=time.monotonic(), report=kill)
             return
         self._capture_victim(kill)
-        if bare_memcg and not self.watch.fully_pushed:
+        if bare_memcg:
             printed = self.kernel_clock.monotonic(kill.kernel_time_us, time.monotonic())
             self._bare_line_at = max(self._bare_line_at or printed, printed)
         record = self.joiner.on_kernel_kill(

@@ -390,6 +390,15 @@ class CgroupWatch:
     def next_recheck(self) -> float | None:
         return self._rechecks[0][0] if self._rechecks else None
 
+    def recheck_signalled(self) -> list[CounterChange]:
+        """Re-read now the cgroups that signalled an OOM whose kill was not counted yet:
+        a kill line just printed says the count is there (the kernel counts, then prints)."""
+        cgroups = dict.fromkeys(cg for _, cg in self._rechecks)
+        self._rechecks.clear()
+        now = time.monotonic()
+        changes = [self._reread(cg, now) for cg in cgroups]
+        return [c for c in changes if c is not None]
+
     def due_rechecks(self, now: float) -> list[CounterChange]:
         """Re-read cgroups whose wake-up showed no kill yet (see handle_ready)."""
         changes: list[CounterChange] = []
@@ -409,7 +418,7 @@ class CgroupWatch:
         no cgroup was printed at `signal_mono`: that time stands in for the OOM signal
         these cgroups could not give, so the line pairs with its increase (`detector`)."""
         changes: list[CounterChange] = []
-        for cgroup in sorted(self._unpushed):
+        for cgroup in sorted(self._unpushed if self.push else self._watched):
             w = self._watched.get(cgroup)
             if w is None:
                 continue

@@ -259,10 +259,11 @@ def test_a_kill_no_counter_shows_is_read_within_the_idle_interval(
     # A kill that changes no watched counter in time gives the engine no reason to read
     # syslog(2): here nothing is pushed (push=False, as on a read-only cgroup v1 mount
     # where eventfds cannot be registered) and the counters are rescanned only every
-    # 120 s. The idle read (every second here, 5 s by default) reports it within that.
+    # 120 s. The idle read (every half second here; 0.75 s by default where nothing is
+    # pushed) reports it within that.
     _, _, path = container_path()
     container = tree.make(path, limit_bytes=LIMIT)
-    idle_s = 1.0
+    idle_s = 0.5
     col, tap = syslog_watch(
         watch, tree, push=False, resync_interval_s=120.0, syslog_idle_read_interval_s=idle_s
     )
