@@ -481,7 +481,12 @@ class OomWatcher:
             return
         self._capture_victim(kill)
         if bare_memcg:
-            printed = self.kernel_clock.monotonic(kill.kernel_time_us, time.monotonic())
+            # On the clock pairing measures by (`KernelClock.middle`), so that the line
+            # and the signal it stands in for are at the same time.
+            now = time.monotonic()
+            printed = self.kernel_clock.middle(kill.kernel_time_us, now)
+            if printed is None:
+                printed = self.kernel_clock.monotonic(kill.kernel_time_us, now)
             self._bare_line_at = max(self._bare_line_at or printed, printed)
         record = self.joiner.on_kernel_kill(
             kill,

@@ -123,7 +123,10 @@ def test_bare_kill_lines_in_a_read_only_mount_are_paired_at_once(
         while "watching" not in proc.stderr.readline():
             pass
         lines = _Lines(proc)
-        # Ten kills at once use up the headers of this 5 s; the next kill prints bare.
+        # The kernel allows 10 report headers per 5 s window, which a window's first
+        # OOM opens: after 5.5 s without OOMs (earlier tests' kills), ten kills at once
+        # use up the headers of a new window, all named, and the next kill prints bare.
+        time.sleep(5.5)
         hogs = [tree.start_hog(c, f"burst-{n}") for n, c in enumerate(burst)]
         assert [h.wait(timeout=60) for h in hogs] == [-9] * len(hogs)
         records = [json.loads(lines.next(WAIT_S) or "null") for _ in hogs]
