@@ -60,6 +60,9 @@ from oomguard.statefile import StateFile, StateWrites, load_json
 
 log = logging.getLogger(__name__)
 
+# The admin policy last in force, kept for a restart that meets a bad policy file.
+SAVED_POLICY_FILE = "policy-in-force.yaml"
+
 KMSG_POSITION_FILE = "kmsg-position.json"
 NODE_UID_RETRY_S = 30.0
 STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
@@ -189,7 +192,11 @@ class Agent:
             limit_hits_baseline=self.counter_snapshot.loaded_limit_hits,
             on_handed_on=self._kills.put,
         )
-        self.policy = PolicySource(settings.policy_file, metrics=self.metrics)
+        self.policy = PolicySource(
+            settings.policy_file,
+            metrics=self.metrics,
+            saved_path=state_dir / SAVED_POLICY_FILE,
+        )
         self.reconciler = Reconciler(
             hierarchy,
             root,

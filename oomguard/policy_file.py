@@ -16,10 +16,13 @@ most once every `poll_interval_s` and re-reads only when the stat changed.
   `errors` counts rejected versions, and each distinct error is logged once, loudly
   (again if it comes back after the file was fixed); the `policy_valid` gauge reads 0
   until a version is taken into force;
-- an invalid file at start, with no good version seen since, keeps the defaults: the
-  most conservative choice (nothing is trusted, so no pod is made safer than the
-  kubelet's value on the strength of a file the agent cannot read), and the agent
-  keeps running and reporting kills;
+- an invalid file at start, with no good version seen since, keeps the last good
+  version the agent saved (`saved_path`, in its state directory) before it restarted:
+  a pod crash-looping the agent, or a restart during a bad edit, must not drop the
+  protection the admin granted. With nothing saved, the defaults: the most conservative
+  choice (nothing is trusted, so no pod is made safer than the kubelet's value on the
+  strength of a file the agent cannot read); the agent keeps running and reporting
+  kills. A missing file removes the saved copy: the admin took the policy away;
 - a file that becomes valid again clears `last_error`.
 
 Nothing a file can contain makes `current()` raise: reading is bounded in
@@ -38,6 +41,7 @@ from pathlib import Path
 
 from oomguard.metrics import Metrics
 from oomguard.policy import AdminPolicy, PolicyError, load_policy
+from oomguard.statefile import atomic_write, read_capped
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,12 @@ class PolicySource:
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        saved_path: str | os.PathLike[str] | None = None,
     ) -> None:
         self.path = Path(path)
+        # Where the last version taken into force is kept across restarts (None: not).
+        self.saved_path = None if saved_path is None else Path(saved_path)
+        self.loaded_from_saved = False
         self.poll_interval_s = poll_interval_s
         self._metrics = metrics
         self._clock = clock
@@ -118,7 +126,8 @@ class PolicySource:
                         self.path,
                     )
                 self._policy = load_policy("{}")
-                self.loaded_from_file = False
+                self.loaded_from_file = self.loaded_from_saved = False
+                self._forget_saved()
                 self._accepted()
             self._stamp = None
             return
@@ -127,11 +136,15 @@ class PolicySource:
             policy = load_policy(text)
         except Exception as exc:  # whatever a file does, it must never stop the agent
             self._stamp = stamp  # do not re-read an unchanged bad file on every poll
+            if first:
+                self._load_saved()
             self._reject(exc)
             return
         self._stamp = stamp
         self._policy = policy
         self.loaded_from_file = True
+        self.loaded_from_saved = False
+        self._save(text)
         if self.last_error is not None:
             log.warning("policy file %s is valid again; it is now in force", self.path)
         else:
@@ -148,7 +161,39 @@ class PolicySource:
     @property
     def kept(self) -> str:
         """What is in force while the file is rejected, in words."""
+        if self.loaded_from_saved:
+            return "the last good policy, saved before the agent restarted,"
         return "the previous policy" if self.loaded_from_file else "the default policy"
+
+    def _save(self, text: str) -> None:
+        """Keep the version now in force for a restart (best effort: it is a copy)."""
+        if self.saved_path is None:
+            return
+        try:
+            atomic_write(self.saved_path, text.encode("utf-8"))
+        except OSError as exc:
+            log.warning("cannot save the policy in force to %s: %s", self.saved_path, exc)
+
+    def _forget_saved(self) -> None:
+        if self.saved_path is not None:
+            try:
+                self.saved_path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", self.saved_path, exc)
+
+    def _load_saved(self) -> None:
+        """At start, with the file rejected: the version saved before the restart."""
+        if self.saved_path is None:
+            return
+        try:
+            policy = load_policy(read_capped(self.saved_path, MAX_POLICY_BYTES).decode("utf-8"))
+        except FileNotFoundError:
+            return
+        except Exception as exc:  # a saved copy is no more trusted than the file
+            log.warning("the saved policy %s cannot be used either: %s", self.saved_path, exc)
+            return
+        self._policy = policy
+        self.loaded_from_saved = True
 
     def _read(self, resolved: str) -> str:
         with open(resolved, "rb") as f:

@@ -281,3 +281,35 @@ def test_a_provider_that_raises_leaves_the_last_policy_in_force(
             assert rec.pass_once([pod]).errors == 1  # type: ignore[list-item]
     assert used == [provider.policy] * 4
     assert len([r for r in caplog.records if "could not be read" in r.getMessage()]) == 1
+
+
+def test_a_restart_meeting_a_bad_file_keeps_the_policy_in_force_before_it(
+    tmp_path: Path,
+) -> None:
+    """A bad edit, then the agent restarts (a node reboot, an upgrade, an OOM of its
+    own): the trusted pods keep the protection the admin granted, not the defaults."""
+    path, saved = tmp_path / "policy.yaml", tmp_path / "state" / "policy-in-force.yaml"
+    saved.parent.mkdir()
+    path.write_text(TRUST_A)
+    assert trusted(PolicySource(path, saved_path=saved)) == ("a",)
+    path.write_text(DEEP)
+    metrics = Metrics(process_metrics=False)
+    restarted = PolicySource(path, saved_path=saved, metrics=metrics)
+    assert trusted(restarted) == ("a",)
+    assert restarted.kept.startswith("the last good policy, saved")
+    assert policy_valid(metrics) == 0 and restarted.last_error is not None
+    # A saved copy that is itself bad (or planted) is no more trusted: the defaults.
+    saved.write_text(DEEP)
+    assert PolicySource(path, saved_path=saved).current() == load_policy("{}")
+
+
+def test_a_removed_policy_file_removes_the_saved_copy(tmp_path: Path) -> None:
+    path, saved = tmp_path / "policy.yaml", tmp_path / "policy-in-force.yaml"
+    path.write_text(TRUST_A)
+    source = PolicySource(path, saved_path=saved, poll_interval_s=0.0)
+    assert trusted(source) == ("a",) and saved.read_text() == TRUST_A
+    path.unlink()
+    assert source.current() == load_policy("{}")
+    assert not saved.exists()  # the admin took the policy away: a restart keeps none
+    path.write_text(DEEP)
+    assert PolicySource(path, saved_path=saved).current() == load_policy("{}")
