@@ -509,7 +509,7 @@ class OomWatcher:
     def _live_cgroup_of_pid(self, pid: int) -> str | None:
         """A live process's memory cgroup, "/" included (a parent may live there)."""
         try:
-            with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+            with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="surrogateescape") as f:
                 return self.hierarchy.memory_cgroup(f.read())
         except OSError:
             return None

@@ -138,7 +138,7 @@ def detect_memory_hierarchy() -> MemoryHierarchy:
 
 def own_cgroup(hierarchy: MemoryHierarchy, pid: int | str = "self") -> str:
     """The memory cgroup a process sits in, as the kernel names it."""
-    with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as f:
+    with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="surrogateescape") as f:
         path = hierarchy.memory_cgroup(f.read())
     if path is None:
         raise HierarchyNotFound(f"/proc/{pid}/cgroup has no memory cgroup line")
