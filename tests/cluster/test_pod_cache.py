@@ -422,8 +422,9 @@ def test_outage_then_recovery(apiserver: ApiServer, cache: PodCache, refuse: boo
     apiserver.begin_outage(refuse=refuse)
     apiserver.delete(PODS, NS, "a")
     apiserver.apply(pod("c", containers={"main": cid(77)}))
-    time.sleep(2.0)
-    assert cache.running and names(cache) == ["a", "b"]  # stale but intact meanwhile
+    # Once the cache has met the outage (a positive signal, not a pause): stale but intact.
+    wait_until(lambda: cache.counters.errors >= 1, timeout_s=30)
+    assert cache.running and names(cache) == ["a", "b"]
     apiserver.end_outage()
     wait_until(lambda: names(cache) == ["b", "c"], timeout_s=6)
     assert cache.lookup_container(cid(77)) is not None
@@ -644,7 +645,9 @@ def test_waiting_for_an_unknown_container_is_bounded(cache: PodCache) -> None:
     started = time.monotonic()
     assert cache.wait_for_container(cid(404), 0.2) is None
     assert cache.wait_for_pod("nope", 0.1) is None
-    assert 0.3 <= time.monotonic() - started < 2.0
+    # It waited its time; the upper bound only tells "bounded" from "hangs" on a loaded
+    # 2-core machine.
+    assert 0.3 <= time.monotonic() - started < 30
 
 
 def test_stop_is_prompt_with_a_watch_open(apiserver: ApiServer) -> None:
@@ -653,7 +656,8 @@ def test_stop_is_prompt_with_a_watch_open(apiserver: ApiServer) -> None:
     wait_until(lambda: apiserver.active_watches() == 1)
     started = time.monotonic()
     cache.stop()
-    assert time.monotonic() - started < 2.0  # not the 300 s the watch would last
+    # Not the 300 s the watch would last (loose: a loaded 2-core machine).
+    assert time.monotonic() - started < 60
     assert not cache.running
 
 
@@ -717,13 +721,18 @@ def test_a_permanent_410_backs_off_instead_of_spinning(apiserver: ApiServer) -> 
             << Response(status=410, payload=gone)
         )
     )
+    started = time.monotonic()
     cache = start_cache(apiserver, PodCacheSettings(backoff_initial_s=0.1, backoff_max_s=0.4))
     try:
         assert cache.synced.wait(5)
-        time.sleep(1.5)
+        wait_until(lambda: cache.counters.relists >= 10, timeout_s=60)
+        # Nine backoffs, each random in [0, min(0.4, 0.1 * 2**n)] s (full jitter): they
+        # add up to under 0.3 s with a probability of about 2e-6, while a cache that
+        # spins gets there in milliseconds. (A lower bound on time holds however loaded
+        # the machine is.)
+        assert time.monotonic() - started >= 0.3
         counters = cache.counters
         assert cache.running
-        assert 2 <= counters.relists <= 20, counters
         assert counters.errors >= 1
     finally:
         cache.stop()
