@@ -30,18 +30,23 @@ import re
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
-from oomguard.cgroups.hierarchy import detect_memory_hierarchy
-from oomguard.engine import OomWatcher
-from oomguard.kclock import kernel_clock_offset_us
-from oomguard.records import OomKill
-from oomguard.scratch import MIB, ScratchTree
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/detection_latency.py`: make `tests` importable
+    sys.path.insert(0, str(REPO))
+
+from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
+from oomguard.engine import OomWatcher  # noqa: E402
+from oomguard.kclock import kernel_clock_offset_us  # noqa: E402
+from oomguard.records import OomKill  # noqa: E402
+from oomguard.scratch import MIB, ScratchTree  # noqa: E402
+from tests.watch_process import start_watch  # noqa: E402
 
 KILLED = re.compile(rb"Killed process (\d+) ")
 
@@ -185,15 +190,8 @@ def kill_times(gaps: list[float], per_gap: int, kernel_log: str) -> list[KillTim
     hierarchy = detect_memory_hierarchy()
     out: list[KillTime] = []
     lines = KillLines()
-    extra = [] if kernel_log == "kmsg" else ["--kmsg-path", "/nonexistent/kmsg"]
     with ScratchTree(hierarchy, f"oomguard-bench-{os.getpid()}") as tree:
-        argv = [sys.executable, "-m", "oomguard.cli", "watch", "--json", *extra]
-        proc = subprocess.Popen(
-            [*argv, "--cgroup-root", str(tree.top)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = start_watch(tree, kernel_log)
         try:
             assert proc.stdout is not None and proc.stderr is not None
             banner = proc.stderr.readline()

@@ -18,7 +18,6 @@ import os
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy
 from oomguard.scratch import MIB, ScratchTree
 from tests.system.klog_flood import start_flood
+from tests.watch_process import start_watch
 
 KILLS = 3
 
@@ -47,14 +47,7 @@ def one_run(kernel_log: str, lines: int) -> tuple[float, float, int, int]:
             f"kubepods/burstable/pod{uuid.uuid4()}/{secrets.token_hex(32)}" for _ in range(KILLS)
         ]
         containers = [tree.make(p, limit_bytes=48 * MIB) for p in paths]
-        extra = [] if kernel_log == "kmsg" else ["--kmsg-path", "/nonexistent/kmsg"]
-        argv = [sys.executable, "-m", "oomguard.cli", "watch", "--json", *extra]
-        agent = subprocess.Popen(
-            [*argv, "--cgroup-root", str(tree.top)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        agent = start_watch(tree, kernel_log)
         try:
             assert agent.stdout is not None and agent.stderr is not None
             agent.stderr.readline()

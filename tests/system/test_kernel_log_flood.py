@@ -12,8 +12,6 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from multiprocessing import Process
@@ -22,6 +20,7 @@ import pytest
 
 from oomguard.scratch import MIB, ScratchTree
 from tests.system.klog_flood import start_flood
+from tests.watch_process import start_watch
 
 pytestmark = pytest.mark.system
 
@@ -40,14 +39,7 @@ def test_every_kill_inside_a_kernel_log_flood_is_reported(
         )
         for _ in range(KILLS)
     ]
-    extra = [] if kernel_log == "kmsg" else ["--kmsg-path", "/nonexistent/kmsg"]
-    argv = [sys.executable, "-m", "oomguard.cli", "watch", "--json", *extra]
-    agent = subprocess.Popen(
-        [*argv, "--cgroup-root", str(tree.top)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    agent = start_watch(tree, kernel_log)
     writers: list[Process] = []
     try:
         assert agent.stderr is not None and agent.stdout is not None

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import secrets
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime
@@ -20,6 +18,7 @@ from datetime import datetime
 import pytest
 
 from oomguard.scratch import MIB, ScratchTree
+from tests.watch_process import start_watch
 
 pytestmark = pytest.mark.system
 
@@ -33,24 +32,11 @@ IDLE_S = 12.0
 TOLERANCE_S = 1.0
 
 
-def _watch(tree: ScratchTree, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "oomguard.cli", "watch", "--json"),
-            *("--cgroup-root", str(tree.top), *extra),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 @pytest.mark.parametrize("kernel_log", ["kmsg", "syslog"])
 def test_kill_time_after_idle_is_the_kill_time(tree: ScratchTree, kernel_log: str) -> None:
-    extra = [] if kernel_log == "kmsg" else ["--kmsg-path", "/nonexistent/kmsg"]
     uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
     container = tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=48 * MIB)
-    proc = _watch(tree, *extra)
+    proc = start_watch(tree, kernel_log)
     try:
         assert proc.stderr is not None and proc.stdout is not None
         banner = proc.stderr.readline()

@@ -1,0 +1,31 @@
+"""`oomguard watch --json` as a user runs it, for the tests and benches that need the
+product as it runs (no calibration, its own process), through either kernel log reader."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from oomguard.scratch import ScratchTree
+
+KERNEL_LOGS = ("kmsg", "syslog")
+
+
+def watch_argv(tree: ScratchTree, kernel_log: str = "kmsg", *extra: str) -> list[str]:
+    """The command line; `kernel_log` "syslog" points --kmsg-path nowhere, as in an
+    unprivileged container, so syslog(2) is read instead."""
+    if kernel_log not in KERNEL_LOGS:
+        raise ValueError(f"kernel_log must be one of {KERNEL_LOGS}")
+    reader = [] if kernel_log == "kmsg" else ["--kmsg-path", "/nonexistent/kmsg"]
+    argv = [sys.executable, "-m", "oomguard.cli", "watch", "--json", *reader, *extra]
+    return [*argv, "--cgroup-root", str(tree.top)]
+
+
+def start_watch(tree: ScratchTree, kernel_log: str = "kmsg", *extra: str) -> subprocess.Popen[str]:
+    """Start it with stdout (records) and stderr (its start line, logs) as text pipes."""
+    return subprocess.Popen(
+        watch_argv(tree, kernel_log, *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
