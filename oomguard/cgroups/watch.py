@@ -392,9 +392,10 @@ class CgroupWatch:
 
     def recheck_signalled(self) -> list[CounterChange]:
         """Re-read now the cgroups that signalled an OOM whose kill was not counted yet:
-        a kill line just printed says the count is there (the kernel counts, then prints)."""
+        a kill line just printed says the count is there (the kernel counts, then prints).
+        Their scheduled rechecks stay: a cgroup whose OOM is still under way (not this
+        line's) must still be looked at again."""
         cgroups = dict.fromkeys(cg for _, cg in self._rechecks)
-        self._rechecks.clear()
         now = time.monotonic()
         changes = [self._reread(cg, now) for cg in cgroups]
         return [c for c in changes if c is not None]
