@@ -68,6 +68,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def one_container_pod(
+    name: str,
+    uid: str,
+    container_id: str,
+    *,
+    node: str = NODE,
+    namespace: str = NS,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A running Burstable pod with one container "app" (32 Mi limit), as the API has it."""
+    metadata: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {"name": "app", "image": "app", "resources": {"limits": {"memory": "32Mi"}}}
+            ],
+        },
+        "status": {
+            "phase": "Running",
+            "qosClass": "Burstable",
+            "containerStatuses": [
+                {
+                    "name": "app",
+                    "containerID": f"containerd://{container_id}",
+                    "state": {"running": {}},
+                }
+            ],
+        },
+    }
+
+
 class Pod:
     """A pod on the test server and its one container's kubepods-shaped cgroup."""
 
@@ -75,30 +112,7 @@ class Pod:
         self.name = name
         self.uid = str(uuid.uuid4())
         self.cid = secrets.token_hex(32)
-        apiserver.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "namespace": NS, "uid": self.uid},
-                "spec": {
-                    "nodeName": NODE,
-                    "containers": [
-                        {"name": "app", "image": "app", "resources": {"limits": {"memory": "32Mi"}}}
-                    ],
-                },
-                "status": {
-                    "phase": "Running",
-                    "qosClass": "Burstable",
-                    "containerStatuses": [
-                        {
-                            "name": "app",
-                            "containerID": f"containerd://{self.cid}",
-                            "state": {"running": {}},
-                        }
-                    ],
-                },
-            }
-        )
+        apiserver.apply(one_container_pod(name, self.uid, self.cid))
         self.cgroup = tree.make(
             f"kubepods/burstable/pod{self.uid}/{self.cid}", limit_bytes=32 * MIB
         )

@@ -32,6 +32,7 @@ from typing import Any
 from oomguard.k8s.events import REASON_LIMIT
 from oomguard.scratch import MIB, ScratchTree
 from tests.cluster.apiserver import EVENTS, ApiServer
+from tests.cluster.test_agent_process import one_container_pod
 from tests.container import image as lane_image
 from tests.container.conftest import NODE, Container, ContainerFactory, LaneImage
 
@@ -274,35 +275,12 @@ def test_watch_truly_read_only_with_earlier_kills_in_the_log_names_the_next_vict
 
 
 def _apply_pod(apiserver: ApiServer, name: str, pod_uid: str, container_id: str) -> None:
+    # Raising is what any pod may ask for (no trusted namespace needed).
+    sacrifice = {"oomguard.io/sacrifice": "true"}
     apiserver.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": NS,
-                "uid": pod_uid,
-                # Raising is what any pod may ask for (no trusted namespace needed).
-                "annotations": {"oomguard.io/sacrifice": "true"},
-            },
-            "spec": {
-                "nodeName": NODE,
-                "containers": [
-                    {"name": "app", "image": "app", "resources": {"limits": {"memory": "32Mi"}}}
-                ],
-            },
-            "status": {
-                "phase": "Running",
-                "qosClass": "Burstable",
-                "containerStatuses": [
-                    {
-                        "name": "app",
-                        "containerID": f"containerd://{container_id}",
-                        "state": {"running": {}},
-                    }
-                ],
-            },
-        }
+        one_container_pod(
+            name, pod_uid, container_id, node=NODE, namespace=NS, annotations=sacrifice
+        )
     )
 
 
