@@ -42,10 +42,10 @@ if str(REPO) not in sys.path:  # `python bench/detection_latency.py`: make `test
     sys.path.insert(0, str(REPO))
 
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
-from oomguard.engine import OomWatcher  # noqa: E402
-from oomguard.kclock import kernel_clock_offset_us  # noqa: E402
+from oomguard.cgroups.scratch import MIB, ScratchTree  # noqa: E402
+from oomguard.detect.loop import OomWatcher  # noqa: E402
+from oomguard.kernel.clock import kernel_clock_offset_us  # noqa: E402
 from oomguard.records import OomKill  # noqa: E402
-from oomguard.scratch import MIB, ScratchTree  # noqa: E402
 from tests.watch_process import start_watch  # noqa: E402
 
 KILLED = re.compile(rb"Killed process (\d+) ")

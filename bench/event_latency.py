@@ -49,11 +49,11 @@ from dataclasses import dataclass  # noqa: E402
 
 from bench.stamped_api import running_pod, stamping_server  # noqa: E402
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
-from oomguard.kclock import kernel_clock_offset_us  # noqa: E402
-from oomguard.kmsg_parse import OomReportAssembler  # noqa: E402
-from oomguard.kmsg_reader import KmsgReader  # noqa: E402
+from oomguard.cgroups.scratch import MIB, ScratchTree  # noqa: E402
+from oomguard.kernel.clock import kernel_clock_offset_us  # noqa: E402
+from oomguard.kernel.kmsg import KmsgReader  # noqa: E402
+from oomguard.kernel.parse import OomReportAssembler  # noqa: E402
 from oomguard.records import KernelOomKill  # noqa: E402
-from oomguard.scratch import MIB, ScratchTree  # noqa: E402
 
 NODE = "bench-node"
 NAMESPACE = "bench"

@@ -56,8 +56,8 @@ from typing import IO, Any  # noqa: E402
 
 from bench.stamped_api import StampingApi, running_pod, stamping_server  # noqa: E402
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
+from oomguard.cgroups.scratch import ScratchTree  # noqa: E402
 from oomguard.k8s.events import window_start  # noqa: E402
-from oomguard.scratch import ScratchTree  # noqa: E402
 from tests.cluster.apiserver import EVENTS, ApiServer  # noqa: E402
 
 NODE = "bench-node"
@@ -94,7 +94,7 @@ def agent_child(config: dict[str, Any]) -> None:
     """Run the agent; on "go" inject the storm; on "stop" stop it and report counters."""
     from oomguard.agent import Agent
     from oomguard.cgroups.hierarchy import detect_memory_hierarchy
-    from oomguard.detector import KillJoiner
+    from oomguard.detect.join import KillJoiner
     from oomguard.k8s.client import KubeApi
     from oomguard.records import KernelOomKill
     from oomguard.settings import load_settings

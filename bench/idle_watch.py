@@ -26,7 +26,7 @@ import time
 import uuid
 
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy
-from oomguard.scratch import ScratchTree
+from oomguard.cgroups.scratch import ScratchTree
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy
-from oomguard.scratch import MIB, ScratchTree
+from oomguard.cgroups.scratch import MIB, ScratchTree
 from tests.system.klog_flood import start_flood
 from tests.watch_process import start_watch
 

@@ -40,12 +40,12 @@ from collections.abc import Callable
 from types import MappingProxyType
 
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy
+from oomguard.cgroups.scratch import ScratchTree
 from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView
-from oomguard.policy import AdminPolicy, load_policy
-from oomguard.procfs import read_cgroup_procs
-from oomguard.reconciler import PassReport, Reconciler
-from oomguard.scratch import ScratchTree
-from oomguard.statefile import read_boot_id
+from oomguard.proc.handle import read_cgroup_procs
+from oomguard.state.files import read_boot_id
+from oomguard.steer.admin import AdminPolicy, load_policy
+from oomguard.steer.reconciler import PassReport, Reconciler
 
 MIB = 1024 * 1024
 PR_SET_CHILD_SUBREAPER = 36

@@ -25,11 +25,11 @@ import time
 import uuid
 
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy
-from oomguard.engine import SYSLOG_IDLE_READ_INTERVAL_S, OomWatcher
-from oomguard.klog_syslog import SyslogReader
-from oomguard.kmsg_parse import KmsgRecord
+from oomguard.cgroups.scratch import MIB, ScratchTree
+from oomguard.detect.loop import SYSLOG_IDLE_READ_INTERVAL_S, OomWatcher
+from oomguard.kernel.parse import KmsgRecord
+from oomguard.kernel.syslog import SyslogReader
 from oomguard.records import OomKill
-from oomguard.scratch import MIB, ScratchTree
 
 
 def measure(kills_wanted: int, idle_s: float) -> tuple[str, list[float], list[float]]:

@@ -16,7 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from oomguard.klog_syslog import SyslogReader, _Klogctl, number_lines
+from oomguard.kernel.syslog import SyslogReader, _Klogctl, number_lines
 
 
 def median_ms(fn: Callable[[], object], runs: int) -> float:

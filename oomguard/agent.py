@@ -9,7 +9,7 @@ Threads and what flows between them, in one direction:
 
 A kill is safe once `submit` has written it to the state directory. Kills that happen
 while the agent is down are recovered on restart from what the state directory says was
-handed on: the kernel log position (`KmsgPosition`) and each cgroup's `oom_kill` counter
+handed on: the kernel log position (`LogPosition`) and each cgroup's `oom_kill` counter
 (`counter_snapshot`). The detector says what it has handed on in `HandedOn` marks sent
 through the same queue, after the records they cover, so by the time a mark is written
 every kill it covers has been submitted. The marks are written once per turn of the main
@@ -38,8 +38,7 @@ from types import FrameType
 
 from oomguard import __version__
 from oomguard.cgroups.hierarchy import MemoryHierarchy, default_cgroup_root
-from oomguard.counter_snapshot import CounterSnapshotFile, apply_handed_on
-from oomguard.engine import OomWatcher
+from oomguard.detect.loop import OomWatcher
 from oomguard.k8s.attribution import Target, TargetKind, attribute
 from oomguard.k8s.client import ApiStatusError, KubeApi, KubeApiError
 from oomguard.k8s.event_queue import (
@@ -52,88 +51,21 @@ from oomguard.k8s.namespace_labels import NamespaceLabels
 from oomguard.k8s.pod_cache import PodCache, PodView
 from oomguard.metrics import Metrics, Server, serve
 from oomguard.output import json_line
-from oomguard.policy_file import PolicySource
-from oomguard.reconciler import Reconciler
 from oomguard.records import HandedOn, OomKill
 from oomguard.settings import RunSettings
-from oomguard.statefile import StateFile, StateWrites, load_json
+from oomguard.state.counter_snapshot import CounterSnapshotFile, apply_handed_on
+from oomguard.state.files import StateWrites
+from oomguard.state.log_position import LogPosition
+from oomguard.steer.policy_file import PolicySource
+from oomguard.steer.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
 # The admin policy last in force, kept for a restart that meets a bad policy file.
 SAVED_POLICY_FILE = "policy-in-force.yaml"
 
-KMSG_POSITION_FILE = "kmsg-position.json"
 NODE_UID_RETRY_S = 30.0
 STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Position:
-    """What `kmsg-position.json` holds: {"seq": N, "boot_id": "...", "source": "kmsg"}."""
-
-    seq: int
-    boot_id: str | None
-    source: str = "kmsg"
-
-    def to_bytes(self) -> bytes:
-        body = {"seq": self.seq, "boot_id": self.boot_id, "source": self.source}
-        return json.dumps(body).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> _Position:
-        data = load_json(raw)  # StateFileError (a ValueError) when not JSON or too deep
-        try:
-            return cls(int(data["seq"]), str(data["boot_id"]), str(data.get("source", "kmsg")))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a kernel log position ({type(exc).__name__}: {exc})") from None
-
-
-class KmsgPosition(StateFile[_Position]):
-    """The last kernel log position handed on, per boot (numbers restart at boot).
-
-    Per reader too: a /dev/kmsg sequence number and a syslog(2) position (`klog_syslog`)
-    are different numbers, so the file says whose it is (`source`; absent: kmsg).
-    """
-
-    def __init__(
-        self, state_dir: Path, boot_id: str | None, writes: StateWrites | None = None
-    ) -> None:
-        super().__init__(
-            state_dir / KMSG_POSITION_FILE,
-            boot_id,
-            _Position.from_bytes,
-            log=log,
-            without="the kernel log is read from its end, so OOM kills while the agent was "
-            "down are known only from the cgroup counters",
-            unsaved="after a restart, kernel log reports already handed on are read again "
-            "(the event queue drops the kills it remembers)",
-            writes=writes,
-        )
-
-    def resume_after(self, source: str = "kmsg") -> int | None:
-        """Where a (re)started agent reads the kernel log from, with reader `source`.
-
-        No state: only new records (kills before the first install are history).
-        Same boot: after the last kill handed on. A new boot: the whole ring buffer,
-        since kills at boot happened while no agent ran. Same boot, but the position is
-        the other reader's (the agent's privileges changed): only new records, since
-        the one number means nothing to the other reader.
-        """
-        saved = self.read()
-        if saved is None:
-            return None
-        if self.boot_id is not None and saved.boot_id == self.boot_id:
-            if saved.source != source:
-                return None
-            self.saved = saved
-            return saved.seq
-        return -1
-
-    def save(self, seq: int, source: str = "kmsg") -> None:
-        if self.saved is not None and source == self.saved.source and seq <= self.saved.seq:
-            return
-        self.write(_Position(seq, self.boot_id, source))
 
 
 class Agent:
@@ -160,7 +92,7 @@ class Agent:
         boot_id = read_boot_id()
         # One for every state file: a full or read-only state directory is said once.
         self.state_writes = StateWrites()
-        self.position = KmsgPosition(state_dir, boot_id, self.state_writes)
+        self.position = LogPosition(state_dir, boot_id, self.state_writes)
         self.counter_snapshot = CounterSnapshotFile(state_dir, boot_id, self.state_writes)
         # What the detector has handed on (its HandedOn marks), written by step().
         self._handed_on: dict[str, int] | None = None

@@ -23,12 +23,12 @@ from oomguard.cgroups.hierarchy import (
     default_cgroup_root,
     detect_memory_hierarchy,
 )
-from oomguard.engine import OomWatcher
+from oomguard.cgroups.scratch import ScratchError
+from oomguard.detect.loop import OomWatcher
 from oomguard.output import human_line, json_line
 from oomguard.records import OomKill
 from oomguard.safe_text import EscapingFormatter, escape
-from oomguard.scratch import ScratchError
-from oomguard.statefile import DEFAULT_STATE_DIR
+from oomguard.state.files import DEFAULT_STATE_DIR
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -99,8 +99,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from oomguard.score_state import read_wanted
-    from oomguard.statefile import read_boot_id
+    from oomguard.state.files import read_boot_id
+    from oomguard.steer.score_state import read_wanted
     from oomguard.top import format_table, rank, with_wanted
 
     hierarchy = detect_memory_hierarchy()

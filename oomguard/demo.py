@@ -14,11 +14,11 @@ import uuid
 from typing import TextIO
 
 from oomguard.cgroups.hierarchy import CgroupVersion, detect_memory_hierarchy
-from oomguard.engine import OomWatcher
-from oomguard.kclock import kernel_clock_offset_us
+from oomguard.cgroups.scratch import MIB, ScratchTree
+from oomguard.detect.loop import OomWatcher
+from oomguard.kernel.clock import kernel_clock_offset_us
 from oomguard.output import human_line, json_line
 from oomguard.records import OomKill
-from oomguard.scratch import MIB, ScratchTree
 
 DEMO_LIMIT_BYTES = 64 * MIB
 DEMO_TIMEOUT_S = 60.0

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from oomguard.statefile import DEFAULT_STATE_DIR
+from oomguard.state.files import DEFAULT_STATE_DIR
 
 
 class SettingsError(ValueError):

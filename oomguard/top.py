@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from oomguard.cgroup_path import parse_cgroup_path
 from oomguard.cgroups.hierarchy import MemoryHierarchy
-from oomguard.procfs import ProcHandle, list_pids
+from oomguard.cgroups.path import parse_cgroup_path
+from oomguard.proc.handle import ProcHandle, list_pids
 from oomguard.records import CgroupIdentity
 from oomguard.safe_text import escape, json_text
-from oomguard.score_state import WantedValue
+from oomguard.steer.score_state import WantedValue
 
 
 @dataclass(frozen=True)

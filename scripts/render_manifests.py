@@ -4,7 +4,7 @@
     python scripts/render_manifests.py --check   # exit 1 if either is stale
 
 1. `charts/oomguard/values.schema.json`: its `definitions` named `policy.*` are the JSON
-   schema of the agent's own policy model (`oomguard.policy.AdminPolicy`), so a typo in
+   schema of the agent's own policy model (`oomguard.steer.admin.AdminPolicy`), so a typo in
    `.Values.policy` fails `helm install` just as a typo anywhere else does. The rest of
    the file is written by hand and kept as it is.
 2. `manifests/oomguard.yaml`: the chart rendered with its default values into namespace
@@ -54,7 +54,7 @@ def policy_definitions() -> dict[str, Any]:
     """The policy model's JSON schema as `policy.*` definitions (the model: policy.AdminPolicy)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    policy = importlib.import_module("oomguard.policy")
+    policy = importlib.import_module("oomguard.steer.admin")
     generated = policy.AdminPolicy.model_json_schema(
         by_alias=True, ref_template="#/definitions/" + POLICY_PREFIX + "{model}"
     )

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from oomguard.cgroups.hierarchy import MemoryHierarchy
-from oomguard.engine import OomWatcher
+from oomguard.cgroups.scratch import ScratchTree
+from oomguard.detect.loop import OomWatcher
 from oomguard.records import OomKill
-from oomguard.scratch import ScratchTree
 
 
 @pytest.fixture

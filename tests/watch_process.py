@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from oomguard.scratch import ScratchTree
+from oomguard.cgroups.scratch import ScratchTree
 
 KERNEL_LOGS = ("kmsg", "syslog")
 

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from oomguard.cgroup_path import memory_cgroup
+from oomguard.cgroups.path import memory_cgroup
 
 
 class CgroupVersion(enum.IntEnum):

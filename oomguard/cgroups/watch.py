@@ -24,6 +24,7 @@ from pathlib import Path
 
 from inotify_simple import INotify, flags
 
+from oomguard.cgroups.classify import LimitEvidence, limit_reached_while_down
 from oomguard.cgroups.counters import (
     MemoryCounters,
     kills_between,
@@ -34,7 +35,6 @@ from oomguard.cgroups.counters import (
     resume_baseline,
 )
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
-from oomguard.classify import LimitEvidence, limit_reached_while_down
 
 log = logging.getLogger(__name__)
 

@@ -73,7 +73,7 @@ class Target:
     # The container's spec limit, for the message when the kernel did not print one.
     container_limit_bytes: int | None = None
     # Whether the victim was the container's main process, as the detector read it
-    # from /proc while the victim was exiting (oomguard.main_process); None: unknown.
+    # from /proc while the victim was exiting (oomguard.detect.main_process); None: unknown.
     main_process: bool | None = None
     # Why a kill fell back to the node, for the message ("pod uid X not cached").
     unresolved: str | None = None

@@ -67,7 +67,7 @@ from oomguard.k8s.events import (
     aggregate_patch,
 )
 from oomguard.records import OomKill
-from oomguard.statefile import StateFile, StateWrites, parse_versioned, read_boot_id
+from oomguard.state.files import StateFile, StateWrites, parse_versioned, read_boot_id
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import yaml
 
 import oomguard
 from oomguard.k8s.rbac import RBAC
-from oomguard.policy import AdminPolicy, load_policy
+from oomguard.steer.admin import AdminPolicy, load_policy
 from tests.chart.conftest import (
     CHART,
     NAMESPACE,
@@ -173,7 +173,7 @@ def test_manifests_and_schema_are_current(helm3: Helm) -> None:
     script = _load_render_script()
     schema_path = CHART / "values.schema.json"
     assert schema_path.read_text() == script.schema_text(json.loads(schema_path.read_text())), (
-        "values.schema.json's policy definitions differ from oomguard.policy.AdminPolicy; "
+        "values.schema.json's policy definitions differ from oomguard.steer.admin.AdminPolicy; "
         "run: python scripts/render_manifests.py"
     )
     manifest = REPO / "manifests" / "oomguard.yaml"

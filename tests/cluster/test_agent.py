@@ -20,8 +20,8 @@ import pytest
 
 from oomguard.agent import Agent
 from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.cgroups.scratch import MIB, ScratchTree
 from oomguard.k8s.client import KubeApi
-from oomguard.scratch import MIB, ScratchTree
 from oomguard.settings import load_settings
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.system.conftest import lane1_hierarchy

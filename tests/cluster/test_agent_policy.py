@@ -22,8 +22,8 @@ import pytest
 
 from oomguard.agent import Agent
 from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.cgroups.scratch import ScratchTree
 from oomguard.k8s.client import KubeApi
-from oomguard.scratch import ScratchTree
 from oomguard.settings import load_settings
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.cluster.test_agent import (

@@ -29,8 +29,8 @@ import pytest
 
 from oomguard.cgroups.counters import read_counters
 from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.cgroups.scratch import MIB, ScratchTree
 from oomguard.k8s.rbac import RBAC as AGENT_RBAC
-from oomguard.scratch import MIB, ScratchTree
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.system.conftest import lane1_hierarchy
 
@@ -297,7 +297,7 @@ def pending_kills(state_dir: Path) -> int:
 
 def handed_on(state_dir: Path) -> dict[str, int]:
     """Per cgroup, the `oom_kill` count up to which the agent has handed every kill on
-    (oom-kill-counters.json, see oomguard/counter_snapshot.py)."""
+    (oom-kill-counters.json, see oomguard/state/counter_snapshot.py)."""
     try:
         state = json.loads((state_dir / COUNTER_FILE).read_text())
     except (FileNotFoundError, ValueError):

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from oomguard.cgroups.hierarchy import MemoryHierarchy
-from oomguard.scratch import ScratchTree
+from oomguard.cgroups.scratch import ScratchTree
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.cluster.test_agent_process import (
     NS,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from oomguard.cgroup_path import parse_cgroup_path
+from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.k8s import (
     ApiConnectionError,
     ApiStatusError,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from oomguard.scratch import MIB, ScratchTree
+from oomguard.cgroups.scratch import MIB, ScratchTree
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.cluster.test_agent import NS, app_pod, hierarchy, make_agent, wait_for
 

@@ -29,8 +29,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from oomguard.cgroups.scratch import MIB, ScratchTree
 from oomguard.k8s.events import REASON_LIMIT
-from oomguard.scratch import MIB, ScratchTree
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.cluster.test_agent_process import one_container_pod
 from tests.container import image as lane_image

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from oomguard.scratch import MIB, ScratchTree
+from oomguard.cgroups.scratch import MIB, ScratchTree
 
 pytestmark = pytest.mark.system
 

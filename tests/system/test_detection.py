@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
+from oomguard.cgroups.scratch import MIB, ScratchTree
 from oomguard.records import Constraint
-from oomguard.scratch import MIB, ScratchTree
 from tests.conftest import Collector
 
 pytestmark = pytest.mark.system

@@ -18,7 +18,7 @@ from multiprocessing import Process
 
 import pytest
 
-from oomguard.scratch import MIB, ScratchTree
+from oomguard.cgroups.scratch import MIB, ScratchTree
 from tests.system.klog_flood import start_flood
 from tests.watch_process import start_watch
 

@@ -17,7 +17,7 @@ from datetime import datetime
 
 import pytest
 
-from oomguard.scratch import MIB, ScratchTree
+from oomguard.cgroups.scratch import MIB, ScratchTree
 from tests.watch_process import start_watch
 
 pytestmark = pytest.mark.system

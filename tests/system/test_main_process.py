@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from oomguard.scratch import HOG_SOURCE, MIB, SLEEPER_SOURCE, ScratchTree
+from oomguard.cgroups.scratch import HOG_SOURCE, MIB, SLEEPER_SOURCE, ScratchTree
 from tests.conftest import Collector
 
 pytestmark = pytest.mark.system

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.procfs import ProcHandle, read_cgroup_procs
-from oomguard.scratch import ScratchTree
+from oomguard.cgroups.scratch import ScratchTree
+from oomguard.proc.handle import ProcHandle, read_cgroup_procs
 
 pytestmark = pytest.mark.system
 
@@ -48,7 +48,7 @@ def test_exited_process_is_gone_not_an_error() -> None:
 
 REUSE_SCRIPT = r"""
 import subprocess, sys
-from oomguard.procfs import ProcHandle
+from oomguard.proc.handle import ProcHandle
 first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
 h = ProcHandle.open(first.pid)
 first.kill(); first.wait()

@@ -25,7 +25,7 @@ from datetime import datetime
 import pytest
 
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
-from oomguard.scratch import MIB, ScratchTree
+from oomguard.cgroups.scratch import MIB, ScratchTree
 
 pytestmark = pytest.mark.system
 

@@ -18,20 +18,20 @@ from typing import Any
 
 import pytest
 
-import oomguard.reconciler as reconciler_module
+import oomguard.steer.reconciler as reconciler_module
+from oomguard.cgroups.scratch import ScratchTree
 from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView
-from oomguard.policy import AdminPolicy, load_policy
-from oomguard.procfs import ProcHandle
-from oomguard.reconciler import (
+from oomguard.proc.handle import ProcHandle
+from oomguard.state.files import read_boot_id
+from oomguard.steer.admin import AdminPolicy, load_policy
+from oomguard.steer.reconciler import (
     REASON_APPLIED,
     REASON_INVALID,
     REASON_REFUSED,
     PassReport,
     Reconciler,
 )
-from oomguard.score_state import STATE_FILE
-from oomguard.scratch import ScratchTree
-from oomguard.statefile import read_boot_id
+from oomguard.steer.score_state import STATE_FILE
 
 pytestmark = pytest.mark.system
 

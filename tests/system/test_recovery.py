@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.counter_snapshot import apply_handed_on
-from oomguard.engine import OomWatcher
-from oomguard.kmsg_parse import OomReportAssembler
-from oomguard.kmsg_reader import KmsgReader
+from oomguard.cgroups.scratch import MIB, ScratchTree
+from oomguard.detect.loop import OomWatcher
+from oomguard.kernel.kmsg import KmsgReader
+from oomguard.kernel.parse import OomReportAssembler
 from oomguard.records import Constraint, HandedOn, OomKill
-from oomguard.scratch import MIB, ScratchTree
+from oomguard.state.counter_snapshot import apply_handed_on
 
 pytestmark = pytest.mark.system
 

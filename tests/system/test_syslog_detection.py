@@ -26,12 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.engine import SYSLOG_MIN_READ_GAP_S
+from oomguard.cgroups.scratch import MIB, ScratchTree
+from oomguard.detect.loop import SYSLOG_MIN_READ_GAP_S
 from oomguard.k8s.event_queue import kill_id
-from oomguard.klog_syslog import SyslogReader
-from oomguard.kmsg_parse import KmsgRecord, OomReportAssembler
+from oomguard.kernel.parse import KmsgRecord, OomReportAssembler
+from oomguard.kernel.syslog import SyslogReader
 from oomguard.records import Constraint, OomKill
-from oomguard.scratch import MIB, ScratchTree
 from tests.conftest import Collector
 
 pytestmark = pytest.mark.system

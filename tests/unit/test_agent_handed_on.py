@@ -11,9 +11,10 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-from oomguard.agent import KMSG_POSITION_FILE, Agent, KmsgPosition
-from oomguard.counter_snapshot import STATE_FILE, CounterSnapshotFile
+from oomguard.agent import Agent
 from oomguard.records import HandedOn
+from oomguard.state.counter_snapshot import STATE_FILE, CounterSnapshotFile
+from oomguard.state.log_position import LOG_POSITION_FILE, LogPosition
 
 BOOT = "8c2e6f0b-1d3a-4a5e-9b7c-2f4d6e8a0b1c"
 A = "/kubepods/burstable/pod6f1e0c7a-2b3d-4e5f-8a9b-0c1d2e3f4a5b/" + "a1" * 32
@@ -22,7 +23,7 @@ A = "/kubepods/burstable/pod6f1e0c7a-2b3d-4e5f-8a9b-0c1d2e3f4a5b/" + "a1" * 32
 def agent_on(state_dir: Path) -> Agent:
     state_dir.mkdir(parents=True, exist_ok=True)
     agent = Agent.__new__(Agent)
-    agent.position = KmsgPosition(state_dir, BOOT)
+    agent.position = LogPosition(state_dir, BOOT)
     agent.counter_snapshot = CounterSnapshotFile(state_dir, BOOT)
     agent._handed_on = None
     agent._handed_on_seq = None
@@ -36,7 +37,7 @@ def saved(state_dir: Path) -> tuple[object, object]:
         path = state_dir / name
         return json.loads(path.read_text()) if path.exists() else None
 
-    counters, position = read(STATE_FILE), read(KMSG_POSITION_FILE)
+    counters, position = read(STATE_FILE), read(LOG_POSITION_FILE)
     return (
         None if counters is None else counters["oom_kill"],  # type: ignore[index]
         None if position is None else position["seq"],  # type: ignore[index]
@@ -73,7 +74,7 @@ def test_the_position_waits_for_the_counters(tmp_path: Path) -> None:
     (state / STATE_FILE).mkdir()
     agent._take(HandedOn(oom_kill={A: 2}, kmsg_seq=130))
     agent._save_handed_on()
-    assert json.loads((state / KMSG_POSITION_FILE).read_text())["seq"] == 100
+    assert json.loads((state / LOG_POSITION_FILE).read_text())["seq"] == 100
     # Once they can, both follow, on the next turn even with no new mark.
     shutil.rmtree(state / STATE_FILE)
     agent._save_handed_on()

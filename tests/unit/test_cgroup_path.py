@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oomguard.cgroup_path import (
+from oomguard.cgroups.path import (
     MAX_PATH_CHARS,
     ProcCgroup,
     container_id_from_runtime_uri,

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oomguard.cgroup_path import parse_cgroup_path
-from oomguard.classify import (
+from oomguard.cgroups.classify import (
     LIMIT_REACHED_MARGIN_BYTES,
     LimitEvidence,
     classify_counters,
@@ -18,6 +17,7 @@ from oomguard.classify import (
     limit_reached_while_down,
     peak_reached_limit,
 )
+from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.records import Constraint
 
 MEMCG = "CONSTRAINT_MEMCG"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.counter_snapshot import (
+from oomguard.records import HandedOn
+from oomguard.state.counter_snapshot import (
     STATE_FILE,
     STATE_FORMAT,
     CounterSnapshot,
@@ -17,7 +18,6 @@ from oomguard.counter_snapshot import (
     SnapshotFormatError,
     apply_handed_on,
 )
-from oomguard.records import HandedOn
 
 BOOT = "8c2e6f0b-1d3a-4a5e-9b7c-2f4d6e8a0b1c"
 OTHER_BOOT = "0d9f1e2c-3b4a-4c5d-8e6f-7a8b9c0d1e2f"

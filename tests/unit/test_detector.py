@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from oomguard.cgroups.counters import MemoryUse
 from oomguard.cgroups.watch import CounterChange
-from oomguard.detector import KillJoiner
+from oomguard.detect.join import KillJoiner
 from oomguard.records import Constraint, KernelOomKill
 
 UID = "0d8f2b8e-5c1a-4e8b-9b7e-2f3c4d5e6f70"

@@ -8,7 +8,7 @@ them back.
 from __future__ import annotations
 
 from oomguard.cgroups.watch import CounterChange
-from oomguard.detector import KillJoiner
+from oomguard.detect.join import KillJoiner
 from tests.unit.test_detector import CONTAINER, POD, WALL, bare_kill, joiner, kernel_kill
 
 OTHER = f"{POD}/{'b' * 64}"

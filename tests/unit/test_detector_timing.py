@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pytest
 
 from oomguard.cgroups.watch import CounterChange
-from oomguard.detector import KillJoiner, line_distance_s
-from oomguard.kclock import KernelClock
+from oomguard.detect.join import KillJoiner, line_distance_s
+from oomguard.kernel.clock import KernelClock
 from oomguard.records import Constraint, KernelOomKill
 from tests.unit.test_detector import CONTAINER, POD, WALL
 

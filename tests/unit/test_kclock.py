@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from oomguard.kclock import KernelClock
+from oomguard.kernel.clock import KernelClock
 
 DRIFT = KernelClock.MAX_DRIFT
 

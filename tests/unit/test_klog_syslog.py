@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.agent import KmsgPosition
 from oomguard.k8s.event_queue import kill_id
-from oomguard.klog_syslog import (
+from oomguard.kernel.parse import KmsgRecord, OomReportAssembler
+from oomguard.kernel.syslog import (
     LINES_PER_US,
     NumberedLine,
     SyslogCursor,
@@ -30,8 +30,8 @@ from oomguard.klog_syslog import (
     number_lines,
     parse_syslog_line,
 )
-from oomguard.kmsg_parse import KmsgRecord, OomReportAssembler
 from oomguard.records import CgroupIdentity, CgroupKind, Constraint, KernelOomKill, OomKill
+from oomguard.state.log_position import LogPosition
 
 CG = (
     "/kubepods/burstable/podf6914112-ecd9-4937-8d3b-43a971de87bc/"
@@ -499,17 +499,17 @@ def test_kill_ids_keep_syslog_positions_apart_from_kmsg_sequence_numbers() -> No
 
 
 def test_saved_position_is_resumed_only_by_the_reader_that_saved_it(tmp_path: Path) -> None:
-    saved = KmsgPosition(tmp_path, "boot-1")
+    saved = LogPosition(tmp_path, "boot-1")
     saved.save(11441347894000, source="syslog")
-    restarted = KmsgPosition(tmp_path, "boot-1")
+    restarted = LogPosition(tmp_path, "boot-1")
     assert restarted.resume_after("syslog") == 11441347894000
     assert restarted.resume_after("kmsg") is None  # another reader's number: only new
-    assert KmsgPosition(tmp_path, "boot-2").resume_after("syslog") == -1
+    assert LogPosition(tmp_path, "boot-2").resume_after("syslog") == -1
     restarted.save(7, source="kmsg")  # a smaller number, but the other reader's: saved
-    assert KmsgPosition(tmp_path, "boot-1").resume_after("kmsg") == 7
+    assert LogPosition(tmp_path, "boot-1").resume_after("kmsg") == 7
 
 
 def test_position_files_from_before_sources_are_kmsg(tmp_path: Path) -> None:
     (tmp_path / "kmsg-position.json").write_text('{"seq": 12, "boot_id": "b"}')
-    assert KmsgPosition(tmp_path, "b").resume_after("kmsg") == 12
-    assert KmsgPosition(tmp_path, "b").resume_after("syslog") is None
+    assert LogPosition(tmp_path, "b").resume_after("kmsg") == 12
+    assert LogPosition(tmp_path, "b").resume_after("syslog") is None

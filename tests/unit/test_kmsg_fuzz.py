@@ -20,11 +20,11 @@ import uuid
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from oomguard.cgroup_path import memory_cgroup, parse_cgroup_path, parse_proc_cgroup
+from oomguard.cgroups.path import memory_cgroup, parse_cgroup_path, parse_proc_cgroup
 from oomguard.k8s.attribution import Target, TargetKind, attribute
 from oomguard.k8s.events import MESSAGE_LIMIT_BYTES, format_message
-from oomguard.klog_syslog import parse_syslog_line
-from oomguard.kmsg_parse import KmsgRecord, OomReportAssembler, parse_kmsg_record
+from oomguard.kernel.parse import KmsgRecord, OomReportAssembler, parse_kmsg_record
+from oomguard.kernel.syslog import parse_syslog_line
 from oomguard.output import human_line
 from oomguard.records import CgroupKind, KernelOomKill
 from oomguard.safe_text import escape

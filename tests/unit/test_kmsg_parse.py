@@ -15,7 +15,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from oomguard.kmsg_parse import (
+from oomguard.kernel.parse import (
     KmsgRecord,
     OomReportAssembler,
     lost_between,

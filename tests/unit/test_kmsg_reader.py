@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.kmsg_parse import KmsgRecord
-from oomguard.kmsg_reader import DEFAULT_KMSG_PATH, KmsgReader, KmsgUnavailable
+from oomguard.kernel.kmsg import DEFAULT_KMSG_PATH, KmsgReader, KmsgUnavailable
+from oomguard.kernel.parse import KmsgRecord
 
 USER_FACILITY = 1  # what /dev/kmsg gives every line written from user space
 DEBUG_LEVEL = 7  # written at debug level, so consoles stay quiet

@@ -18,7 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oomguard.k8s.pod_cache import project_pod
-from oomguard.kubelet_score import (
+from oomguard.steer.admin import AdminPolicy
+from oomguard.steer.decision import Outcome, PodProjection, decide
+from oomguard.steer.kubelet_score import (
     BEST_EFFORT_OOM_SCORE_ADJ,
     BURSTABLE_MAX_OOM_SCORE_ADJ,
     BURSTABLE_MIN_OOM_SCORE_ADJ,
@@ -34,8 +36,7 @@ from oomguard.kubelet_score import (
     kubelet_oom_score_adj,
     qos_class,
 )
-from oomguard.policy import AdminPolicy, Outcome, PodProjection, decide
-from oomguard.reconciler import kubelet_scores
+from oomguard.steer.reconciler import kubelet_scores
 
 MI = 1 << 20
 GI = 1 << 30

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oomguard.main_process import Lineage, classify, parse_status, within
+from oomguard.detect.main_process import Lineage, classify, parse_status, within
 
 STATUS = "Name:\tapp\nState:\tR (running)\nTgid:\t4242\nPid:\t4242\nPPid:\t4100\nNSpid:\t4242\t1\n"
 

@@ -33,7 +33,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from oomguard.cgroup_path import parse_cgroup_path
+from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.k8s.attribution import Target, attribute
 from oomguard.k8s.pod_cache import (
     KEPT_ANNOTATION_PREFIX,

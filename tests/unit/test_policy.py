@@ -19,28 +19,22 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from oomguard.kubelet_score import (
+from oomguard.steer.admin import AdminPolicy, PolicyError, load_policy
+from oomguard.steer.annotations import (
+    AnnotationError,
+    Word,
+    parse_score_adj,
+    parse_switch,
+    read_annotations,
+)
+from oomguard.steer.decision import Decision, Outcome, PodProjection, decide, decide_pod
+from oomguard.steer.kubelet_score import (
     BEST_EFFORT_OOM_SCORE_ADJ,
     BURSTABLE_MAX_OOM_SCORE_ADJ,
     BURSTABLE_MIN_OOM_SCORE_ADJ,
     GUARANTEED_OOM_SCORE_ADJ,
     QOS_ORDER,
     QosClass,
-)
-from oomguard.policy import (
-    AdminPolicy,
-    AnnotationError,
-    Decision,
-    Outcome,
-    PodProjection,
-    PolicyError,
-    Word,
-    decide,
-    decide_pod,
-    load_policy,
-    parse_score_adj,
-    parse_switch,
-    read_annotations,
 )
 
 G, BU, BE = QosClass.GUARANTEED, QosClass.BURSTABLE, QosClass.BEST_EFFORT
@@ -459,7 +453,7 @@ def test_alias_bomb_is_refused_instead_of_freezing_the_agent() -> None:
     """
     code = (
         "import sys\n"
-        "from oomguard.policy import PolicyError, load_policy\n"
+        "from oomguard.steer.admin import PolicyError, load_policy\n"
         "try:\n"
         "    load_policy(sys.stdin.read())\n"
         "except PolicyError as error:\n"

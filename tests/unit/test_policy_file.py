@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from oomguard import policy_file
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.metrics import Metrics
-from oomguard.policy import AdminPolicy, load_policy
-from oomguard.policy_file import PolicySource
-from oomguard.reconciler import PolicyProvider, Reconciler
+from oomguard.steer import policy_file
+from oomguard.steer.admin import AdminPolicy, load_policy
+from oomguard.steer.policy_file import PolicySource
+from oomguard.steer.reconciler import PolicyProvider, Reconciler
 
 TRUST_A = "trusted_namespaces: {names: [a]}\n"
 TRUST_B = "trusted_namespaces: {names: [b]}\n"
@@ -96,7 +96,7 @@ def test_invalid_file_keeps_the_last_good_policy_and_says_why(
     metrics = Metrics(process_metrics=False)
     source = PolicySource(tmp_path / "policy.yaml", poll_interval_s=0.0, metrics=metrics)
     assert trusted(source) == ("a",)
-    with caplog.at_level(logging.ERROR, logger="oomguard.policy_file"):
+    with caplog.at_level(logging.ERROR, logger="oomguard.steer.policy_file"):
         configmap_dir(tmp_path, INVALID, 2)
         assert trusted(source) == ("a",)
         assert trusted(source) == ("a",)  # the same bad version: not counted twice
@@ -174,7 +174,7 @@ def test_hostile_file_keeps_the_last_good_policy_and_says_so_once(
     source = PolicySource(tmp_path / "policy.yaml", poll_interval_s=0.0, metrics=metrics)
     assert trusted(source) == ("a",)
     assert policy_valid(metrics) == 1
-    with caplog.at_level(logging.ERROR, logger="oomguard.policy_file"):
+    with caplog.at_level(logging.ERROR, logger="oomguard.steer.policy_file"):
         configmap_dir(tmp_path, text, 2)
         for _ in range(3):
             assert trusted(source) == ("a",)
@@ -221,7 +221,7 @@ def test_anything_the_loader_raises_is_a_rejected_version(
 def test_an_error_fixed_then_back_is_said_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="oomguard.policy_file"):
+    with caplog.at_level(logging.ERROR, logger="oomguard.steer.policy_file"):
         for version, text in enumerate([TRUST_A, INVALID, TRUST_B, INVALID], start=1):
             configmap_dir(tmp_path, text, version)
             if version == 1:
@@ -276,7 +276,7 @@ def test_a_provider_that_raises_leaves_the_last_policy_in_force(
     pod = SimpleNamespace(uid="u1", namespace="web", name="p")
     assert rec.pass_once([pod]).errors == 0  # type: ignore[list-item]
     provider.error = RecursionError("maximum recursion depth exceeded")
-    with caplog.at_level(logging.ERROR, logger="oomguard.reconciler"):
+    with caplog.at_level(logging.ERROR, logger="oomguard.steer.reconciler"):
         for _ in range(3):
             assert rec.pass_once([pod]).errors == 1  # type: ignore[list-item]
     assert used == [provider.policy] * 4

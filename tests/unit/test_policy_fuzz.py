@@ -26,16 +26,10 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from oomguard.kubelet_score import QOS_ORDER, QosClass
-from oomguard.policy import (
-    MAX_POLICY_DEPTH,
-    AdminPolicy,
-    PodProjection,
-    PolicyError,
-    decide_pod,
-    load_policy,
-)
-from oomguard.policy_file import PolicySource
+from oomguard.steer.admin import MAX_POLICY_DEPTH, AdminPolicy, PolicyError, load_policy
+from oomguard.steer.decision import PodProjection, decide_pod
+from oomguard.steer.kubelet_score import QOS_ORDER, QosClass
+from oomguard.steer.policy_file import PolicySource
 
 # Far above the milliseconds an example takes; far below what a blow-up takes.
 DEADLINE = timedelta(seconds=10)

@@ -168,12 +168,12 @@ def test_cli_text_logs_are_escaped() -> None:
         "import logging\n"
         "from oomguard.cli import configure_logging\n"
         "configure_logging('INFO')\n"
-        f"logging.getLogger('oomguard.engine').warning('victim %s', {HOSTILE_COMM!r})\n"
+        f"logging.getLogger('oomguard.detect.loop').warning('victim %s', {HOSTILE_COMM!r})\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
-    assert result.stderr == "WARNING oomguard.engine: victim \\x1b[2J\\x1b]0;pwn\\x07\\rX\n"
+    assert result.stderr == "WARNING oomguard.detect.loop: victim \\x1b[2J\\x1b]0;pwn\\x07\\rX\n"
 
 
 def test_formatter_does_not_change_the_record_for_other_handlers() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.score_state import (
+from oomguard.steer.score_state import (
     STATE_FILE,
     STATE_FORMAT,
     AppliedValue,
@@ -150,7 +150,7 @@ def test_corrupt_file_is_set_aside_with_a_clear_message(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes, why: str
 ) -> None:
     (tmp_path / STATE_FILE).write_bytes(content)
-    with caplog.at_level(logging.ERROR, logger="oomguard.score_state"):
+    with caplog.at_level(logging.ERROR, logger="oomguard.steer.score_state"):
         assert ScoreStateFile(tmp_path, BOOT).load() is None
     assert not (tmp_path / STATE_FILE).exists()
     [aside] = aside_files(tmp_path)
@@ -166,7 +166,7 @@ def test_foreign_version_is_set_aside_naming_the_format(
     body = good_body()
     body["format"] = "oomguard/oom-score-adj/v2"
     write_body(tmp_path, body)
-    with caplog.at_level(logging.ERROR, logger="oomguard.score_state"):
+    with caplog.at_level(logging.ERROR, logger="oomguard.steer.score_state"):
         assert ScoreStateFile(tmp_path, BOOT).load() is None
     assert len(aside_files(tmp_path)) == 1
     assert "oomguard/oom-score-adj/v2" in caplog.text and STATE_FORMAT in caplog.text
@@ -209,7 +209,7 @@ def test_a_failed_write_is_logged_and_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     file = ScoreStateFile(tmp_path / "absent", BOOT)
-    with caplog.at_level(logging.ERROR, logger="oomguard.score_state"):
+    with caplog.at_level(logging.ERROR, logger="oomguard.steer.score_state"):
         assert not file.save(state())
         assert not file.save(state())
     assert file.save_errors == 2
@@ -227,7 +227,7 @@ def test_unreadable_and_unmovable_is_not_fatal(
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(os, "replace", refuse)
-    with caplog.at_level(logging.ERROR, logger="oomguard.score_state"):
+    with caplog.at_level(logging.ERROR, logger="oomguard.steer.score_state"):
         assert ScoreStateFile(tmp_path, BOOT).load() is None
     assert "could not be moved aside" in caplog.text
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.agent import KMSG_POSITION_FILE, KmsgPosition
-from oomguard.counter_snapshot import STATE_FILE as COUNTERS_FILE
-from oomguard.counter_snapshot import CounterSnapshotFile
 from oomguard.k8s.event_queue import STATE_FILE as QUEUE_FILE
 from oomguard.k8s.event_queue import EventQueue
-from oomguard.score_state import STATE_FILE as SCORE_FILE
-from oomguard.score_state import ScoreStateFile, read_wanted
-from oomguard.statefile import atomic_write
+from oomguard.state.counter_snapshot import STATE_FILE as COUNTERS_FILE
+from oomguard.state.counter_snapshot import CounterSnapshotFile
+from oomguard.state.files import atomic_write
+from oomguard.state.log_position import LOG_POSITION_FILE, LogPosition
+from oomguard.steer.score_state import STATE_FILE as SCORE_FILE
+from oomguard.steer.score_state import ScoreStateFile, read_wanted
 
 BOOT = "8c2e6f0b-1d3a-4a5e-9b7c-2f4d6e8a0b1c"
 
@@ -36,7 +36,7 @@ DEEP_IN_OBJECT = b'{"format": "x", "boot_id": "b", "a": ' + DEEP + b"}"
 
 
 def load_position(d: Path) -> object:
-    return KmsgPosition(d, BOOT).resume_after("kmsg")
+    return LogPosition(d, BOOT).resume_after("kmsg")
 
 
 def load_counters(d: Path) -> object:
@@ -54,9 +54,9 @@ def load_queue(d: Path) -> object:
 
 # (file, load, logger): each agent loader returns None when it starts without its file.
 AGENT_LOADERS: list[tuple[str, Callable[[Path], object], str]] = [
-    (KMSG_POSITION_FILE, load_position, "oomguard.agent"),
-    (COUNTERS_FILE, load_counters, "oomguard.counter_snapshot"),
-    (SCORE_FILE, load_score_state, "oomguard.score_state"),
+    (LOG_POSITION_FILE, load_position, "oomguard.state.log_position"),
+    (COUNTERS_FILE, load_counters, "oomguard.state.counter_snapshot"),
+    (SCORE_FILE, load_score_state, "oomguard.steer.score_state"),
     (QUEUE_FILE, load_queue, "oomguard.k8s.event_queue"),
 ]
 IDS = ["kmsg-position", "counters", "score-state", "event-queue"]
@@ -159,18 +159,18 @@ def test_a_symlink_planted_at_the_old_temporary_name_is_not_followed(tmp_path: P
     outside.mkdir()
     precious = outside / "precious"
     precious.write_bytes(b"not yours")
-    (state / f".{KMSG_POSITION_FILE}.tmp-{os.getpid()}").symlink_to(precious)
-    KmsgPosition(state, BOOT).save(42)
+    (state / f".{LOG_POSITION_FILE}.tmp-{os.getpid()}").symlink_to(precious)
+    LogPosition(state, BOOT).save(42)
     assert precious.read_bytes() == b"not yours"
-    assert not (state / KMSG_POSITION_FILE).is_symlink()
-    assert KmsgPosition(state, BOOT).resume_after("kmsg") == 42
+    assert not (state / LOG_POSITION_FILE).is_symlink()
+    assert LogPosition(state, BOOT).resume_after("kmsg") == 42
 
 
 def test_a_write_never_follows_a_symlink_at_any_temporary_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Even a name the attacker guessed: the temporary file is created, never opened."""
-    import oomguard.statefile as statefile
+    import oomguard.state.files as statefile
 
     state, outside = tmp_path / "state", tmp_path / "outside"
     state.mkdir()
@@ -213,9 +213,9 @@ def test_writing_replaces_a_symlink_at_the_final_name_not_its_target(tmp_path: P
 
 
 def test_a_fifo_at_the_state_name_does_not_block_the_start(tmp_path: Path) -> None:
-    os.mkfifo(tmp_path / KMSG_POSITION_FILE)
+    os.mkfifo(tmp_path / LOG_POSITION_FILE)
     assert load_position(tmp_path) is None
-    assert len(set_aside(tmp_path, KMSG_POSITION_FILE)) == 1
+    assert len(set_aside(tmp_path, LOG_POSITION_FILE)) == 1
 
 
 def test_temporary_files_left_by_a_crash_are_cleared_at_start(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from oomguard.cgroup_path import parse_cgroup_path
-from oomguard.score_state import WantedValue
+from oomguard.cgroups.path import parse_cgroup_path
+from oomguard.steer.score_state import WantedValue
 from oomguard.top import ProcessScore, format_table, with_wanted
 
 UID = "6f1e0c7a-2b3d-4e5f-8a9b-0c1d2e3f4a5b"

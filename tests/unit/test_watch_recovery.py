@@ -15,7 +15,7 @@ import pytest
 
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.cgroups.watch import CgroupWatch, CounterChange
-from oomguard.engine import OomWatcher
+from oomguard.detect.loop import OomWatcher
 from oomguard.records import Constraint, HandedOn, OomKill
 
 MIB = 1024 * 1024

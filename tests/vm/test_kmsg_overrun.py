@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from oomguard.kmsg_reader import DEFAULT_KMSG_PATH, KmsgReader
+from oomguard.kernel.kmsg import DEFAULT_KMSG_PATH, KmsgReader
 
 pytestmark = pytest.mark.vm
 

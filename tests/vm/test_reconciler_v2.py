@@ -14,10 +14,10 @@ from types import MappingProxyType
 
 import pytest
 
+from oomguard.cgroups.scratch import HOG_SOURCE, MIB, ScratchTree
 from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView
-from oomguard.policy import AdminPolicy, load_policy
-from oomguard.reconciler import REASON_APPLIED, Reconciler
-from oomguard.scratch import HOG_SOURCE, MIB, ScratchTree
+from oomguard.steer.admin import AdminPolicy, load_policy
+from oomguard.steer.reconciler import REASON_APPLIED, Reconciler
 
 pytestmark = pytest.mark.vm
 

@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
+from oomguard.cgroups.scratch import ScratchTree
 from oomguard.records import Constraint
-from oomguard.scratch import ScratchTree
 from tests.system.test_recovery import LIMIT, running
 
 pytestmark = pytest.mark.vm

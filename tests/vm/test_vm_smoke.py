@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.scratch import ScratchTree
+from oomguard.cgroups.scratch import ScratchTree
 
 pytestmark = pytest.mark.vm
 

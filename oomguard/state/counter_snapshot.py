@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oomguard.records import HandedOn
-from oomguard.statefile import StateFile, StateWrites, parse_versioned
+from oomguard.state.files import StateFile, StateWrites, parse_versioned
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from oomguard.cgroup_path import parse_cgroup_path
+from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.records import CgroupIdentity, CgroupKind, Constraint
 
 # The kernel's words in "oom-kill:constraint=..." (mm/oom_kill.c, 4.19+).

@@ -34,12 +34,12 @@ from pathlib import Path
 from oomguard.cgroups.counters import MemoryUse, read_memory_use
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.cgroups.watch import CgroupWatch, CounterChange
-from oomguard.detector import KillJoiner
-from oomguard.kclock import KernelClock
-from oomguard.klog_syslog import SyslogReader, SyslogUnavailable
-from oomguard.kmsg_parse import OomReportAssembler
-from oomguard.kmsg_reader import KmsgReader, KmsgUnavailable
-from oomguard.main_process import Captured, MainProcessProbe
+from oomguard.detect.join import KillJoiner
+from oomguard.detect.main_process import Captured, MainProcessProbe
+from oomguard.kernel.clock import KernelClock
+from oomguard.kernel.kmsg import KmsgReader, KmsgUnavailable
+from oomguard.kernel.parse import OomReportAssembler
+from oomguard.kernel.syslog import SyslogReader, SyslogUnavailable
 from oomguard.records import CgroupKind, HandedOn, KernelOomKill, OomKill
 
 log = logging.getLogger(__name__)

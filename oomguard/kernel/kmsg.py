@@ -13,7 +13,7 @@ import errno
 import os
 
 from oomguard.closing import Closing
-from oomguard.kmsg_parse import KmsgRecord, lost_between, parse_kmsg_record
+from oomguard.kernel.parse import KmsgRecord, lost_between, parse_kmsg_record
 
 __all__ = ["DEFAULT_KMSG_PATH", "KmsgReader", "KmsgUnavailable"]
 

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from oomguard.procfs import ProcHandle, read_cgroup_procs
+from oomguard.proc.handle import ProcHandle, read_cgroup_procs
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,11 +52,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from oomguard.cgroup_path import memory_cgroup, parse_cgroup_path
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
+from oomguard.cgroups.path import memory_cgroup, parse_cgroup_path
 from oomguard.k8s.pod_cache import ContainerKind as PodContainerKind
 from oomguard.k8s.pod_cache import ContainerView, PodView, normalize_pod_key
-from oomguard.kubelet_score import (
+from oomguard.metrics import Metrics, ScoreAdjustmentResult
+from oomguard.proc.handle import ProcHandle, read_cgroup_procs
+from oomguard.state.files import StateWrites
+from oomguard.steer.admin import AdminPolicy
+from oomguard.steer.decision import Decision, Outcome, PodProjection, decide_pod
+from oomguard.steer.kubelet_score import (
     ContainerKind,
     ContainerMemory,
     PodMemory,
@@ -64,11 +69,7 @@ from oomguard.kubelet_score import (
     is_node_critical,
     kubelet_oom_score_adj,
 )
-from oomguard.metrics import Metrics, ScoreAdjustmentResult
-from oomguard.policy import AdminPolicy, Decision, Outcome, PodProjection, decide_pod
-from oomguard.procfs import ProcHandle, read_cgroup_procs
-from oomguard.score_state import AppliedValue, ScoreState, ScoreStateFile, WantedValue
-from oomguard.statefile import StateWrites
+from oomguard.steer.score_state import AppliedValue, ScoreState, ScoreStateFile, WantedValue
 
 log = logging.getLogger(__name__)
 

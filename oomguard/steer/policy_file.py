@@ -40,8 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from oomguard.metrics import Metrics
-from oomguard.policy import AdminPolicy, PolicyError, load_policy
-from oomguard.statefile import atomic_write, read_capped
+from oomguard.state.files import atomic_write, read_capped
+from oomguard.steer.admin import AdminPolicy, PolicyError, load_policy
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import NamedTuple
 
-from oomguard.kmsg_parse import KmsgRecord
+from oomguard.kernel.parse import KmsgRecord
 from oomguard.safe_text import decode
 
 __all__ = [

@@ -1,58 +1,4 @@
-"""What oom_score_adj each container should have: pod annotations, bounded by the admin.
-
-Annotations are written by whoever can create a pod, so they are requests, not
-orders: by default a pod may only ask to be killed *sooner* than the kubelet would
-have it; asking to be killed later needs a namespace the admin trusts, and whatever
-is granted stays inside the admin's bounds for the pod's QoS class (the systemd
-`ManagedOOMPreference` rule: a preference counts only where its owner is trusted).
-This module is pure: it reads values handed to it and returns a `Decision`; the
-reconciler writes /proc, the pod cache supplies the pod.
-
-Annotations (the first three keys are the public contract)
------------------------------------------------------------
-    oomguard.io/protect: "true"            ask for protection (the policy says how much)
-    oomguard.io/sacrifice: "true"          volunteer to be killed first (1000 by default)
-    oomguard.io/oom-score-adj: "<n>"       an explicit value, -1000..1000, bounded by policy
-    oomguard.io/protect.<container>        the same three, for one container only
-    oomguard.io/sacrifice.<container>
-    oomguard.io/oom-score-adj.<container>
-
-- Booleans are exactly "true" or "false", lower case (as Kubernetes writes them);
-  "false" is the same as leaving the key out, except that a container-form "false"
-  still shadows the pod form for that container (see below).
-- Numbers are canonical decimal: an optional "-" then ASCII digits, no leading zeros,
-  no "+", no "-0", no spaces, no fractions or exponents, within -1000..1000.
-  One spelling per number keeps diffs and greps honest and leaves nothing for
-  another tool's parser (octal "010", "1e3", Unicode digits) to read differently.
-- Container form wins: if any valid container-form key names a container, the pod
-  form is ignored for that container. That is how one container opts out of a
-  pod-wide request (`oomguard.io/protect.istio-proxy: "false"`).
-  Kubernetes limits the part after "oomguard.io/" to 63 characters, so the container
-  form works for container names of up to 49 characters (all three keys); a longer
-  key is refused by the API server when the pod is created, never silently dropped.
-- One request per container: protect, sacrifice and oom-score-adj are alternatives.
-  Two of them "true"/set at the same level conflict, and both are ignored.
-- An invalid or conflicting value is ignored as if it were not written, with a
-  warning saying why; unknown `oomguard.io/` keys and container-form keys naming a
-  container the pod does not have are warned about too. Nothing here raises on a
-  pod's annotations.
-
-How a request becomes a value (for one container, `decide`)
------------------------------------------------------------
-1. The baseline is the kubelet's own value, or the admin's default for the pod's
-   namespace when one matches (`defaults`, first match wins; the admin needs no
-   trust from anyone, but the default is still bounded like a request).
-2. protect maps to the policy's `protect` value for the pod's QoS class, sacrifice
-   to its `sacrifice` value, oom-score-adj to its number. protect never raises the
-   baseline and sacrifice never lowers it.
-3. Asking for less than the baseline needs `trusted_namespaces` to match the
-   namespace; otherwise the request is refused and the baseline stands.
-4. The result is clamped into [lowest, highest] for the QoS class, but the clamp
-   never pushes it past the baseline in the other direction (a pod that asked to be
-   killed sooner is never made safer, and the reverse). -1000 only with
-   `allow_never_kill`.
-So `Decision.desired` is None (leave the kubelet's value), the baseline, or a value
-inside the class's bounds; nothing else.
+"""The admin policy: what pods may ask for, as a validated model, read from a bounded file.
 
 The admin policy file (YAML or JSON, from a ConfigMap; every key optional)
 --------------------------------------------------------------------------
@@ -106,12 +52,9 @@ namespace: to trust them all, say so with
 
 from __future__ import annotations
 
-import enum
 import itertools
-import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
@@ -127,7 +70,8 @@ from pydantic import (
     model_validator,
 )
 
-from oomguard.kubelet_score import (
+from oomguard.steer.annotations import QUOTE_CHARS, ScoreRequest, Word, quote_value
+from oomguard.steer.kubelet_score import (
     BURSTABLE_MAX_OOM_SCORE_ADJ,
     BURSTABLE_MIN_OOM_SCORE_ADJ,
     GUARANTEED_OOM_SCORE_ADJ,
@@ -138,22 +82,8 @@ from oomguard.kubelet_score import (
     QosClass,
 )
 
-ANNOTATION_PREFIX = "oomguard.io/"
-# Separates the word from the container name in the per-container form.
-CONTAINER_SEPARATOR = "."
-TRUE = "true"
-FALSE = "false"
-# Longest canonical number in range: "-1000".
-_MAX_NUMBER_CHARS = len(str(OOM_SCORE_ADJ_MIN))
-# How much of a hostile value a message quotes.
-_QUOTE_CHARS = 40
 # How many of a policy's problems one message lists.
 _LISTED_PROBLEMS = 8
-# How many container names a message lists.
-_LISTED_CONTAINERS = 8
-
-_CANONICAL_NUMBER = re.compile(r"0|-?[1-9][0-9]*")
-_SIGNED_DIGITS = re.compile(r"[+-]?[0-9]+")
 # RFC 1123 label: what Kubernetes allows for namespace and container names.
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_LABEL_RE = re.compile(_DNS_LABEL)
@@ -173,210 +103,6 @@ SAFEST_WITHOUT_NEVER_KILL = KUBELET_OOM_SCORE_ADJ
 # Guaranteed pod's value.
 NON_GUARANTEED_FLOOR_EXCLUSIVE = GUARANTEED_OOM_SCORE_ADJ
 
-
-class Word(enum.StrEnum):
-    """The annotation words after `oomguard.io/`; each names one kind of request."""
-
-    PROTECT = "protect"
-    SACRIFICE = "sacrifice"
-    OOM_SCORE_ADJ = "oom-score-adj"
-
-
-_SWITCH_WORDS = frozenset({Word.PROTECT, Word.SACRIFICE})
-
-
-class AnnotationError(ValueError):
-    """An annotation value that is not in the grammar; the message says why."""
-
-
-def _quote(value: str) -> str:
-    """A value safe to put in a log line or an Event: escaped, and cut if long."""
-    shown = json.dumps(value[:_QUOTE_CHARS], ensure_ascii=True)
-    return shown + ("..." if len(value) > _QUOTE_CHARS else "")
-
-
-def parse_switch(value: str) -> bool:
-    """Read a protect / sacrifice value: exactly "true" or "false"."""
-    if value == TRUE:
-        return True
-    if value == FALSE:
-        return False
-    if value.strip() != value:
-        raise AnnotationError(f"{_quote(value)} has spaces around it; write true or false")
-    if value.lower() in (TRUE, FALSE):
-        raise AnnotationError(f"{_quote(value)} must be written in lower case: {value.lower()}")
-    raise AnnotationError(f'{_quote(value)} is not "true" or "false"')
-
-
-def parse_score_adj(value: str) -> int:
-    """Read an oom-score-adj value: a canonical integer from -1000 to 1000."""
-    if _CANONICAL_NUMBER.fullmatch(value) and len(value) <= _MAX_NUMBER_CHARS:
-        number = int(value)
-        if OOM_SCORE_ADJ_MIN <= number <= OOM_SCORE_ADJ_MAX:
-            return number
-    if value == "":
-        raise AnnotationError("the value is empty; write a number from -1000 to 1000")
-    if value.strip() != value:
-        raise AnnotationError(f"{_quote(value)} has spaces around it")
-    if _CANONICAL_NUMBER.fullmatch(value):
-        # Canonical but out of range; never int() a huge string to say so.
-        raise AnnotationError(f"{_quote(value)} is outside -1000..1000")
-    if _SIGNED_DIGITS.fullmatch(value):
-        digits = value.lstrip("+-")
-        if value.startswith("+"):
-            hint = "drop the '+'"
-        elif digits.strip("0") == "":
-            hint = "write 0"
-        else:
-            hint = "drop the leading zeros"
-        raise AnnotationError(f"{_quote(value)} is not written canonically; {hint}")
-    raise AnnotationError(
-        f"{_quote(value)} is not a whole number from -1000 to 1000 "
-        "(an optional '-' and ASCII digits only)"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ScoreRequest:
-    """What one container asked for, and the annotation that asked."""
-
-    key: str
-    word: Word
-    number: int | None = None  # set for Word.OOM_SCORE_ADJ only
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    key: str
-    word: Word
-    switch: bool = False
-    number: int | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.word is Word.OOM_SCORE_ADJ or self.switch
-
-
-@dataclass(frozen=True, slots=True)
-class AnnotationLevel:
-    """The valid keys written at one level (the pod, or one container)."""
-
-    request: ScoreRequest | None
-    present: bool  # any valid key at all, "false" included: it shadows the pod level
-    problems: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerRequest:
-    """The request that applies to one container after the container form shadows."""
-
-    request: ScoreRequest | None
-    problems: tuple[str, ...]  # invalid or conflicting keys that concerned it
-    invalid_keys: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class AnnotationReading:
-    """A pod's oomguard annotations, read once for all its containers."""
-
-    pod_level: AnnotationLevel
-    container_levels: Mapping[str, AnnotationLevel]
-    pod_problems: tuple[str, ...]  # unknown keys, keys naming no container
-    invalid_keys: Mapping[str | None, tuple[str, ...]]  # by container (None: pod form)
-
-    def for_container(self, name: str) -> ContainerRequest:
-        """The request container `name` carries, and the problems that concern it."""
-        own = self.container_levels.get(name)
-        problems = list(self.pod_level.problems)
-        invalid = list(self.invalid_keys.get(None, ()))
-        if own is not None:
-            problems.extend(own.problems)
-            invalid.extend(self.invalid_keys.get(name, ()))
-        level = own if own is not None and own.present else self.pod_level
-        return ContainerRequest(level.request, tuple(problems), tuple(invalid))
-
-
-def _resolve_level(entries: list[_Entry], problems: list[str]) -> AnnotationLevel:
-    active = [entry for entry in entries if entry.active]
-    if len(active) > 1:
-        keys = ", ".join(entry.key for entry in active)
-        problems.append(
-            f"{keys} conflict (ask for one of protect, sacrifice or oom-score-adj); "
-            "all of them are ignored"
-        )
-        entries = [entry for entry in entries if not entry.active]
-        active = []
-    request = None
-    if active:
-        entry = active[0]
-        request = ScoreRequest(entry.key, entry.word, entry.number)
-    return AnnotationLevel(request, bool(entries), tuple(problems))
-
-
-def _container_list(names: Iterable[str]) -> str:
-    listed = sorted(names)
-    shown = ", ".join(listed[:_LISTED_CONTAINERS])
-    return shown + (", ..." if len(listed) > _LISTED_CONTAINERS else "") if listed else "none"
-
-
-def read_annotations(
-    annotations: Mapping[str, str], container_names: Iterable[str]
-) -> AnnotationReading:
-    """Read every `oomguard.io/` annotation of a pod; never raises on their content."""
-    known_containers = frozenset(container_names)
-    entries: dict[str | None, list[_Entry]] = {None: []}
-    problems: dict[str | None, list[str]] = {None: []}
-    invalid: dict[str | None, list[str]] = {}
-    pod_problems: list[str] = []
-    for key in sorted(annotations):
-        if not key.startswith(ANNOTATION_PREFIX):
-            continue
-        value = annotations[key]
-        name = key[len(ANNOTATION_PREFIX) :]
-        word_text, separator, container = name.partition(CONTAINER_SEPARATOR)
-        try:
-            word = Word(word_text)
-        except ValueError:
-            words = ", ".join(word.value for word in Word)
-            pod_problems.append(
-                f"{_quote(key)} is not an oomguard annotation (known: {words}, "
-                f"optionally followed by {CONTAINER_SEPARATOR}<container>); ignored"
-            )
-            continue
-        target: str | None = None
-        if separator:
-            if container not in known_containers:
-                pod_problems.append(
-                    f"{_quote(key)} names no container of this pod "
-                    f"(containers: {_container_list(known_containers)}); ignored"
-                )
-                continue
-            target = container
-        try:
-            if word in _SWITCH_WORDS:
-                entry = _Entry(key, word, switch=parse_switch(value))
-            else:
-                entry = _Entry(key, word, number=parse_score_adj(value))
-        except AnnotationError as error:
-            problems.setdefault(target, []).append(f"{key}: {error}; ignored")
-            invalid.setdefault(target, []).append(key)
-            continue
-        entries.setdefault(target, []).append(entry)
-    levels = {
-        target: _resolve_level(entries.get(target, []), problems.get(target, []))
-        for target in {*entries, *problems}
-    }
-    pod_level = levels.pop(None)
-    container_levels = {name: level for name, level in levels.items() if name is not None}
-    return AnnotationReading(
-        pod_level,
-        container_levels,
-        tuple(pod_problems),
-        {target: tuple(keys) for target, keys in invalid.items()},
-    )
-
-
-# ----------------------------------------------------------------------------- policy
 
 Score = Annotated[StrictInt, Field(ge=OOM_SCORE_ADJ_MIN, le=OOM_SCORE_ADJ_MAX)]
 NamespaceName = Annotated[StrictStr, Field(pattern=f"^{_DNS_LABEL}$", max_length=_DNS_LABEL_MAX)]
@@ -627,7 +353,7 @@ def _describe_validation_error(error: ValidationError) -> str:
     details = error.errors()
     parts = []
     for detail in details[:_LISTED_PROBLEMS]:
-        where = ".".join(_clip(str(part), _QUOTE_CHARS) for part in detail["loc"])
+        where = ".".join(_clip(str(part), QUOTE_CHARS) for part in detail["loc"])
         message = str(detail["msg"]).removeprefix("Value error, ")
         message = message.replace("a valid tuple", "a list")  # YAML has lists, not tuples
         parts.append(f"{where}: {message}" if where else message)
@@ -670,7 +396,7 @@ def _refuse_duplicate_keys(node: yaml.MappingNode) -> None:
             if key_node.value in seen:
                 line = key_node.start_mark.line + 1
                 raise PolicyError(
-                    f"the policy repeats the key {_quote(key_node.value)} (line {line})."
+                    f"the policy repeats the key {quote_value(key_node.value)} (line {line})."
                 )
             seen.add(key_node.value)
 
@@ -725,7 +451,7 @@ class _BoundedLoader(yaml.SafeLoader):
                 size = self._expanded.get(id(target))
                 if size is None:
                     self._refuse(
-                        f"the alias *{_clip(str(event.anchor), _QUOTE_CHARS)} refers to a value "
+                        f"the alias *{_clip(str(event.anchor), QUOTE_CHARS)} refers to a value "
                         "that contains it",
                         event,
                     )
@@ -827,196 +553,3 @@ def load_policy(text: str) -> AdminPolicy:
         raise PolicyError(
             f"the policy cannot be validated: {type(error).__name__}: {_clip(str(error))}."
         ) from None
-
-
-# --------------------------------------------------------------------------- decision
-
-
-class Outcome(enum.StrEnum):
-    """How a container's value came about; metrics count these."""
-
-    UNMANAGED = "unmanaged"  # no request and no default: the kubelet's value stands
-    DEFAULTED = "defaulted"  # the admin's default for the namespace
-    APPLIED = "applied"  # the pod's request, as asked
-    BOUNDED = "bounded"  # the pod's request, cut to the policy's bounds
-    REFUSED = "refused"  # the pod asked to be safer without trust: the baseline stands
-
-
-@dataclass(frozen=True, slots=True)
-class PodProjection:
-    """What the policy needs to know about a pod (the pod cache builds it)."""
-
-    namespace: str
-    qos_class: QosClass
-    # container name -> the kubelet's oom_score_adj for it (kubelet_score.py)
-    kubelet_scores: Mapping[str, int]
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    namespace_labels: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The oom_score_adj one container should have, and why, in words."""
-
-    container: str
-    kubelet_value: int
-    desired: int | None  # None: leave (or put back) the kubelet's value
-    outcome: Outcome
-    reason: str
-    warnings: tuple[str, ...] = ()  # for a Warning Event: invalid, refused, bounded
-    request_key: str | None = None  # the annotation (or default) that asked
-    invalid_keys: tuple[str, ...] = ()
-
-    @property
-    def target(self) -> int:
-        """The value every process of the container should end up with."""
-        return self.kubelet_value if self.desired is None else self.desired
-
-
-@dataclass(frozen=True, slots=True)
-class PodDecision:
-    """Decisions for every container, plus warnings about the pod as a whole."""
-
-    decisions: tuple[Decision, ...]
-    warnings: tuple[str, ...]  # unknown keys, keys naming no container
-
-    @property
-    def all_warnings(self) -> tuple[str, ...]:
-        """Every distinct warning, pod-wide first: one Warning Event's worth."""
-        seen = dict.fromkeys(self.warnings)
-        for decision in self.decisions:
-            seen.update(dict.fromkeys(decision.warnings))
-        return tuple(seen)
-
-
-def _requested_value(request: ScoreRequest, bounds: QosBounds, baseline: int) -> int:
-    """The value a request stands for; protect never raises, sacrifice never lowers."""
-    if request.word is Word.PROTECT:
-        return min(bounds.protect_value, baseline)
-    if request.word is Word.SACRIFICE:
-        return max(bounds.sacrifice_value, baseline)
-    assert request.number is not None
-    return request.number
-
-
-def _bounded(value: int, baseline: int, bounds: QosBounds, allow_never_kill: bool) -> int:
-    """Clamp into the class's bounds, never past the baseline the wrong way."""
-    result = bounds.clamp(value)
-    if value >= baseline:
-        result = max(result, baseline)
-    if value <= baseline:
-        result = min(result, baseline)
-    if result == OOM_SCORE_ADJ_MIN and not allow_never_kill:
-        result = SAFEST_WITHOUT_NEVER_KILL
-    return result
-
-
-def _describe_request(request: ScoreRequest) -> str:
-    if request.word is Word.OOM_SCORE_ADJ:
-        return f"{request.key}={request.number}"
-    return f"{request.key}=true" if request.key.startswith(ANNOTATION_PREFIX) else request.key
-
-
-def _decide(
-    pod: PodProjection, container: str, reading: AnnotationReading, policy: AdminPolicy
-) -> Decision:
-    if container not in pod.kubelet_scores:
-        raise KeyError(f"no kubelet value for container {container!r}")
-    kubelet = min(max(pod.kubelet_scores[container], OOM_SCORE_ADJ_MIN), OOM_SCORE_ADJ_MAX)
-    qos = pod.qos_class
-    bounds = policy.qos[qos]
-    never_kill = policy.allow_never_kill
-    namespace = pod.namespace
-    own = reading.for_container(container)
-    warnings = list(own.problems)
-
-    def decision(
-        desired: int | None, outcome: Outcome, reason: str, request_key: str | None = None
-    ) -> Decision:
-        return Decision(
-            container=container,
-            kubelet_value=kubelet,
-            desired=desired,
-            outcome=outcome,
-            reason=reason,
-            warnings=tuple(warnings),
-            request_key=request_key,
-            invalid_keys=own.invalid_keys,
-        )
-
-    rule = policy.default_for(namespace, pod.namespace_labels)
-    baseline, baseline_words, fallback = kubelet, f"the kubelet's value {kubelet}", None
-    if rule is not None:
-        wanted = _requested_value(rule.score_request, bounds, kubelet)
-        fallback = _bounded(wanted, kubelet, bounds, never_kill)
-        baseline = fallback
-        baseline_words = f"the policy's default for namespace {namespace} ({fallback})"
-
-    request = own.request
-    if request is None:
-        if rule is None:
-            return decision(
-                None,
-                Outcome.UNMANAGED,
-                f"no oomguard request for container {container}; {baseline_words} stands",
-            )
-        return decision(
-            fallback,
-            Outcome.DEFAULTED,
-            f"{baseline_words} applies to {qos} container {container} "
-            f"(asked {rule.request}; kubelet's value {kubelet})",
-            rule.score_request.key,
-        )
-
-    asked = _describe_request(request)
-    wanted = _requested_value(request, bounds, baseline)
-    if wanted < baseline and not policy.trusts(namespace, pod.namespace_labels):
-        warnings.append(
-            f"{asked} asks to lower container {container}'s oom_score_adj from {baseline} to "
-            f"{wanted}, which needs the oomguard policy to trust namespace {namespace}; "
-            f"{baseline_words} stays"
-        )
-        return decision(
-            fallback,
-            Outcome.REFUSED,
-            f"{asked} refused: namespace {namespace} is not trusted to lower oom_score_adj; "
-            f"{baseline_words} stays",
-            request.key,
-        )
-
-    granted = _bounded(wanted, baseline, bounds, never_kill)
-    outcome = Outcome.APPLIED
-    if granted != wanted:
-        outcome = Outcome.BOUNDED
-        clamped = bounds.clamp(wanted)
-        if granted == clamped:
-            why = f"the policy allows {qos} pods {bounds.lowest}..{bounds.highest}"
-        elif granted == baseline:
-            why = (
-                f"the policy's bounds for {qos} pods ({bounds.lowest}..{bounds.highest}) "
-                f"would move it to the other side of {baseline_words}"
-            )
-        else:
-            why = "-1000 (never kill) needs allow_never_kill in the policy"
-        warnings.append(
-            f"{asked} asks for {wanted} for container {container}, but {why}; applied {granted}"
-        )
-    return decision(
-        granted,
-        outcome,
-        f"{asked} gives {qos} container {container} {granted} (kubelet's value {kubelet})",
-        request.key,
-    )
-
-
-def decide(pod: PodProjection, container: str, policy: AdminPolicy) -> Decision:
-    """The value one container should have; raises only if `container` has no kubelet value."""
-    reading = read_annotations(pod.annotations, pod.kubelet_scores)
-    return _decide(pod, container, reading, policy)
-
-
-def decide_pod(pod: PodProjection, policy: AdminPolicy) -> PodDecision:
-    """Decisions for every container of the pod, reading its annotations once."""
-    reading = read_annotations(pod.annotations, pod.kubelet_scores)
-    decisions = tuple(_decide(pod, name, reading, policy) for name in pod.kubelet_scores)
-    return PodDecision(decisions, reading.pod_problems)

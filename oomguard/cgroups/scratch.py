@@ -18,7 +18,7 @@ from pathlib import Path
 
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy, own_cgroup
 from oomguard.closing import Closing
-from oomguard.procfs import read_cgroup_procs
+from oomguard.proc.handle import read_cgroup_procs
 
 MIB = 1024 * 1024
 

@@ -48,11 +48,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from oomguard.cgroup_path import parse_cgroup_path
+from oomguard.cgroups.classify import classify_counters, classify_kernel
 from oomguard.cgroups.counters import MemoryUse
+from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.cgroups.watch import CounterChange
-from oomguard.classify import classify_counters, classify_kernel
-from oomguard.kclock import KernelClock
+from oomguard.kernel.clock import KernelClock
 from oomguard.records import KernelOomKill, OomKill
 
 _KB = 1024

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oomguard.statefile import (
+from oomguard.state.files import (
     StateFile,
     StateFileError,
     StateWrites,

@@ -1,0 +1,1 @@
+"""Processes: race-safe access to /proc/PID, pinned by a directory descriptor."""
