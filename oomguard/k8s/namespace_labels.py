@@ -32,6 +32,7 @@ from types import MappingProxyType
 from urllib.parse import quote
 
 from oomguard.k8s.client import ApiConnectionError, ApiStatusError, KubeApi, KubeApiError
+from oomguard.say_once import SaidOnce
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class NamespaceLabels:
         self._observe = observe_latency
         self._reads: dict[str, _Read] = {}
         self._paused_until = float("-inf")
-        self._logged: set[str] = set()
+        self._said: SaidOnce[str] = SaidOnce(_MAX_LOGGED_CAUSES)
         self._failing = False  # a read failed since the last that worked ("works again")
         self.requests = 0  # requests sent since start
         self.failures = 0  # of which failed (any error status or no answer)
@@ -161,7 +162,7 @@ class NamespaceLabels:
         if self._failing:
             self._failing = False
             log.info("namespace labels can be read again")
-            self._logged = {key for key in self._logged if key.startswith("not found ")}
+            self._said.forget(keep=lambda key: key.startswith("not found "))
         return self._keep(namespace, _labels_of(body), now)
 
     def _keep(self, namespace: str, labels: Mapping[str, str], now: float) -> _Read:
@@ -188,9 +189,5 @@ class NamespaceLabels:
 
     def _warn(self, cause: str, message: str, *args: object, failing: bool = True) -> None:
         self._failing = self._failing or failing
-        if cause in self._logged:
-            return
-        if len(self._logged) >= _MAX_LOGGED_CAUSES:
-            self._logged.clear()
-        self._logged.add(cause)
-        log.warning(message, *args)
+        if self._said.first(cause):
+            log.warning(message, *args)

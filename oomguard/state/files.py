@@ -46,6 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from oomguard.say_once import SaidOnce
+
 log = logging.getLogger(__name__)
 
 # The default of `oomguard run --state-dir` (and of `oomguard top --state-dir`, which
@@ -251,7 +253,7 @@ class StateWrites:
         self.errors = 0  # failed writes since start (the metric)
         self.set_aside = 0  # unusable files moved aside since start (the metric)
         self._failing: set[Path] = set()  # files whose last write failed
-        self._said: set[str] = set()  # errors logged during this outage
+        self._said: SaidOnce[str] = SaidOnce(64)  # errors logged during this outage
         self._errors_at_outage = 0
 
     @property
@@ -266,8 +268,7 @@ class StateWrites:
             if not self._failing:
                 self._errors_at_outage = self.errors - 1
             self._failing.add(path)
-            new = why not in self._said
-            self._said.add(why)
+            new = self._said.first(why)
         if new:
             owner.error(
                 "cannot write %s (%s); %s. The agent goes on from memory (Events are still "
@@ -286,7 +287,7 @@ class StateWrites:
             if self._failing:
                 return
             failed = self.errors - self._errors_at_outage
-            self._said.clear()
+            self._said.forget()
         owner.warning(
             "state files are written again (%s works; %d writes failed meanwhile)", path, failed
         )

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from oomguard.metrics import Metrics
+from oomguard.say_once import SaidOnce
 from oomguard.state.files import atomic_write, read_capped
 from oomguard.steer.admin import AdminPolicy, PolicyError, load_policy
 
@@ -87,7 +88,7 @@ class PolicySource:
         self._stamp: _Stamp = None
         self._checked_at: float | None = None
         self._seen = False  # the file was checked at least once
-        self._logged_errors: set[str] = set()
+        self._said: SaidOnce[str] = SaidOnce(64)
         self.last_error: str | None = None
         self.errors = 0  # versions of the file rejected since start
         self.reloads = 0  # versions of the file (or its absence) taken into force
@@ -153,7 +154,7 @@ class PolicySource:
 
     def _accepted(self) -> None:
         self.last_error = None
-        self._logged_errors.clear()  # a later breakage is news again
+        self._said.forget()  # a later breakage is news again
         self.reloads += 1
         if self._metrics is not None:
             self._metrics.policy_valid.set(1)
@@ -216,10 +217,7 @@ class PolicySource:
         if self._metrics is not None:
             self._metrics.policy_reload_errors.inc()
             self._metrics.policy_valid.set(0)
-        if why not in self._logged_errors:
-            if len(self._logged_errors) >= 64:
-                self._logged_errors.clear()
-            self._logged_errors.add(why)
+        if self._said.first(why):
             log.error(
                 "INVALID oomguard policy in %s: %s %s stays in force.",
                 self.path,

@@ -58,6 +58,7 @@ from oomguard.k8s.pod_cache import ContainerKind as PodContainerKind
 from oomguard.k8s.pod_cache import ContainerView, PodView, normalize_pod_key
 from oomguard.metrics import Metrics, ScoreAdjustmentResult
 from oomguard.proc.handle import ProcHandle, read_cgroup_procs
+from oomguard.say_once import SaidOnce
 from oomguard.state.files import StateWrites
 from oomguard.steer.admin import AdminPolicy
 from oomguard.steer.decision import Decision, Outcome, PodProjection, decide_pod
@@ -227,7 +228,9 @@ class _Indexed:
 @dataclass(slots=True)
 class _PodState:
     announced: tuple[tuple[str, int], ...] = ()  # (container, value) last announced
-    messages: set[tuple[str, str]] = field(default_factory=set)  # Warnings sent
+    messages: SaidOnce[tuple[str, str]] = field(  # Warnings sent
+        default_factory=lambda: SaidOnce(_MAX_MESSAGES_PER_POD)
+    )
 
 
 @dataclass(slots=True)
@@ -291,7 +294,7 @@ class Reconciler:
         # (pod UID, container name) -> the value oomguard set on its processes.
         self._applied: dict[tuple[str, str], AppliedValue] = {}
         self._pods: dict[str, _PodState] = {}
-        self._logged: set[str] = set()
+        self._logged: SaidOnce[str] = SaidOnce(1024)
         self._state_file: ScoreStateFile | None = None
         self._saved_signature: object = None  # what _save_state last saw saved
         if state_dir is not None:
@@ -631,12 +634,8 @@ class Reconciler:
 
     def _log_once(self, message: str, *, key: str | None = None) -> None:
         marker = key or message
-        if marker in self._logged:
-            return
-        if len(self._logged) >= 1024:
-            self._logged.clear()
-        self._logged.add(marker)
-        log.warning("%s", message)
+        if self._logged.first(marker):
+            log.warning("%s", message)
 
     def _emit(self, pod: PodView, type_: str, reason: str, message: str) -> None:
         if self._on_event is None:
@@ -647,11 +646,8 @@ class Reconciler:
             log.exception("could not emit %s Event on pod %s/%s", reason, pod.namespace, pod.name)
 
     def _warn_once(self, pod: PodView, state: _PodState, reason: str, message: str) -> bool:
-        if (reason, message) in state.messages:
+        if not state.messages.first((reason, message)):
             return False
-        if len(state.messages) >= _MAX_MESSAGES_PER_POD:
-            state.messages.clear()
-        state.messages.add((reason, message))
         self._emit(pod, WARNING, reason, message)
         return True
 
