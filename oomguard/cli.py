@@ -1,4 +1,4 @@
-"""The one entry point: `oomguard watch | top | demo`.
+"""The one entry point: `oomguard watch | top | run | demo`.
 
 The command names, flags and JSON fields are a public contract (scripts parse them).
 Every expected failure (no root, no cgroup hierarchy, a missing directory) ends in
@@ -28,6 +28,8 @@ from oomguard.detect.loop import OomWatcher
 from oomguard.output import human_line, json_line
 from oomguard.records import OomKill
 from oomguard.safe_text import EscapingFormatter, escape
+from oomguard.settings import RunSettings
+from oomguard.settings_flags import add_flags, given_flags
 from oomguard.state.files import DEFAULT_STATE_DIR
 
 EXIT_USAGE = 2
@@ -136,20 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from oomguard.settings import SettingsError, load_settings
 
     try:
-        settings = load_settings(
-            node_name=args.node_name,
-            kubeconfig=args.kubeconfig,
-            cgroup_root=args.cgroup_root,
-            state_dir=args.state_dir,
-            metrics_address=args.metrics_address,
-            dry_run=True if args.dry_run else None,
-            log_format=args.log_format,
-            policy_file=args.policy_file,
-            event_window_s=args.event_window_s,
-            reconcile_interval_s=args.reconcile_interval_s,
-            resync_interval_s=args.resync_interval_s,
-            kmsg_path=args.kmsg_path,
-        )
+        settings = load_settings(**given_flags(args, RunSettings))
     except SettingsError as exc:
         raise UserError(str(exc)) from None
     root_logger = logging.getLogger()
@@ -236,37 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the node agent: OOM kills to Kubernetes Events (every flag also from "
         "OOMGUARD_<FLAG>, e.g. OOMGUARD_STATE_DIR)",
     )
-    run.add_argument("--node-name", help="this node's name (default: env NODE_NAME)")
-    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config)")
-    run.add_argument(
-        "--cgroup-root", help="memory cgroups to watch (default: this node's kubepods level)"
-    )
-    run.add_argument(
-        "--state-dir",
-        help="undelivered Events, the kmsg position and oom_kill counters handed on, the "
-        "oom_score_adj values set and wanted "
-        f"(default {DEFAULT_STATE_DIR})",
-    )
-    run.add_argument(
-        "--metrics-address", help="host:port for /metrics, /healthz, /readyz (default 0.0.0.0:9753)"
-    )
-    run.add_argument("--dry-run", action="store_true", help="compute and report, write nothing")
-    run.add_argument("--log-format", choices=["text", "json"], help="default: text")
-    run.add_argument("--policy-file", help="admin policy (default /etc/oomguard/policy.yaml)")
-    run.add_argument(
-        "--event-window-s", type=float, help="repeats within it update one Event (default 600)"
-    )
-    run.add_argument(
-        "--reconcile-interval-s", type=float, help="oom_score_adj pass interval (default 5)"
-    )
-    run.add_argument(
-        "--resync-interval-s", type=float, help="cgroup tree safety-net rescan (default 60)"
-    )
-    run.add_argument(
-        "--kmsg-path",
-        help="the kernel log, for each kill's victim (default /dev/kmsg, else syslog(2)); "
-        '"" to read no kernel log (kills from the cgroup counters alone)',
-    )
+    add_flags(run, RunSettings)  # one flag per setting, generated: see settings.py
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="cause one real OOM kill in a scratch cgroup and catch it")

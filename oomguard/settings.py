@@ -2,7 +2,8 @@
 
 The flag names and environment names are a public contract (the chart sets them).
 Every number carries its unit in its name; every default is the value a DaemonSet on
-an ordinary node wants, so the chart needs to set only the node name.
+an ordinary node wants, so the chart needs to set only the node name. Each setting is
+written once, here: its flag, help and environment name all come from its field.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from oomguard.settings_flags import UNSET, flag_label
 from oomguard.state.files import DEFAULT_STATE_DIR
 
 
@@ -21,28 +23,63 @@ class SettingsError(ValueError):
 
 
 class RunSettings(BaseSettings):
+    """Every setting of `oomguard run`, written once: `settings_flags` makes each field
+    the flag `--field-name`, its help this description plus the default."""
+
     model_config = SettingsConfigDict(env_prefix="OOMGUARD_", extra="forbid")
 
     # From the downward API (spec.nodeName) in the chart; OOMGUARD_NODE_NAME wins.
     node_name: str = Field(
-        min_length=1, validation_alias=AliasChoices("node_name", "OOMGUARD_NODE_NAME", "NODE_NAME")
+        min_length=1,
+        validation_alias=AliasChoices("node_name", "OOMGUARD_NODE_NAME", "NODE_NAME"),
+        description="this node's name: only its pods are watched",
     )
-    kubeconfig: str | None = None  # None: the in-cluster service account
-    cgroup_root: str | None = None  # None: the kubepods level of this node's driver
-    # Undelivered Events, the kmsg position and oom_kill counters handed on, the
-    # oom_score_adj values written and wanted.
-    state_dir: Path = DEFAULT_STATE_DIR
-    metrics_address: str = "0.0.0.0:9753"  # /metrics, /healthz, /readyz
-    dry_run: bool = False  # compute and report, write nothing to /proc
-    log_format: Literal["text", "json"] = "text"
-    policy_file: Path = Path("/etc/oomguard/policy.yaml")
-    event_window_s: float = Field(default=600.0, gt=0)  # repeats within it: one Event
-    reconcile_interval_s: float = Field(default=5.0, gt=0)
-    resync_interval_s: float = Field(default=60.0, gt=0)  # cgroup tree safety net
-    pod_wait_s: float = Field(default=5.0, ge=0)  # a kill waits this long for its pod
-    # The kernel log, for each kill's victim (falls back to syslog(2) if it cannot be
-    # opened). "": not read at all, kills come from the cgroup counters alone.
-    kmsg_path: str = "/dev/kmsg"
+    kubeconfig: str | None = Field(
+        default=None,
+        description="kubeconfig file",
+        json_schema_extra={UNSET: "the in-cluster service account"},
+    )
+    cgroup_root: str | None = Field(
+        default=None,
+        description="memory cgroups to watch",
+        json_schema_extra={UNSET: "this node's kubepods level"},
+    )
+    state_dir: Path = Field(
+        default=DEFAULT_STATE_DIR,
+        description="undelivered Events, the kmsg position and oom_kill counters handed on, "
+        "the oom_score_adj values set and wanted",
+    )
+    metrics_address: str = Field(
+        default="0.0.0.0:9753", description="host:port for /metrics, /healthz, /readyz"
+    )
+    dry_run: bool = Field(default=False, description="compute and report, write nothing")
+    log_format: Literal["text", "json"] = Field(default="text", description="log line format")
+    policy_file: Path = Field(
+        default=Path("/etc/oomguard/policy.yaml"), description="the admin policy for oom_score_adj"
+    )
+    event_window_s: float = Field(
+        default=600.0, gt=0, description="repeats within it update one Event"
+    )
+    reconcile_interval_s: float = Field(
+        default=5.0, gt=0, description="time between oom_score_adj passes"
+    )
+    resync_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="time between full rescans of the cgroup tree, a safety net: kills are "
+        "pushed by the kernel in between",
+    )
+    pod_wait_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a kill waits for its container to appear in the pod list (one "
+        "killed seconds after it started may not be there yet)",
+    )
+    kmsg_path: str = Field(
+        default="/dev/kmsg",
+        description="the kernel log, for each kill's victim (where it cannot be opened, "
+        'syslog(2)); "" to read no kernel log (kills from the cgroup counters alone)',
+    )
 
 
 def load_settings(**flags: object) -> RunSettings:
@@ -54,7 +91,5 @@ def load_settings(**flags: object) -> RunSettings:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err["loc"]) or "settings"
-            if where in ("node_name", "OOMGUARD_NODE_NAME", "NODE_NAME"):
-                where = "--node-name (or NODE_NAME)"
-            problems.append(f"{where}: {err['msg']}")
+            problems.append(f"{flag_label(RunSettings, where)}: {err['msg']}")
         raise SettingsError("; ".join(problems)) from None
