@@ -28,10 +28,13 @@ class RunSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="OOMGUARD_", extra="forbid")
 
-    # From the downward API (spec.nodeName) in the chart; OOMGUARD_NODE_NAME wins.
+    # From the downward API (spec.nodeName) in the chart; OOMGUARD_NODE_NAME wins. The
+    # environment is read case-blind in the order given, so "node_name" (the keyword
+    # load_settings passes) must come after OOMGUARD_NODE_NAME: first, it would match the
+    # variable NODE_NAME and win.
     node_name: str = Field(
         min_length=1,
-        validation_alias=AliasChoices("node_name", "OOMGUARD_NODE_NAME", "NODE_NAME"),
+        validation_alias=AliasChoices("OOMGUARD_NODE_NAME", "node_name", "NODE_NAME"),
         description="this node's name: only its pods are watched",
     )
     kubeconfig: str | None = Field(

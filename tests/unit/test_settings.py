@@ -176,6 +176,19 @@ def test_flags_beat_environment_beat_defaults(
     assert from_env != default and from_flag != from_env
 
 
+def test_node_name_from_flag_then_oomguard_env_then_downward_api(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    clean_env.setenv("NODE_NAME", "downward")
+    assert _settings().node_name == "downward"
+    clean_env.setenv("OOMGUARD_NODE_NAME", "explicit")
+    assert _settings().node_name == "explicit"
+    assert _settings("--node-name", "flag").node_name == "flag"
+    assert load_settings(node_name="keyword").node_name == "keyword"
+    clean_env.delenv("NODE_NAME")
+    assert _settings().node_name == "explicit"
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "dry_run"),
     [
