@@ -173,3 +173,20 @@ def test_without_root_demo_says_so_in_one_sentence() -> None:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("oomguard: "), result.stderr
         assert "root" in lines[0]
+
+
+def test_run_with_a_bad_setting_is_one_sentence_naming_the_flag() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OOMGUARD_")}
+    env["OOMGUARD_POD_WAIT_S"] = "-1"
+    result = subprocess.run(
+        _oomguard("run", "--node-name", "n", "--event-window-s", "0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "oomguard: --event-window-s: Input should be greater than 0; "
+        "--pod-wait-s: Input should be greater than or equal to 0\n"
+    )
