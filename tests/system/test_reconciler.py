@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-import oomguard.steer.reconciler as reconciler_module
+import oomguard.steer.apply as apply_module
 from oomguard.cgroups.scratch import ScratchTree
 from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView
 from oomguard.proc.handle import ProcHandle
@@ -261,7 +261,7 @@ def test_pid_that_exits_mid_pass_is_skipped(
             after_open.wait()
         return handle
 
-    monkeypatch.setattr(reconciler_module.ProcHandle, "open", staticmethod(racing_open))
+    monkeypatch.setattr(apply_module.ProcHandle, "open", staticmethod(racing_open))
     r, _ = make_reconciler(tree)
     report = r.pass_once([pod("p", uid, {"main": c}, SACRIFICE)])
     assert report.gone == 2 and report.written == 1 and report.errors == 0
@@ -276,12 +276,12 @@ def test_reused_pid_in_another_cgroup_is_never_written(
     cg = node.container_cgroup(uid, c)
     mine = node.start(cg, KUBELET_BURSTABLE)
     stranger = node.start(tree.make("elsewhere"), 7)
-    real_read = reconciler_module.read_cgroup_procs
+    real_read = apply_module.read_cgroup_procs
 
     def stale_read(directory: str | os.PathLike[str]) -> list[int]:
         return [*real_read(directory), stranger.pid]
 
-    monkeypatch.setattr(reconciler_module, "read_cgroup_procs", stale_read)
+    monkeypatch.setattr(apply_module, "read_cgroup_procs", stale_read)
     r, _ = make_reconciler(tree)
     report = r.pass_once([pod("p", uid, {"main": c}, SACRIFICE)])
     assert adj(mine) == 1000
