@@ -26,8 +26,9 @@ import uuid
 
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy
 from oomguard.cgroups.scratch import MIB, ScratchTree
-from oomguard.detect.loop import SYSLOG_IDLE_READ_INTERVAL_S, OomWatcher
+from oomguard.detect.loop import OomWatcher
 from oomguard.kernel.parse import KmsgRecord
+from oomguard.kernel.read_timing import SYSLOG_IDLE_READ_INTERVAL_S
 from oomguard.kernel.syslog import SyslogReader
 from oomguard.records import OomKill
 
@@ -52,7 +53,7 @@ def measure(kills_wanted: int, idle_s: float) -> tuple[str, list[float], list[fl
         watcher.start()
         status = watcher.kernel_log_status
         try:
-            reader = watcher.kmsg
+            reader = watcher.kernel_log.reader
             if not isinstance(reader, SyslogReader):
                 raise SystemExit(f"the kernel log is not read through syslog(2): {reader}")
             inner = reader.read_available

@@ -9,13 +9,14 @@ Threads and what flows between them, in one direction:
 
 A kill is safe once `submit` has written it to the state directory. Kills that happen
 while the agent is down are recovered on restart from what the state directory says was
-handed on: the kernel log position (`LogPosition`) and each cgroup's `oom_kill` counter
-(`counter_snapshot`). The detector says what it has handed on in `HandedOn` marks sent
-through the same queue, after the records they cover, so by the time a mark is written
-every kill it covers has been submitted. The marks are written once per turn of the main
-loop (never per kill), the counters before the position, so the position never runs
-ahead of the counters: a report read back is then either dropped by its kill id or pairs
-with the counter increase it explains. What is not covered yet is found again after a
+handed on (`state.checkpoints`: the kernel log position and each cgroup's `oom_kill`
+counter), given to the detector as one `Resume`. The detector says what it has handed on
+in `HandedOn` marks sent through the same queue, after the records they cover, so by the
+time a mark is written every kill it covers has been submitted. The agent forwards the
+marks to `Checkpoints`, which writes them once per turn of the main loop (never per
+kill), the counters before the position, so the position never runs ahead of the
+counters: a report read back is then either dropped by its kill id or pairs with the
+counter increase it explains. What is not covered yet is found again after a
 crash, from the same source under the same kill id (`kmsg/...` or
 `counter/<boot>/<cgroup>/<value>`), and the event queue's memory of kill ids drops what
 it already has. Reading back a little too much is harmless; too little would lose kills.
@@ -24,7 +25,6 @@ it already has. Reading back a little too much is harmless; too little would los
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -32,15 +32,14 @@ import queue
 import signal
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
 from oomguard import __version__
 from oomguard.cgroups.hierarchy import MemoryHierarchy, default_cgroup_root
 from oomguard.detect.loop import OomWatcher
-from oomguard.k8s.attribution import Target, TargetKind, attribute
-from oomguard.k8s.client import ApiStatusError, KubeApi, KubeApiError
+from oomguard.k8s.attribution import attribute
+from oomguard.k8s.client import KubeApi, KubeApiError
 from oomguard.k8s.event_queue import (
     EventQueue,
     EventSender,
@@ -48,14 +47,14 @@ from oomguard.k8s.event_queue import (
     read_boot_id,
 )
 from oomguard.k8s.namespace_labels import NamespaceLabels
-from oomguard.k8s.pod_cache import PodCache, PodView
+from oomguard.k8s.pod_cache import PodCache
+from oomguard.k8s.policy_events import PolicyEvents
 from oomguard.metrics import Metrics, Server, serve
 from oomguard.output import json_line
 from oomguard.records import HandedOn, OomKill
 from oomguard.settings import RunSettings
-from oomguard.state.counter_snapshot import CounterSnapshotFile, apply_handed_on
+from oomguard.state.checkpoints import Checkpoints
 from oomguard.state.files import StateWrites
-from oomguard.state.log_position import LogPosition
 from oomguard.steer.policy_file import PolicySource
 from oomguard.steer.reconciler import Reconciler
 
@@ -70,10 +69,6 @@ STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
 
 class Agent:
     """Wires the node-side engine to the cluster side."""
-
-    # The `oom` counts of the detector's last mark that had them (cgroup v2), saved with
-    # the counters; None: none yet.
-    _handed_on_limit_hits: dict[str, int] | None = None
 
     def __init__(
         self,
@@ -92,12 +87,8 @@ class Agent:
         boot_id = read_boot_id()
         # One for every state file: a full or read-only state directory is said once.
         self.state_writes = StateWrites()
-        self.position = LogPosition(state_dir, boot_id, self.state_writes)
-        self.counter_snapshot = CounterSnapshotFile(state_dir, boot_id, self.state_writes)
-        # What the detector has handed on (its HandedOn marks), written by step().
-        self._handed_on: dict[str, int] | None = None
-        self._handed_on_seq: int | None = None
-        self._handed_on_unsaved = False
+        # What the detector resumes from, and its HandedOn marks, written by step().
+        self.checkpoints = Checkpoints(state_dir, boot_id, self.state_writes)
         self.events = EventQueue(state_dir / "events", writes=self.state_writes)
         self.sender = EventSender(
             api,
@@ -111,17 +102,13 @@ class Agent:
             Path(settings.cgroup_root) if settings.cgroup_root else default_cgroup_root(hierarchy)
         )
         self._kills: queue.Queue[OomKill | HandedOn] = queue.Queue()
-        counter_baseline = self.counter_snapshot.load()
         self.watcher = OomWatcher(
             hierarchy,
             root,
             self._kills.put,
             kmsg_path=kmsg_path,
             resync_interval_s=settings.resync_interval_s,
-            kmsg_after_seq=self.position.resume_after("kmsg"),
-            syslog_after_pos=self.position.resume_after("syslog"),
-            counter_baseline=counter_baseline,
-            limit_hits_baseline=self.counter_snapshot.loaded_limit_hits,
+            resume=self.checkpoints.load(),
             on_handed_on=self._kills.put,
         )
         self.policy = PolicySource(
@@ -129,12 +116,13 @@ class Agent:
             metrics=self.metrics,
             saved_path=state_dir / SAVED_POLICY_FILE,
         )
+        self.policy_events = PolicyEvents(api, lambda: self.sender.builder, settings.policy_file)
         self.reconciler = Reconciler(
             hierarchy,
             root,
             dry_run=settings.dry_run,
             policy_source=self.policy,
-            on_event=self._pod_event,
+            on_event=self.policy_events.pod_event,
             metrics=self.metrics,
             namespace_labels=NamespaceLabels(api, observe_latency=self.metrics.observe_api_request),
             state_dir=state_dir,
@@ -142,7 +130,6 @@ class Agent:
             state_writes=self.state_writes,
         )
         self._next_reconcile = 0.0
-        self._policy_error_reported: str | None = None
         self._stop = threading.Event()
         self._detector: threading.Thread | None = None
         self._server: Server | None = None
@@ -172,8 +159,8 @@ class Agent:
         self._learn_node_uid()
         self.watcher.start()
         self.metrics.set_kernel_log_source(self.watcher.kernel_log_source)
-        if self.watcher.kmsg_error:
-            log.warning("%s", self.watcher.kmsg_error)
+        if self.watcher.kernel_log_error:
+            log.warning("%s", self.watcher.kernel_log_error)
         self._detector = threading.Thread(target=self.watcher.run, name="detector", daemon=True)
         self._detector.start()
         log.info(
@@ -209,7 +196,7 @@ class Agent:
                     self._take(self._kills.get_nowait())
                 except queue.Empty:
                     break
-        self._save_handed_on()  # also retries a write that failed
+        self.checkpoints.save()  # also retries a write that failed
         self.events.retry_persist()  # the same for the event queue (disk full, read-only)
         self._learn_node_uid()
         self.sender.deliver_once()
@@ -247,79 +234,13 @@ class Agent:
             return
         self._next_reconcile = now + self.settings.reconcile_interval_s
         self.reconciler.pass_once(self.cache.pods())
-        error = self.policy.last_error
-        if error is None:
-            self._policy_error_reported = None  # fixed: a later breakage is news again
-        elif error != self._policy_error_reported:
-            self._policy_error_reported = error
-            self._post_event(
-                Target.node(),
-                "Warning",
-                "OOMGuardPolicyInvalid",
-                f"the admin policy {self.settings.policy_file} is invalid, "
-                f"{self.policy.kept} stays in force: {error}",
-            )
-
-    def _pod_event(self, pod: PodView, type_: str, reason: str, message: str) -> None:
-        target = Target(kind=TargetKind.POD, namespace=pod.namespace, name=pod.name, uid=pod.uid)
-        self._post_event(target, type_, reason, message)
-
-    def _post_event(self, target: Target, type_: str, reason: str, message: str) -> None:
-        """A policy Event, best effort: a lost one is said again by the next change.
-
-        Its name derives from what it says, so a restarted agent repeating the same
-        Event gets 409 AlreadyExists instead of a duplicate.
-        """
-        builder = self.sender.builder
-        obj = builder.involved_object(target)
-        namespace = obj["namespace"] or "default"
-        digest = hashlib.sha256(f"{obj.get('uid', obj['name'])}|{reason}|{message}".encode())
-        now = datetime.now(UTC)
-        body = builder.create_body(
-            namespace=namespace,
-            name=f"{obj['name'][:200]}.{digest.hexdigest()[:16]}",
-            involved_object=obj,
-            reason=reason,
-            message=message,
-            first=now,
-            last=now,
-            count=1,
-            type_=type_,
-        )
-        try:
-            self.api.create(f"/api/v1/namespaces/{namespace}/events", body)
-        except ApiStatusError as exc:
-            if exc.status != 409:  # 409: already said, by us before a restart
-                log.warning("cannot post %s Event %s: %s", type_, reason, exc)
-        except KubeApiError as exc:
-            log.warning("cannot post %s Event %s: %s", type_, reason, exc)
+        self.policy_events.policy_checked(self.policy.last_error, self.policy.kept)
 
     def _take(self, item: OomKill | HandedOn) -> None:
         if isinstance(item, HandedOn):
-            self._handed_on = apply_handed_on(self._handed_on, item)
-            if item.limit_hits is not None:
-                self._handed_on_limit_hits = dict(item.limit_hits)
-            if item.kmsg_seq is not None:
-                self._handed_on_seq = item.kmsg_seq
-            self._handed_on_unsaved = True
+            self.checkpoints.take(item)
         else:
             self._handle(item)
-
-    def _save_handed_on(self) -> None:
-        """Write what the detector has handed on, if it moved: once per turn, not per kill.
-
-        The counters first, the kernel log position only once they are on disk: a crash
-        in between leaves the position behind, which reads a report back (harmless: its
-        kill id is known, and its credit pairs with the counter increase), never ahead,
-        which would take a counted kill for one whose report was lost.
-        """
-        if not self._handed_on_unsaved or self._handed_on is None:
-            return
-        if not self.counter_snapshot.save(self._handed_on, self._handed_on_limit_hits):
-            return  # said in the log; tried again next turn
-        if self._handed_on_seq is not None:
-            self.position.save(self._handed_on_seq, source=self.watcher.kernel_log_source)
-        self._handed_on_unsaved = False
 
     def _handle(self, kill: OomKill) -> None:
         cid = kill.identity.container_id
@@ -354,7 +275,7 @@ class Agent:
             self.metrics.events_retried: sc.retried,
             self.metrics.events_failed: sc.failed,
             self.metrics.events_dropped: sc.dropped,
-            self.metrics.kmsg_records_lost: self.watcher.lost_kmsg_records,
+            self.metrics.kmsg_records_lost: self.watcher.lost_kernel_log_records,
             self.metrics.state_write_errors: self.state_writes.errors,
             self.metrics.state_files_set_aside: self.state_writes.set_aside,
         }
@@ -376,7 +297,7 @@ class Agent:
                 self._take(self._kills.get_nowait())
             except queue.Empty:
                 break
-        self._save_handed_on()
+        self.checkpoints.save()
         deadline = time.monotonic() + STOP_FLUSH_S
         while self.events.pending_kills() and time.monotonic() < deadline:
             if not self.sender.deliver_once():

@@ -56,8 +56,8 @@ def run_demo(out: TextIO) -> int:
         # As `watch` runs it: the kernel log's clock learnt from the reads, no probe.
         watcher = OomWatcher(hierarchy, tree.top, on_kill)
         watcher.start()
-        if watcher.kmsg_error:
-            print(f"note: {watcher.kmsg_error}", file=out)
+        if watcher.kernel_log_error:
+            print(f"note: {watcher.kernel_log_error}", file=out)
         try:
             hog = tree.start_hog(container, "memhog")
             print(f"started memhog (pid {hog.pid}); waiting for the kernel to kill it", file=out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class Constraint(enum.StrEnum):
@@ -192,19 +192,27 @@ class HandedOn(BaseModel):
 
     `oom_kill`: per cgroup, the `oom_kill` counter value all of whose kills have been
     handed on, as records or as credits of a kernel report already handed on; 0 means
-    forget the cgroup (it was removed). `kmsg_seq`: every kill the kernel log reported
-    up to this record has been handed on and credited to its counter; None: unchanged,
-    or (with `complete`) unknown. `complete`: `oom_kill` lists every watched cgroup with
-    a nonzero counter and replaces what came before (the first one after a start).
-    `limit_hits`: every watched cgroup's own `oom` count (cgroup v2) where not 0, as far
-    as the kills it explains are handed on (`CgroupWatch.limit_hit_counts`), replacing
-    what came before; None: unchanged, or unknown (v1). A restart compares them with
-    what is on disk to tell whose limit a kill while it was down hit.
+    forget the cgroup (it was removed). `log_position`: every kill the kernel log reported
+    up to this position of reader `log_source` ("kmsg" or "syslog": the numbers of one
+    mean nothing to the other) has been handed on and credited to its counter; None:
+    unchanged, or (with `complete`) unknown. `complete`: `oom_kill` lists every watched
+    cgroup with a nonzero counter and replaces what came before (the first one after a
+    start). `limit_hits`: every watched cgroup's own `oom` count (cgroup v2) where not 0,
+    as far as the kills it explains are handed on (`CgroupWatch.limit_hit_counts`),
+    replacing what came before; None: unchanged, or unknown (v1). A restart compares them
+    with what is on disk to tell whose limit a kill while it was down hit.
     """
 
     model_config = ConfigDict(frozen=True)
 
     oom_kill: dict[str, int]
-    kmsg_seq: int | None = None
+    log_position: int | None = None
+    log_source: str | None = None
     complete: bool = False
     limit_hits: dict[str, int] | None = None
+
+    @model_validator(mode="after")
+    def _position_names_its_reader(self) -> HandedOn:
+        if self.log_position is not None and self.log_source is None:
+            raise ValueError("a kernel log position needs the reader it belongs to")
+        return self

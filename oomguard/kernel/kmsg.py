@@ -81,7 +81,11 @@ class KmsgReader(Closing):
     and so recovers the kills printed while it was down. Sequence numbers restart at 0 on
     boot, so a caller must only pass a number from the current boot (pass -1 to read
     every retained record).
+
+    A `reader.KernelLogReader`, the one with a descriptor to poll.
     """
+
+    source = "kmsg"
 
     def __init__(self, path: str = DEFAULT_KMSG_PATH, *, after_seq: int | None = None) -> None:
         self._path = path
@@ -145,6 +149,11 @@ class KmsgReader(Closing):
     @property
     def closed(self) -> bool:
         return self._fd is None
+
+    @property
+    def pollable_fd(self) -> int | None:
+        """The descriptor to poll (`fileno`); None once closed."""
+        return self._fd
 
     def fileno(self) -> int:
         """For select/poll/epoll: the descriptor becomes readable when a record is printed."""

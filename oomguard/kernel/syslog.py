@@ -60,6 +60,7 @@ from types import TracebackType
 from typing import NamedTuple
 
 from oomguard.kernel.parse import KmsgRecord
+from oomguard.kernel.reader import ReadFailed
 from oomguard.safe_text import decode
 
 __all__ = [
@@ -297,7 +298,12 @@ class SyslogReader:
     line has).
 
     `read_log(window) -> bytes` and `log_size() -> int` replace the system calls in tests.
+
+    A `reader.KernelLogReader` without a descriptor to poll (`read_timing` says when
+    the loop reads it).
     """
+
+    source = "syslog"
 
     def __init__(
         self,
@@ -356,6 +362,11 @@ class SyslogReader:
         return None if self._cursor is None else self._cursor.position
 
     @property
+    def pollable_fd(self) -> int | None:
+        """None: nothing tells when a line is printed."""
+        return None
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -368,14 +379,20 @@ class SyslogReader:
     def read_available(self) -> list[KmsgRecord]:
         """Every line printed since the last call, oldest first; never blocks.
 
-        Raises OSError when the system call fails (it did not at start, so rarely).
+        Raises `ReadFailed` when the system call fails: it did not at start, so the
+        failure is a passing one (ENOMEM), and the next read tries again.
         """
         if self._closed:
             raise ValueError("I/O operation on a closed SyslogReader")
         # Nothing handed on yet: everything there is wanted, at once.
         window = _INITIAL_WINDOW_BYTES if self._cursor is not None else self._max_window
         while True:
-            lines, untimed, whole = self._read_window(window)
+            try:
+                lines, untimed, whole = self._read_window(window)
+            except OSError as exc:
+                raise ReadFailed(
+                    exc.errno or 0, f"cannot read the kernel log through syslog(2): {exc}"
+                ) from exc
             if untimed and not lines:
                 if not self._untimed_said:
                     self._untimed_said = True

@@ -114,8 +114,8 @@ def test_kmsg_unreadable_gives_record_from_counters(
     container = tree.make(f"kubepods/besteffort/pod{uid}/{cid}", limit_bytes=LIMIT)
     # No /dev/kmsg and no syslog(2) fallback (tests/system/test_syslog_detection.py).
     col = watch(kmsg_path=str(tree.top / "no-such-kmsg"), syslog_fallback=False)
-    assert col.watcher.kmsg is None
-    assert col.watcher.kmsg_error and "kmsg" in col.watcher.kmsg_error
+    assert col.watcher.kernel_log.reader is None
+    assert col.watcher.kernel_log_error and "kmsg" in col.watcher.kernel_log_error
     hog = tree.start_hog(container, "memhog")
     kills = col.wait_for(1)
     assert hog.wait(timeout=30) == -9

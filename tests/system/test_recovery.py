@@ -1,7 +1,7 @@
 """Kills while no watcher ran, recovered from the cgroup counters on the host (cgroup v1).
 
 A watcher says what it has handed on (`HandedOn` marks); one started from those values
-(`counter_baseline`, and the kmsg position for the kernel log) finds the kills counted
+(its `Resume`: the counters, and the kmsg position for the kernel log) finds the kills counted
 since, each once: from the counters alone without the kernel log, paired with the
 replayed report with it. Without the kernel log, whose limit such a kill hit comes from
 the high-water marks on v1 (`classify.limit_reached_while_down`). The agent's side
@@ -24,6 +24,7 @@ from oomguard.detect.loop import OomWatcher
 from oomguard.kernel.kmsg import KmsgReader
 from oomguard.kernel.parse import OomReportAssembler
 from oomguard.records import Constraint, HandedOn, OomKill
+from oomguard.state.checkpoints import Resume
 from oomguard.state.counter_snapshot import apply_handed_on
 
 pytestmark = pytest.mark.system
@@ -39,14 +40,15 @@ class Run:
         self.kills: list[OomKill] = []
         self.counters: dict[str, int] | None = None
         self.limit_hits: dict[str, int] | None = None  # cgroup v2 `oom` counts
-        self.kmsg_seq: int | None = None
+        self.log_position: int | None = None
 
     def on_handed_on(self, mark: HandedOn) -> None:
         self.counters = apply_handed_on(self.counters, mark)
         if mark.limit_hits is not None:
             self.limit_hits = dict(mark.limit_hits)
-        if mark.kmsg_seq is not None:
-            self.kmsg_seq = mark.kmsg_seq
+        if mark.log_position is not None:
+            assert mark.log_source == "kmsg"
+            self.log_position = mark.log_position
 
     def turn(self, seconds: float) -> list[OomKill]:
         deadline = time.monotonic() + seconds
@@ -85,9 +87,11 @@ def running(
         # None: the kernel log is not read at all (no syslog(2) fallback either).
         kmsg_path="/dev/kmsg" if kmsg else None,
         syslog_fallback=False,
-        counter_baseline=counter_baseline,
-        limit_hits_baseline=limit_hits_baseline,
-        kmsg_after_seq=kmsg_after_seq,
+        resume=Resume(
+            log_after={} if kmsg_after_seq is None else {"kmsg": kmsg_after_seq},
+            counters=counter_baseline,
+            limit_hits=limit_hits_baseline,
+        ),
         on_handed_on=on_handed_on,
     )
     run = Run(watcher)
@@ -204,11 +208,11 @@ def test_without_a_snapshot_kills_before_the_start_are_history(tree: ScratchTree
 def test_a_kill_while_down_pairs_with_its_replayed_report(tree: ScratchTree) -> None:
     cg = container(tree)
     with running(tree, kmsg=True) as first:
-        assert first.counters == {} and first.kmsg_seq is not None
+        assert first.counters == {} and first.log_position is not None
     pid = oom_kill(tree, cg, "downhog")
 
     with running(
-        tree, kmsg=True, counter_baseline=first.counters, kmsg_after_seq=first.kmsg_seq
+        tree, kmsg=True, counter_baseline=first.counters, kmsg_after_seq=first.log_position
     ) as second:
         (kill,) = second.wait_for(1)
         assert kill.cgroup == cg and kill.pid in (pid, victim_unknown_in_a_burst)
@@ -219,9 +223,9 @@ def test_a_kill_while_down_pairs_with_its_replayed_report(tree: ScratchTree) -> 
             assert kill.kmsg_seq is not None
         assert second.turn(2.5) == [kill]  # past the grace: no counter record besides it
         assert second.counters == {cg: 1}
-        assert second.kmsg_seq is not None and first.kmsg_seq < second.kmsg_seq
+        assert second.log_position is not None and first.log_position < second.log_position
         if kill.kmsg_seq is not None:
-            assert second.kmsg_seq >= kill.kmsg_seq
+            assert second.log_position >= kill.kmsg_seq
 
 
 def test_a_counter_lower_than_the_snapshot_is_a_new_cgroup(tree: ScratchTree) -> None:
@@ -280,7 +284,7 @@ def test_a_report_read_back_of_a_kill_handed_on_holds_nothing_back(tree: Scratch
         # header was rate-limited away and the bare line has no increase to pair with.
         assert [k.kmsg_seq for k in second.kills] in ([kill.kmsg_seq], [])
         before = len(second.kills)
-        assert second.kmsg_seq is not None and second.kmsg_seq >= kill.kmsg_seq
+        assert second.log_position is not None and second.log_position >= kill.kmsg_seq
         later = oom_kill(tree, cg, "laterhog")
         second.wait_for(before + 1)
         (after,) = second.turn(2.5)[before:]  # one record: no counter record besides

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 
 from oomguard.cgroups.scratch import MIB, ScratchTree
-from oomguard.detect.loop import SYSLOG_MIN_READ_GAP_S
 from oomguard.k8s.event_queue import kill_id
 from oomguard.kernel.parse import KmsgRecord, OomReportAssembler
+from oomguard.kernel.read_timing import SYSLOG_MIN_READ_GAP_S
 from oomguard.kernel.syslog import SyslogReader
 from oomguard.records import Constraint, OomKill
 from tests.conftest import Collector
@@ -79,11 +79,12 @@ def syslog_watch(
 ) -> tuple[Collector, Tap]:
     col = watch(kmsg_path=no_kmsg(tree), **kw)
     assert col.watcher.kernel_log_source == "syslog", col.watcher.kernel_log_status
-    assert isinstance(col.watcher.kmsg, SyslogReader)
-    assert col.watcher.kmsg_error is None
+    reader = col.watcher.kernel_log.reader
+    assert isinstance(reader, SyslogReader)
+    assert col.watcher.kernel_log_error is None
     assert "no-such-kmsg" in col.watcher.kernel_log_status
     assert "syslog(2)" in col.watcher.kernel_log_status
-    return col, Tap(col.watcher.kmsg)
+    return col, Tap(reader)
 
 
 def test_kill_through_syslog_names_the_victim(
@@ -192,8 +193,8 @@ def test_syslog_refused_means_counters_only(
     tree: ScratchTree, watch: Callable[..., Collector]
 ) -> None:
     col = watch(kmsg_path=no_kmsg(tree), syslog_fallback=False)
-    assert col.watcher.kmsg is None and col.watcher.kernel_log_source == "none"
-    assert col.watcher.kmsg_error and "cgroup counters" in col.watcher.kmsg_error
+    assert col.watcher.kernel_log.reader is None and col.watcher.kernel_log_source == "none"
+    assert col.watcher.kernel_log_error and "cgroup counters" in col.watcher.kernel_log_error
 
 
 def test_kmsg_is_preferred_when_it_opens(

@@ -111,7 +111,9 @@ def test_a_complete_mark_replaces_everything() -> None:
 
 
 def test_marks_update_and_zero_forgets() -> None:
-    merged = apply_handed_on({A: 5, B: 1}, HandedOn(oom_kill={A: 7, B: 0}, kmsg_seq=40))
+    merged = apply_handed_on(
+        {A: 5, B: 1}, HandedOn(oom_kill={A: 7, B: 0}, log_position=40, log_source="kmsg")
+    )
     assert merged == {A: 7}
     assert apply_handed_on(merged, HandedOn(oom_kill={B: 2})) == {A: 7, B: 2}
     # A cgroup made again under the same name counts from 0: a lower value is taken.

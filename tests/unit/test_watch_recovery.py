@@ -17,6 +17,7 @@ from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.cgroups.watch import CgroupWatch, CounterChange
 from oomguard.detect.loop import OomWatcher
 from oomguard.records import Constraint, HandedOn, OomKill
+from oomguard.state.checkpoints import Resume
 
 MIB = 1024 * 1024
 LIMIT = 32 * MIB
@@ -172,8 +173,7 @@ def test_v2_the_engine_hands_the_counts_on_and_a_restart_uses_them(tmp_path: Pat
             kills.append,
             kmsg_path=None,
             push=False,
-            counter_baseline=counters,
-            limit_hits_baseline=limit_hits,
+            resume=Resume(counters=counters, limit_hits=limit_hits),
             on_handed_on=marks.append,
         )
         watcher.start()
