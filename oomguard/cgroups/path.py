@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from oomguard.records import CgroupIdentity, CgroupKind
 
@@ -351,119 +352,90 @@ class _View:
         one; after the container level anything goes (processes may sit in nested
         cgroups of their container).
         """
-        names = self.names
         in_namespace_view = bool(self.ups) and start == 0
-        index = start
-        # The systemd name of the last level seen ("kubepods-burstable"): a systemd
-        # child's name is its parent's plus "-<its own part>".
-        stem: str | None = None
-        stem_is_cgroupfs = False
-        kubepods_path: str | None = None
-        qos: str | None = None
-        seen_qos_level = False
-
-        def at(i: int) -> str | None:
-            return names[i] if i < len(names) else None
-
-        name = at(index)
-        if name is not None and _KUBEPODS_CGROUPFS.fullmatch(name):
-            stem, stem_is_cgroupfs = "kubepods", True
-            kubepods_path = self.upto(index)
-            index += 1
-        elif name is not None and (match := _KUBEPODS_SYSTEMD.fullmatch(name)):
-            stem, stem_is_cgroupfs = match["stem"], False
-            kubepods_path = self.upto(index)
-            index += 1
-        elif not in_namespace_view and not _starts_by_itself(name):
+        walk = _read_kubepods(start, self.name_at(start), in_namespace_view)
+        if walk is None:
             return None
-
-        # The QoS level (absent for Guaranteed pods).
-        name = at(index)
-        if name is not None:
-            qos_match = _QOS_SYSTEMD.fullmatch(name)
-            fs_qos_match = _QOS_CGROUPFS.fullmatch(name)
-            if qos_match and _extends(stem, qos_match["stem"]):
-                qos, seen_qos_level = qos_match["qos"], True
-                stem, stem_is_cgroupfs = qos_match["stem"], False
-                index += 1
-            elif fs_qos_match and (
-                (stem is not None and stem_is_cgroupfs) or (stem is None and in_namespace_view)
-            ):
-                qos, seen_qos_level = fs_qos_match["qos"], True
-                stem = None if stem is None else f"{stem}-{qos}"
-                index += 1
-
-        if at(index) is None:
-            if seen_qos_level:
-                return self._identity(CgroupKind.QOS, qos=qos, kubepods_path=kubepods_path)
-            if kubepods_path is not None:
-                return self._identity(CgroupKind.KUBEPODS, kubepods_path=kubepods_path)
-            return None
-
-        # The pod level.
-        name = names[index]
-        pod_uid: str | None = None
-        pod_path: str | None = None
+        walk = _read_qos(walk, self.name_at(walk.next), in_namespace_view)
+        name = self.name_at(walk.next)
+        if name is None:
+            return self._above_pods(walk)
         if (match := _CONTAINER_IN_POD_NAME.fullmatch(name)) is not None:
-            pod_qos = match["qos"] or _QOS_GUARANTEED
-            if not _extends(stem, match["stem"]) or (seen_qos_level and pod_qos != qos):
-                return None
-            return self._identity(
-                CgroupKind.CONTAINER,
-                qos=pod_qos,
-                pod_uid=match["uid"].replace("_", "-"),
-                container_id=match["id"],
-                runtime=_RUNTIME_BY_PREFIX[match["prefix"]],
-                container_path=self.upto(index),
-                kubepods_path=kubepods_path,
-            )
-        if (match := _POD_SYSTEMD.fullmatch(name)) is not None:
-            pod_qos = match["qos"] or _QOS_GUARANTEED
-            if not _extends(stem, match["stem"]) or (seen_qos_level and pod_qos != qos):
-                return None
-            qos, pod_uid, pod_path = pod_qos, match["uid"].replace("_", "-"), self.upto(index)
-            index += 1
-        elif (match := _POD_CGROUPFS.fullmatch(name)) is not None:
-            if stem is not None and not stem_is_cgroupfs:
-                return None
-            if stem is None and not in_namespace_view:
-                return None
-            if not seen_qos_level and kubepods_path is not None:
-                qos = _QOS_GUARANTEED
-            pod_uid, pod_path = match["uid"], self.upto(index)
-            index += 1
-        elif not (in_namespace_view and index == start):
+            return self._container_in_pod_name(walk, match)
+        # Past a namespace's "/../.." the first name in view may be a container of
+        # the reader's own pod, whose pod level is hidden.
+        may_lack_pod = in_namespace_view and walk.next == start
+        walk = _read_pod(walk, name, in_namespace_view, may_lack_pod)
+        if walk is None:
             return None
+        name = self.name_at(walk.next)
+        if name is None:
+            return self._pod(walk)
+        return self._container(walk, name)
 
-        levels = {
-            "qos": qos,
-            "pod_uid": pod_uid,
-            "pod_path": pod_path,
-            "kubepods_path": kubepods_path,
-        }
-        name_or_none = at(index)
-        if name_or_none is None:
-            return self._identity(CgroupKind.POD, **levels) if pod_uid is not None else None
+    def name_at(self, index: int) -> str | None:
+        return self.names[index] if index < len(self.names) else None
 
-        # The container level, then anything nested inside it.
-        name = name_or_none
-        if (match := _CONMON.fullmatch(name)) is not None:
-            if pod_uid is None:
+    def _above_pods(self, walk: _Walk) -> CgroupIdentity | None:
+        """A walk that ends above the pods: the QoS or the kubepods level itself."""
+        kubepods_path = self._path_at(walk.kubepods_at)
+        if walk.qos_level:
+            return self._identity(CgroupKind.QOS, qos=walk.qos, kubepods_path=kubepods_path)
+        if kubepods_path is not None:
+            return self._identity(CgroupKind.KUBEPODS, kubepods_path=kubepods_path)
+        return None
+
+    def _container_in_pod_name(self, walk: _Walk, match: re.Match[str]) -> CgroupIdentity | None:
+        """A "slice:runtime:id" name: pod and container in one level, no pod level of its own."""
+        qos = _systemd_pod_qos(walk, match)
+        if qos is None:
+            return None
+        return self._identity(
+            CgroupKind.CONTAINER,
+            qos=qos,
+            pod_uid=match["uid"].replace("_", "-"),
+            container_id=match["id"],
+            runtime=_RUNTIME_BY_PREFIX[match["prefix"]],
+            container_path=self.upto(walk.next),
+            kubepods_path=self._path_at(walk.kubepods_at),
+        )
+
+    def _pod(self, walk: _Walk) -> CgroupIdentity | None:
+        """A walk that ends at the pod level: the pod's own cgroup."""
+        if walk.pod_uid is None:
+            return None
+        return self._identity(CgroupKind.POD, **self._levels(walk))
+
+    def _container(self, walk: _Walk, name: str) -> CgroupIdentity | None:
+        """The container level under the pod (what nests below it does not matter)."""
+        if _CONMON.fullmatch(name) is not None:
+            if walk.pod_uid is None:
                 return None
             # conmon shares the pod's cgroup budget but is no container of the pod:
             # name the unit so a reader sees what was killed, and leave the id unset
             # so nobody blames the container it watches.
-            return self._identity(CgroupKind.OTHER, unit=name, **levels)
-        if (match := _CONTAINER.fullmatch(name)) is not None:
-            prefix = match["prefix"]
-            return self._identity(
-                CgroupKind.CONTAINER,
-                container_id=match["id"] or match["bare_id"],
-                runtime=_RUNTIME_BY_PREFIX[prefix] if prefix else None,
-                container_path=self.upto(index),
-                **levels,
-            )
-        return None
+            return self._identity(CgroupKind.OTHER, unit=name, **self._levels(walk))
+        if (match := _CONTAINER.fullmatch(name)) is None:
+            return None
+        prefix = match["prefix"]
+        return self._identity(
+            CgroupKind.CONTAINER,
+            container_id=match["id"] or match["bare_id"],
+            runtime=_RUNTIME_BY_PREFIX[prefix] if prefix else None,
+            container_path=self.upto(walk.next),
+            **self._levels(walk),
+        )
+
+    def _levels(self, walk: _Walk) -> dict[str, str | None]:
+        return {
+            "qos": walk.qos,
+            "pod_uid": walk.pod_uid,
+            "pod_path": self._path_at(walk.pod_at),
+            "kubepods_path": self._path_at(walk.kubepods_at),
+        }
+
+    def _path_at(self, index: int | None) -> str | None:
+        return None if index is None else self.upto(index)
 
     def off_kubernetes(self) -> CgroupIdentity | None:
         """Name a plain docker container or systemd unit, for `oomguard watch` on any host."""
@@ -495,6 +467,99 @@ class _View:
 
     def _identity(self, kind: CgroupKind, **fields: str | None) -> CgroupIdentity:
         return CgroupIdentity(path=self.path, kind=kind, **fields)
+
+
+class _Walk(NamedTuple):
+    """How far a walk down the kubelet's levels has read, and what the next must fit."""
+
+    next: int  # the index of the next name to read
+    # The systemd name of the last level read ("kubepods-burstable"): a systemd
+    # child's name is its parent's plus "-<its own part>". None: no such level in view.
+    stem: str | None = None
+    stem_is_cgroupfs: bool = False  # that level's name came from the cgroupfs driver
+    kubepods_at: int | None = None
+    qos: str | None = None
+    qos_level: bool = False  # a QoS level was read (Guaranteed pods have none)
+    pod_uid: str | None = None
+    pod_at: int | None = None
+
+
+def _read_kubepods(at: int, name: str | None, in_namespace_view: bool) -> _Walk | None:
+    """Start a walk at `name`: past it if it is a kubepods level, else at it, or None.
+
+    Without a kubepods level a walk may only start where a systemd name spells its
+    own ancestry, or where a namespace's "/../.." hides the levels above.
+    """
+    if name is not None and _KUBEPODS_CGROUPFS.fullmatch(name):
+        return _Walk(next=at + 1, stem="kubepods", stem_is_cgroupfs=True, kubepods_at=at)
+    if name is not None and (match := _KUBEPODS_SYSTEMD.fullmatch(name)):
+        return _Walk(next=at + 1, stem=match["stem"], kubepods_at=at)
+    if in_namespace_view or _starts_by_itself(name):
+        return _Walk(next=at)
+    return None
+
+
+def _read_qos(walk: _Walk, name: str | None, in_namespace_view: bool) -> _Walk:
+    """`walk` past `name` if it is the QoS level the kubelet makes under the last level.
+
+    Guaranteed pods have none, so any other name leaves the walk where it was.
+    """
+    if name is None:
+        return walk
+    if (match := _QOS_SYSTEMD.fullmatch(name)) and _extends(walk.stem, match["stem"]):
+        return walk._replace(
+            next=walk.next + 1,
+            stem=match["stem"],
+            stem_is_cgroupfs=False,
+            qos=match["qos"],
+            qos_level=True,
+        )
+    if (match := _QOS_CGROUPFS.fullmatch(name)) and _cgroupfs_child_fits(walk, in_namespace_view):
+        qos = match["qos"]
+        stem = None if walk.stem is None else f"{walk.stem}-{qos}"
+        return walk._replace(next=walk.next + 1, stem=stem, qos=qos, qos_level=True)
+    return walk
+
+
+def _read_pod(walk: _Walk, name: str, in_namespace_view: bool, may_lack_pod: bool) -> _Walk | None:
+    """`walk` past the pod level `name`, or None if `name` is no pod that fits there.
+
+    Only where `may_lack_pod` does a name that is no pod leave the walk as it was.
+    """
+    if (match := _POD_SYSTEMD.fullmatch(name)) is not None:
+        qos = _systemd_pod_qos(walk, match)
+        if qos is None:
+            return None
+        uid = match["uid"].replace("_", "-")
+        return walk._replace(next=walk.next + 1, qos=qos, pod_uid=uid, pod_at=walk.next)
+    if (match := _POD_CGROUPFS.fullmatch(name)) is not None:
+        if not _cgroupfs_child_fits(walk, in_namespace_view):
+            return None
+        # A pod straight under a kubepods level in view is Guaranteed; with the
+        # kubepods level hidden, a missing QoS level says nothing.
+        guaranteed = not walk.qos_level and walk.kubepods_at is not None
+        qos = _QOS_GUARANTEED if guaranteed else walk.qos
+        return walk._replace(next=walk.next + 1, qos=qos, pod_uid=match["uid"], pod_at=walk.next)
+    return walk if may_lack_pod else None
+
+
+def _systemd_pod_qos(walk: _Walk, match: re.Match[str]) -> str | None:
+    """The QoS class a systemd pod name spells, or None if the levels above disagree."""
+    qos = match["qos"] or _QOS_GUARANTEED
+    if not _extends(walk.stem, match["stem"]) or (walk.qos_level and qos != walk.qos):
+        return None
+    return qos
+
+
+def _cgroupfs_child_fits(walk: _Walk, in_namespace_view: bool) -> bool:
+    """Whether a cgroupfs name ("burstable", "pod<uid>") may be the walk's next level.
+
+    Only a cgroupfs parent has such children; with no parent in view, only a
+    namespace's "/../.." may be hiding one.
+    """
+    if walk.stem is None:
+        return in_namespace_view
+    return walk.stem_is_cgroupfs
 
 
 def _is_kubepods(name: str) -> bool:

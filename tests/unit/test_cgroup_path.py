@@ -197,6 +197,21 @@ SYSTEMD_CASES = [
         ),
         id="systemd-custom-cgroup-root-kind",
     ),
+    pytest.param(
+        f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{_u(BE_UID)}.slice:"
+        f"crio:{BE_ID}",
+        container(
+            f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{_u(BE_UID)}"
+            f".slice:crio:{BE_ID}",
+            qos="besteffort",
+            pod_uid=BE_UID,
+            container_id=BE_ID,
+            runtime="cri-o",
+            pod_path=None,
+            kubepods_path="/kubepods.slice",
+        ),
+        id="systemd-cgroupspath-as-one-name-under-its-qos-level",
+    ),
 ]
 
 # --- cgroupfs driver ----------------------------------------------------------------
@@ -608,6 +623,31 @@ NAMESPACE_CASES = [
         id="host-service",
     ),
     pytest.param("/../..", ident("/../..", CgroupKind.OTHER), id="an-ancestor-out-of-view"),
+    pytest.param(
+        f"/../crio-conmon-{BE_ID}.scope",
+        ident(
+            f"/../crio-conmon-{BE_ID}.scope",
+            CgroupKind.SYSTEMD_UNIT,
+            unit=f"crio-conmon-{BE_ID}.scope",
+            container_path=f"/../crio-conmon-{BE_ID}.scope",
+        ),
+        id="conmon-with-its-pod-out-of-view-is-a-plain-unit",
+    ),
+    # Read under "besteffort" as its QoS level the name does not fit; read by itself
+    # (a systemd name spells its own ancestry) it does, and that is the only reading.
+    pytest.param(
+        f"/../besteffort/kubepods-burstable-pod{_u(BE_UID)}.slice:crio:{BE_ID}",
+        container(
+            f"/../besteffort/kubepods-burstable-pod{_u(BE_UID)}.slice:crio:{BE_ID}",
+            qos="burstable",
+            pod_uid=BE_UID,
+            container_id=BE_ID,
+            runtime="cri-o",
+            pod_path=None,
+            kubepods_path=None,
+        ),
+        id="one-name-of-another-class-than-the-cgroupfs-qos-above",
+    ),
 ]
 
 
@@ -809,6 +849,24 @@ HOSTILE_CASES = [
     pytest.param(
         f"/kubepods/besteffort/pod{DD_UID}/{DD_ID}/kubepods/burstable/pod{CRIO_UID}/{CRIO_ID}",
         id="kubepods-twice-both-fit",
+    ),
+    pytest.param(
+        f"/kubepods.slice/burstable/pod{DD_UID}/{DD_ID}", id="cgroupfs-qos-under-systemd-root"
+    ),
+    pytest.param(
+        f"/kubelet.slice/kubelet-kubepods.slice/kubepods-besteffort.slice/"
+        f"kubepods-besteffort-pod{_u(BE_UID)}.slice/crio-{BE_ID}.scope",
+        id="systemd-qos-under-another-cgroup-root",
+    ),
+    pytest.param(
+        f"/kubepods.slice/kubepods-burstable.slice/kubepods-besteffort-pod{_u(BE_UID)}.slice:"
+        f"crio:{BE_ID}",
+        id="systemd-cgroupspath-as-one-name-under-the-wrong-qos",
+    ),
+    pytest.param(f"/../besteffort/{DD_ID}", id="namespace-qos-then-container-without-pod"),
+    pytest.param(
+        f"/../besteffort/kubepods-burstable-pod{_u(BE_UID)}.slice/junk",
+        id="namespace-pod-of-another-class-than-the-qos-above-then-junk",
     ),
     pytest.param(f"/kubepods/burstable/pod{DD_UID}/\uff43{DD_ID[1:]}", id="unicode-lookalike"),
     pytest.param(f"/kubepods/burstable/pod{DD_UID}/{DD_ID[:-1]}\u0663", id="unicode-digit"),
