@@ -482,7 +482,7 @@ class OomWatcher:
 
     def _emit(self, kill: OomKill) -> None:
         self.kills_reported += 1
-        self._handed_on_any = True
+        self._marks.handed_on()
         kill = self._with_main_process(kill)
         try:
             self.on_kill(kill)

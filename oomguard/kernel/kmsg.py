@@ -42,7 +42,7 @@ class KmsgUnavailable(OSError):
     """
 
     # What failed and why, without what oomguard does instead: for a caller that has
-    # another way to read the kernel log (the engine falls back to syslog(2)).
+    # another way to read the kernel log (`open_log` falls back to syslog(2)).
     cause: str = ""
 
     def __str__(self) -> str:

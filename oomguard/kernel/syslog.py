@@ -21,7 +21,8 @@ per line of a record (a multi-line record gives several lines with the same pref
 The prefix is `<facility * 8 + level>`, then the printk time and the caller id when the
 kernel prints them. There are no sequence numbers, no escaping (bytes come raw, so a
 newline in a command name splits its line and that report goes unread: the kill is still
-counted, victim unknown), and nothing to poll: the engine reads when it has a reason to.
+counted, victim unknown), and nothing to poll: the loop reads when it has a reason to
+(read_timing.py).
 
 Positions. Each line gets a pseudo-sequence number, `time_us * 1000 + n`, n counting the
 earlier lines of the same read with the same timestamp. It is the same number for the same

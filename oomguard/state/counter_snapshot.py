@@ -23,9 +23,10 @@ on its line whose count rose meanwhile is that evidence (without it, the high-wa
 marks are: see `classify.limit_reached_while_down`). Only nonzero values are listed.
 
 The detector's progress arrives as `HandedOn` marks through the queue that carries its
-records, after the records they cover (`apply_handed_on` merges them); the agent writes
-the file once per turn of its loop when it changed, never per kill, and before the kmsg
-position, which therefore never runs ahead of it (see agent.py).
+records, after the records they cover (`apply_handed_on` merges them); `Checkpoints`
+writes the file once per turn of the agent's loop when it changed, never per kill, and
+before the kernel log position, which therefore never runs ahead of it (see
+checkpoints.py).
 
 The file holds for one boot (counters start at zero with every boot). An unreadable file,
 or one in a format this version does not know, is moved aside as `<name>.corrupt-<time>`

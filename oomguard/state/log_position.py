@@ -47,7 +47,7 @@ class _Position:
 class LogPosition(StateFile[_Position]):
     """The last kernel log position handed on, per boot (numbers restart at boot).
 
-    Per reader too: a /dev/kmsg sequence number and a syslog(2) position (`klog_syslog`)
+    Per reader too: a /dev/kmsg sequence number and a syslog(2) position (kernel/syslog.py)
     are different numbers, so the file says whose it is (`source`; absent: kmsg).
     """
 

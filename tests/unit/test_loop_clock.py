@@ -28,7 +28,7 @@ from oomguard.kernel.read_timing import (
     SYSLOG_UNPUSHED_READ_INTERVAL_S,
 )
 from oomguard.kernel.reader import KernelLogReader
-from oomguard.kernel.syslog import SyslogReader
+from oomguard.kernel.syslog import LINES_PER_US, SyslogReader
 from oomguard.records import OomKill
 from tests.unit.test_klog_syslog import CG, REPORT, FakeKernelLog
 
@@ -38,6 +38,7 @@ RESYNC_S = 60.0
 # the loop reads the victim's /proc on its kill line, and must find nothing.
 VICTIM = 4194305
 KILL_REPORT = [line.replace(b"14888", str(VICTIM).encode()) for line in REPORT]
+REPORT_START = 11441347667 * LINES_PER_US  # its first line's position
 
 
 class FakeClock:
@@ -236,3 +237,26 @@ def test_the_handed_on_position_alone_is_said_at_the_resync_interval(
     turn_until(watcher, clock, T0 + RESYNC_S + 6.0, 0.5)
     # Read at the next idle read, said only once the resync interval has passed.
     assert marks == [(T0, first), (T0 + RESYNC_S, reader.last_seq)]
+
+
+def test_a_report_whose_count_has_not_risen_holds_the_position_back(
+    tmp_path: Path, start: Callable[..., Started]
+) -> None:
+    # A kill line whose counter never rises (its cgroup is not watched yet): the record
+    # comes from the line alone after the grace period, but a restart must still read
+    # the report again, or a rise after it would look like a kill whose report was lost.
+    cgroups = Cgroups(tmp_path)
+    klog = FakeKernelLog([b"<6>[11440.000000] before"])
+    reader = SyslogReader(read_log=klog.read_all, log_size=klog.size)
+    marks: list[int | None] = []
+    clock = FakeClock(T0)
+    watcher, kills, _ = start(
+        reader, cgroups, clock, on_handed_on=lambda m: marks.append(m.log_position)
+    )
+    watcher.poll_once(max_wait_s=0)
+    unseen = "/kubepods/burstable/podunseen/" + "c3" * 32
+    klog.lines += [line.replace(CG.encode(), unseen.encode()) for line in KILL_REPORT]
+    turn_until(watcher, clock, T0 + RESYNC_S / 2, 0.125)
+    assert [(k.pid, k.cgroup) for k in kills] == [(VICTIM, unseen)]
+    said = [p for p in marks if p is not None]
+    assert said[-1] == REPORT_START - 1
