@@ -119,7 +119,7 @@ class OomKill(BaseModel):
     time: datetime  # wall clock, UTC
     kernel_time_us: int | None  # kmsg timestamp (microseconds since boot), if known
     # The kill line's place in the kernel log: /dev/kmsg's sequence number (source "kmsg"),
-    # or a position derived from its timestamp (source "syslog", see klog_syslog).
+    # or a position derived from its timestamp (source "syslog", see kernel/syslog.py).
     kmsg_seq: int | None
     constraint: Constraint
     cgroup: str | None  # victim's cgroup, relative to the memory hierarchy root

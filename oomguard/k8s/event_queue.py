@@ -11,7 +11,7 @@ Kill ids (`kill_id`), stable across agent restarts, so a kill recovered a second
 - `kmsg/<boot_id>/<seq>`: the kernel's record sequence number, unique within one boot;
   the boot id keeps a reboot's seq 1 from matching the last boot's.
 - `syslog/<boot_id>/<position>`: the same for a kill line read through syslog(2), whose
-  position (derived from its timestamp, see `klog_syslog`) is not a sequence number.
+  position (derived from its timestamp, see `kernel/syslog.py`) is not a sequence number.
 - `counter/<boot_id>/<cgroup>/<value>`: a cgroup's `oom_kill` counter after this kill,
   for kills known only from counters (kernel log unreadable). A counter only rises
   within one cgroup's life, and container cgroup paths carry the container id.

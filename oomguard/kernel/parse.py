@@ -41,7 +41,7 @@ _MAX_LINE_CHARS = 4096
 class KmsgRecord:
     """One record of the kernel log, as /dev/kmsg hands it out (one record per read).
 
-    `klog_syslog` makes them too, one per line read through syslog(2): there `seq` is a
+    `kernel/syslog.py` makes them too, one per line read through syslog(2): there `seq` is a
     position derived from the timestamp, not consecutive, and `after_gap` says what a
     jump in sequence numbers says for /dev/kmsg.
     """

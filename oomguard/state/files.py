@@ -1,6 +1,6 @@
 """Crash-safe writes to the agent's state directory, and reading its files back safely.
 
-Every state file of the agent (event queue, kmsg position, oom_kill counters,
+Every state file of the agent (event queue, kernel log position, oom_kill counters,
 oom_score_adj state) is written and read through here, and nowhere else.
 
 Writing: the new content goes to a temporary file in the same directory, created with a
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STATE_DIR = Path("/var/lib/oomguard")
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
-# The most a one-value state file (kmsg position, oom_kill counters, oom_score_adj
+# The most a one-value state file (kernel log position, oom_kill counters, oom_score_adj
 # state) may hold. Their largest, the oom_score_adj state, holds about 300 bytes per
 # container: 4 MiB is over 10,000 containers, forty times a node's default pod limit
 # (110) with three containers each, and reading and parsing it costs ~15 MiB, well
