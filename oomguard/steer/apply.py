@@ -72,39 +72,50 @@ class ScoreWriter:
         directories = cgroup_tree(work.cgroup.directory)
         tally = ContainerTally(cgroups=len(directories))
         for directory in directories:
-            for pid in read_cgroup_procs(directory):
-                tally.processes += 1
-                report.processes_seen += 1
-                handle = ProcHandle.open(pid, self.proc_root)
-                if handle is None:
-                    report.gone += 1
-                    continue
-                try:
-                    self._process(handle, work, tally, report)
-                except OSError as exc:
-                    report.errors += 1
-                    tally.errors += 1
-                    self._count(ScoreAdjustmentResult.ERROR)
-                    self._log_once(
-                        f"oom_score_adj of pid {pid} in {work.cgroup.cgroup} could not be set "
-                        f"to {work.target}: {errno.errorcode.get(exc.errno or 0, '')} "
-                        f"{exc.strerror}",
-                        key=f"oserror:{work.cgroup.cgroup}:{exc.errno}",
-                    )
-                finally:
-                    handle.close()
+            self._cgroup(directory, work, tally, report)
         return tally
 
-    def _process(
-        self, handle: ProcHandle, work: ContainerWork, tally: ContainerTally, report: PassReport
+    def _cgroup(
+        self, directory: str, work: ContainerWork, tally: ContainerTally, report: PassReport
     ) -> None:
-        current = handle.oom_score_adj()
-        if current is None:
-            report.gone += 1
-            return
-        if not needs_write(current, work):
-            report.already_right += 1
-            return
+        """The processes of one cgroup directory (one loop: this runs per process)."""
+        for pid in read_cgroup_procs(directory):
+            tally.processes += 1
+            report.processes_seen += 1
+            handle = ProcHandle.open(pid, self.proc_root)
+            if handle is None:
+                report.gone += 1
+                continue
+            try:
+                current = handle.oom_score_adj()
+                if current is None:
+                    report.gone += 1
+                elif needs_write(current, work):
+                    self._write(handle, current, work, tally, report)
+                else:
+                    report.already_right += 1
+            except OSError as exc:
+                report.errors += 1
+                tally.errors += 1
+                self._count(ScoreAdjustmentResult.ERROR)
+                self._log_once(
+                    f"oom_score_adj of pid {pid} in {work.cgroup.cgroup} could not be set "
+                    f"to {work.target}: {errno.errorcode.get(exc.errno or 0, '')} "
+                    f"{exc.strerror}",
+                    key=f"oserror:{work.cgroup.cgroup}:{exc.errno}",
+                )
+            finally:
+                handle.close()
+
+    def _write(
+        self,
+        handle: ProcHandle,
+        current: int,
+        work: ContainerWork,
+        tally: ContainerTally,
+        report: PassReport,
+    ) -> None:
+        """One process that needs the value: proven to be the container's, then written."""
         text = handle.cgroup()
         if not in_container(None if text is None else memory_cgroup(text, self.v1), work):
             report.gone += 1  # exited, or the PID now names a stranger

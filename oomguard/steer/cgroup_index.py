@@ -18,7 +18,6 @@ from pathlib import Path
 from oomguard.cgroups.hierarchy import MemoryHierarchy
 from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.k8s.pod_cache import normalize_pod_key
-from oomguard.steer.pass_report import PassReport
 
 # A running container whose cgroup was not found triggers a rescan of the tree at
 # once the first time, then at most this often (it may simply not exist yet).
@@ -65,6 +64,7 @@ class CgroupIndex:
         self._index: dict[str, ContainerCgroup] = {}
         self._indexed_at: float | None = None
         self._known_missing: set[str] = set()
+        self.pass_rescans = 0  # rescans `find` made since `begin_pass`
 
     def rescan(self) -> int:
         """Rebuild the index; returns how many containers it holds."""
@@ -99,16 +99,17 @@ class CgroupIndex:
         self._indexed_at = self._clock()
         return len(index)
 
-    def locate(
-        self, container_id: str, running: bool, report: PassReport
-    ) -> ContainerCgroup | None:
+    def begin_pass(self) -> None:
+        self.pass_rescans = 0
+
+    def locate(self, container_id: str, running: bool) -> ContainerCgroup | None:
         """A container's cgroup. A running one may be new: look for it (`find`); a
         stopped one is only taken from the index, it will not appear."""
         if running:
-            return self.find(container_id, report)
+            return self.find(container_id)
         return self._index.get(container_id)
 
-    def find(self, container_id: str, report: PassReport) -> ContainerCgroup | None:
+    def find(self, container_id: str) -> ContainerCgroup | None:
         """The cgroup of a running container, rescanning when it is new or it is time."""
         hit = self._index.get(container_id)
         if hit is not None:
@@ -118,9 +119,9 @@ class CgroupIndex:
         now = self._clock()
         fresh = container_id not in self._known_missing
         stale = self._indexed_at is None or now - self._indexed_at >= self.rescan_interval_s
-        if (fresh and report.index_rescans == 0) or stale:
+        if (fresh and self.pass_rescans == 0) or stale:
             self.rescan()
-            report.index_rescans += 1
+            self.pass_rescans += 1
         hit = self._index.get(container_id)
         if hit is None:
             self._known_missing.add(container_id)
@@ -129,6 +130,6 @@ class CgroupIndex:
         return hit
 
     def end_pass(self) -> None:
-        """Keep the memory of missing containers bounded (called after each pass)."""
+        """Keep the memory of missing containers bounded."""
         if len(self._known_missing) > _MAX_KNOWN_MISSING:
             self._known_missing.clear()

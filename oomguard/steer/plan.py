@@ -8,10 +8,11 @@ A pod goes through three steps:
 
 1. `decide`: the kubelet's value for each container and the policy's `decide_pod`.
 2. `plan_pod`, given what oomguard applied before and where each container's cgroup
-   is (`to_locate` says which ones to look for): the containers whose processes get a
-   value (`ContainerWork`; a *restore* gives the kubelet's value back, only to the
-   processes still at oomguard's), the ones to forget, the policy's Warning. The
-   writes then follow `needs_write` process by process.
+   is (a lookup, asked only about the containers that need something): the
+   containers whose processes get a value (`ContainerWork`; a *restore* gives the
+   kubelet's value back, only to the processes still at oomguard's), the ones to
+   forget, the policy's Warning. The writes then follow `needs_write` process by
+   process.
 3. `settle_pod`, given what the writes did (`ContainerTally`): what to remember as
    applied, what to forget, the kernel's refusals and the "applied" announcement.
 
@@ -70,6 +71,8 @@ MAX_MESSAGES_PER_POD = 64
 AppliedKey = tuple[str, str]  # (pod UID, container name)
 Applied = Mapping[AppliedKey, AppliedValue]
 NamespaceLabels = Callable[[str], Mapping[str, str]]
+# (container ID, running) -> its cgroup on this node, or None (`CgroupIndex.locate`)
+Locate = Callable[[str, bool], ContainerCgroup | None]
 
 
 # ---------------------------------------------------------------------------- step 1
@@ -158,7 +161,7 @@ def decide(
 # ---------------------------------------------------------------------------- step 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PodEvent:
     """A Kubernetes Event to send on the pod (and how to log it when it is sent)."""
 
@@ -179,7 +182,7 @@ class PodNotes:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContainerWork:
     """Bring every process of one container (nested cgroups included) to `target`.
 
@@ -194,7 +197,7 @@ class ContainerWork:
     only_from: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PodPlan:
     """What to do for one pod before any process is looked at."""
 
@@ -204,28 +207,6 @@ class PodPlan:
     missing: int = 0  # governed containers whose cgroup is not (yet) on this node
     forget: tuple[AppliedKey, ...] = ()  # restores with nothing left to restore
     events: tuple[PodEvent, ...] = ()  # the policy's Warning, to send before writing
-
-
-def _steered(
-    pod: PodView, pod_decision: PodDecision, applied: Applied
-) -> tuple[list[Decision], list[Decision]]:
-    """The governed containers, and those to restore (no longer governed, set before)."""
-    governed = [d for d in pod_decision.decisions if d.desired is not None]
-    restoring = [
-        d for d in pod_decision.decisions if d.desired is None and (pod.uid, d.container) in applied
-    ]
-    return governed, restoring
-
-
-def to_locate(pod: PodView, pod_decision: PodDecision, applied: Applied) -> list[ContainerView]:
-    """The containers whose cgroup `plan_pod` needs to know, in the order it asks."""
-    governed, restoring = _steered(pod, pod_decision, applied)
-    views = []
-    for decision in (*governed, *restoring):
-        view = pod.container(decision.container)
-        if view is not None and view.container_id:
-            views.append(view)
-    return views
 
 
 def policy_warning(decisions: Sequence[Decision], warnings: Iterable[str]) -> PodEvent:
@@ -248,16 +229,21 @@ def plan_pod(
     pod: PodView,
     pod_decision: PodDecision,
     applied: Applied,
-    found: Mapping[str, ContainerCgroup | None],
+    locate: Locate,
     said: Container[tuple[str, str]] = (),
 ) -> PodPlan:
-    """What to write for one pod, given what oomguard applied before (`applied`) and
-    where each container's cgroup is (`found`, by container ID; see `to_locate`).
+    """What to write for one pod, given what oomguard applied before (`applied`),
+    where each container's cgroup is (`locate`, asked only for the containers that
+    need something, governed ones first) and the Warnings already said (`said`).
 
     A cgroup found under another pod's directory is not this container's (a reused
     ID, or a stale status): treated as not found.
     """
-    governed, restoring = _steered(pod, pod_decision, applied)
+    uid = pod.uid
+    governed = [d for d in pod_decision.decisions if d.desired is not None]
+    restoring = [
+        d for d in pod_decision.decisions if d.desired is None and (uid, d.container) in applied
+    ]
     warnings = pod_decision.all_warnings
     if not governed and not restoring and not warnings:
         return PodPlan(keep_notes=False)
@@ -269,7 +255,7 @@ def plan_pod(
     if not governed and not restoring:
         return PodPlan(keep_notes=True, events=events)
 
-    pod_keys = {normalize_pod_key(pod.uid)}
+    pod_keys = {normalize_pod_key(uid)}
     if pod.config_hash:
         pod_keys.add(normalize_pod_key(pod.config_hash))
     work: list[ContainerWork] = []
@@ -278,14 +264,14 @@ def plan_pod(
     for decision in (*governed, *restoring):
         view = pod.container(decision.container)
         container_id = view.container_id if view is not None else None
-        cgroup = found.get(container_id) if container_id else None
+        cgroup = locate(container_id, view.running) if view and container_id else None
         if container_id and cgroup is not None and cgroup.pod_key in pod_keys:
-            work.append(_work(pod.uid, decision, container_id, cgroup, applied))
+            work.append(_work(uid, decision, container_id, cgroup, applied))
         elif decision.desired is not None:
             missing += 1
         elif container_id and cgroup is None:
             # Its processes are gone with the cgroup: nothing left to restore.
-            forget.append((pod.uid, decision.container))
+            forget.append((uid, decision.container))
     return PodPlan(True, tuple(governed), tuple(work), missing, tuple(forget), events)
 
 
@@ -332,7 +318,7 @@ class ContainerTally:
     refused_lowering: bool = False  # a refused write would have lowered the value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PodSettlement:
     """What to remember, forget and say once one pod's writes are done."""
 
@@ -404,7 +390,7 @@ def settle_pod(
     forget: list[AppliedKey] = []
     announce: list[tuple[str, int]] = []
     restored: list[Decision] = []
-    said = set[tuple[str, str]]()
+    said: set[tuple[str, str]] = set()
     for work, tally in zip(plan.work, tallies, strict=True):
         results.append(_result(pod, work, tally))
         decision = work.decision

@@ -64,7 +64,6 @@ from oomguard.steer.plan import (
     score_state,
     settle_pod,
     state_signature,
-    to_locate,
 )
 from oomguard.steer.score_state import AppliedValue, ScoreStateFile
 
@@ -181,6 +180,7 @@ class Reconciler:
         report = PassReport(dry_run=self.dry_run)
         policy = self._policy_in_force(report)
         seen: set[str] = set()
+        self._index.begin_pass()
         for pod in pods:
             seen.add(pod.uid)
             try:
@@ -192,6 +192,7 @@ class Reconciler:
             del self._pods[uid]
         for key in [key for key in self._applied if key[0] not in seen]:
             del self._applied[key]
+        report.index_rescans = self._index.pass_rescans
         self._index.end_pass()
         if self._state_file is not None:
             self._save_state(report)
@@ -222,18 +223,16 @@ class Reconciler:
         decided = decide(pod, policy, self.node_memory_bytes, self._namespace_labels)
         if decided is None:
             return
-        found = {
-            view.container_id: self._index.locate(view.container_id, view.running, report)
-            for view in to_locate(pod, decided, self._applied)
-            if view.container_id
-        }
         notes = self._pods.get(pod.uid)
-        plan = plan_pod(pod, decided, self._applied, found, notes.said if notes else ())
+        plan = plan_pod(
+            pod, decided, self._applied, self._index.locate, notes.said if notes else ()
+        )
         if not plan.keep_notes:
             self._pods.pop(pod.uid, None)
             return
         notes = self._pods.setdefault(pod.uid, PodNotes())
-        self._send(pod, notes, plan.events)
+        if plan.events:
+            self._send(pod, notes, plan.events)
         report.pods_governed += bool(plan.governed)
         report.containers_missing += plan.missing
         for key in plan.forget:
@@ -247,7 +246,8 @@ class Reconciler:
         for key in settled.forget:
             del self._applied[key]
         notes.announced = settled.announced
-        self._send(pod, notes, settled.events)
+        if settled.events:
+            self._send(pod, notes, settled.events)
 
     # -- the state file ---------------------------------------------------------------
 
