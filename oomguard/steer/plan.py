@@ -16,7 +16,7 @@ A pod goes through three steps:
 3. `settle_pod`, given what the writes did (`ContainerTally`): what to remember as
    applied, what to forget, the kernel's refusals and the "applied" announcement.
 
-The rules, as they were before this split:
+The rules:
 
 - Governed (the policy names a value): every process not at it gets it. Containers
   the policy leaves alone are never looked at.
@@ -161,6 +161,10 @@ def decide(
 # ---------------------------------------------------------------------------- step 2
 
 
+# The plan's values are made for every pod on every pass: plain slotted dataclasses,
+# not frozen ones (which cost four times as much to make); nothing changes them.
+
+
 @dataclass(slots=True)
 class PodEvent:
     """A Kubernetes Event to send on the pod (and how to log it when it is sent)."""
@@ -234,11 +238,7 @@ def plan_pod(
 ) -> PodPlan:
     """What to write for one pod, given what oomguard applied before (`applied`),
     where each container's cgroup is (`locate`, asked only for the containers that
-    need something, governed ones first) and the Warnings already said (`said`).
-
-    A cgroup found under another pod's directory is not this container's (a reused
-    ID, or a stale status): treated as not found.
-    """
+    need something, governed ones first) and the Warnings already said (`said`)."""
     uid = pod.uid
     governed = [d for d in pod_decision.decisions if d.desired is not None]
     restoring = [
@@ -254,14 +254,27 @@ def plan_pod(
             events = (event,)
     if not governed and not restoring:
         return PodPlan(keep_notes=True, events=events)
+    work, missing, forget = _locate_work(pod, (*governed, *restoring), applied, locate)
+    return PodPlan(True, tuple(governed), work, missing, forget, events)
 
+
+def _locate_work(
+    pod: PodView, decisions: Iterable[Decision], applied: Applied, locate: Locate
+) -> tuple[tuple[ContainerWork, ...], int, tuple[AppliedKey, ...]]:
+    """The work for the containers found; how many governed ones were not; the restores
+    whose cgroup is gone (and their processes with it: nothing left to restore).
+
+    A cgroup found under another pod's directory is not this container's (a reused
+    ID, or a stale status): treated as not found, but not as gone.
+    """
+    uid = pod.uid
     pod_keys = {normalize_pod_key(uid)}
     if pod.config_hash:
         pod_keys.add(normalize_pod_key(pod.config_hash))
     work: list[ContainerWork] = []
     missing = 0
     forget: list[AppliedKey] = []
-    for decision in (*governed, *restoring):
+    for decision in decisions:
         view = pod.container(decision.container)
         container_id = view.container_id if view is not None else None
         cgroup = locate(container_id, view.running) if view and container_id else None
@@ -270,9 +283,8 @@ def plan_pod(
         elif decision.desired is not None:
             missing += 1
         elif container_id and cgroup is None:
-            # Its processes are gone with the cgroup: nothing left to restore.
             forget.append((uid, decision.container))
-    return PodPlan(True, tuple(governed), tuple(work), missing, tuple(forget), events)
+    return tuple(work), missing, tuple(forget)
 
 
 def _work(
@@ -384,54 +396,62 @@ def settle_pod(
 ) -> PodSettlement:
     """After the writes (`tallies`, one per `plan.work`): what oomguard now has applied,
     what it forgets, and the Events to send. `notes` is only read."""
-    results: list[ContainerResult] = []
-    events: list[PodEvent] = []
-    remember: list[AppliedValue] = []
-    forget: list[AppliedKey] = []
-    announce: list[tuple[str, int]] = []
-    restored: list[Decision] = []
-    said: set[tuple[str, str]] = set()
-    for work, tally in zip(plan.work, tallies, strict=True):
-        results.append(_result(pod, work, tally))
-        decision = work.decision
-        if tally.refused:
-            event = kernel_refusal(decision.container, work.target, tally.refused_lowering)
-            key = (event.reason, event.message)
-            if key not in notes.said and key not in said:
-                said.add(key)
-                events.append(event)
-        if dry_run:
-            continue
-        if work.only_from is None:
-            # Remembered only on change: an unchanged entry stays the same object,
-            # which keeps the state file's change check cheap.
-            was = applied.get((pod.uid, decision.container))
-            if (
-                was is None
-                or was.value != work.target
-                or was.kubelet_value != decision.kubelet_value
-            ):
-                remember.append(
-                    AppliedValue(pod.uid, decision.container, work.target, decision.kubelet_value)
-                )
-            if not tally.refused:
-                announce.append((decision.container, work.target))
-        elif not tally.refused and not tally.errors:
-            forget.append((pod.uid, decision.container))
-            restored.append(decision)
+    done = list(zip(plan.work, tallies, strict=True))
+    results = tuple([_result(pod, work, tally) for work, tally in done])
+    events = _kernel_refusals(done, notes.said)
+    if dry_run:  # nothing was written: nothing to remember, forget or announce
+        return PodSettlement(results, events=tuple(events), announced=notes.announced)
+    # Governed and written without refusal; restores done without refusal or error.
+    now = [
+        (w.decision.container, w.target) for w, t in done if w.only_from is None and not t.refused
+    ]
+    restored = [
+        w.decision for w, t in done if w.only_from is not None and not t.refused and not t.errors
+    ]
+    announced = tuple(sorted(now))
+    if announced != notes.announced or restored:
+        parts = [d.reason for d in plan.governed if (d.container, d.desired) in now]
+        parts += [restored_message(d) for d in restored]
+        if parts:
+            events.append(PodEvent(NORMAL, REASON_APPLIED, "oom_score_adj: " + "; ".join(parts)))
+    return PodSettlement(
+        results,
+        _remember(pod.uid, done, applied),
+        tuple([(pod.uid, d.container) for d in restored]),
+        tuple(events),
+        announced,
+    )
 
-    announced = notes.announced
-    if not dry_run:
-        signature = tuple(sorted(announce))
-        if signature != notes.announced or restored:
-            announced = signature
-            parts = [d.reason for d in plan.governed if (d.container, d.desired) in announce]
-            parts += [restored_message(d) for d in restored]
-            if parts:
-                events.append(
-                    PodEvent(NORMAL, REASON_APPLIED, "oom_score_adj: " + "; ".join(parts))
-                )
-    return PodSettlement(tuple(results), tuple(remember), tuple(forget), tuple(events), announced)
+
+def _kernel_refusals(
+    done: Iterable[tuple[ContainerWork, ContainerTally]], said: Container[tuple[str, str]]
+) -> list[PodEvent]:
+    events: list[PodEvent] = []
+    for work, tally in done:
+        if tally.refused:
+            event = kernel_refusal(work.decision.container, work.target, tally.refused_lowering)
+            if (event.reason, event.message) not in said and event not in events:
+                events.append(event)
+    return events
+
+
+def _remember(
+    uid: str, done: Iterable[tuple[ContainerWork, ContainerTally]], applied: Applied
+) -> tuple[AppliedValue, ...]:
+    """The governed containers whose applied value is new or changed, refused or not
+    (the next pass tries again). Only on change: an unchanged entry stays the same
+    object, which keeps the state file's change check cheap."""
+    remember = []
+    for work, _ in done:
+        decision = work.decision
+        was = applied.get((uid, decision.container))
+        if work.only_from is None and (
+            was is None or was.value != work.target or was.kubelet_value != decision.kubelet_value
+        ):
+            remember.append(
+                AppliedValue(uid, decision.container, work.target, decision.kubelet_value)
+            )
+    return tuple(remember)
 
 
 # ---------------------------------------------------------------------------- the state file
