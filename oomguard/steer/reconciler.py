@@ -230,7 +230,8 @@ class Reconciler:
         if not plan.keep_notes:
             self._pods.pop(pod.uid, None)
             return
-        notes = self._pods.setdefault(pod.uid, PodNotes())
+        if notes is None:
+            notes = self._pods[pod.uid] = PodNotes()
         if plan.events:
             self._send(pod, notes, plan.events)
         report.pods_governed += bool(plan.governed)
