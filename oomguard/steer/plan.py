@@ -395,8 +395,15 @@ def settle_pod(
     dry_run: bool,
 ) -> PodSettlement:
     """After the writes (`tallies`, one per `plan.work`): what oomguard now has applied,
-    what it forgets, and the Events to send. `notes` is only read."""
-    done = list(zip(plan.work, tallies, strict=True))
+    what it forgets, and the Events to send. `notes` is only read.
+
+    Fewer tallies than work: the writes stopped at a failure. What was done is settled
+    all the same, but the pod's announcement waits for a pass that gets through it.
+    """
+    if len(tallies) > len(plan.work):
+        raise ValueError("more tallies than work")
+    complete = len(tallies) == len(plan.work)
+    done = list(zip(plan.work[: len(tallies)], tallies, strict=True))
     results = tuple([_result(pod, work, tally) for work, tally in done])
     events = _kernel_refusals(done, notes.said)
     if dry_run:  # nothing was written: nothing to remember, forget or announce
@@ -408,8 +415,8 @@ def settle_pod(
     restored = [
         w.decision for w, t in done if w.only_from is not None and not t.refused and not t.errors
     ]
-    announced = tuple(sorted(now))
-    if announced != notes.announced or restored:
+    announced = tuple(sorted(now)) if complete else notes.announced
+    if complete and (announced != notes.announced or restored):
         parts = [d.reason for d in plan.governed if (d.container, d.desired) in now]
         parts += [restored_message(d) for d in restored]
         if parts:

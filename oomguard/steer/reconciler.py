@@ -55,8 +55,10 @@ from oomguard.steer.plan import (
     REASON_REFUSED,
     WARNING,
     AppliedKey,
+    ContainerTally,
     PodEvent,
     PodNotes,
+    PodPlan,
     StateSignature,
     decide,
     kubelet_scores,
@@ -238,7 +240,21 @@ class Reconciler:
         report.containers_missing += plan.missing
         for key in plan.forget:
             self._applied.pop(key, None)
-        tallies = [self._writer.apply(work, report) for work in plan.work]
+        tallies: list[ContainerTally] = []
+        try:
+            for work in plan.work:
+                tallies.append(self._writer.apply(work, report))
+        finally:  # also after a failure: what was written before it is remembered
+            self._settle(pod, plan, tallies, notes, report)
+
+    def _settle(
+        self,
+        pod: PodView,
+        plan: PodPlan,
+        tallies: list[ContainerTally],
+        notes: PodNotes,
+        report: PassReport,
+    ) -> None:
         settled = settle_pod(pod, plan, tallies, self._applied, notes, dry_run=self.dry_run)
         for result in settled.results:
             report.containers[result.key] = result

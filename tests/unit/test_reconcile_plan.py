@@ -588,6 +588,25 @@ SETTLE_ROWS = [
         before=(("app", 1000),),
     ),
     SettleRow(
+        "the writes stopped at a failure: what was done is remembered, not announced",
+        pod(
+            {"oomguard.io/sacrifice.app": "true", "oomguard.io/sacrifice.side": "true"},
+            {"app": APP, "side": SIDE},
+        ),
+        applied(("side", 950)),
+        [tally(written=1)],  # none for side: its writes raised
+        remember=(("app", 1000),),
+    ),
+    SettleRow(
+        "a restore done before a failure is forgotten, its announcement lost with the pass",
+        pod(containers={"app": APP, "side": SIDE}),
+        applied(("app", 950), ("side", 950)),
+        [tally(written=1)],  # none for side: its writes raised
+        forget=("app",),
+        before=(("app", 950), ("side", 950)),
+        announced=(("app", 950), ("side", 950)),
+    ),
+    SettleRow(
         "dry run: nothing remembered, nothing announced",
         pod(SACRIFICE),
         {},
@@ -610,7 +629,7 @@ SETTLE_ROWS = [
 def test_settle(row: SettleRow) -> None:
     locate, _ = node({cid: cgroup(cid) for cid in row.cgroups})
     plan = plan_pod(row.pod, decided(row.pod, row.policy), row.applied, locate)
-    assert len(plan.work) == len(row.tallies)
+    assert len(plan.work) >= len(row.tallies)
     notes = PodNotes(announced=row.before)
     settled = settle_pod(row.pod, plan, row.tallies, row.applied, notes, dry_run=row.dry_run)
     assert [(v.container, v.value) for v in settled.remember] == list(row.remember)
@@ -862,3 +881,27 @@ def test_a_dry_run_writes_nothing_says_nothing_remembers_nothing(
     assert fake.value(pids[0]) == KUBELET and events == []
     assert saved(tmp_path) == {"applied": [], "wanted": [APP], "dry": True}
     assert (tmp_path / STATE_FILE).exists()
+
+
+def test_a_failure_mid_pod_keeps_what_was_written_before_it(fake: FakeNode, tmp_path: Path) -> None:
+    """The pod stops at the failure (counted as an error, the next pod goes on); the
+    container written before it is remembered, the announcement waits for a whole pass."""
+    two = {"app": APP, "side": SIDE}
+    both = {"oomguard.io/sacrifice.app": "true", "oomguard.io/sacrifice.side": "true"}
+    [app] = fake.container(APP, values=[KUBELET])
+    fake.container(SIDE)
+    procs = fake.hierarchy.fs_path(f"/kubepods/burstable/pod{UID}/{SIDE}") / "cgroup.procs"
+    procs.unlink()
+    procs.mkdir()  # reading it fails (EISDIR): not "gone", an error
+    r, events = fake.reconciler(tmp_path)
+    report = r.pass_once([pod(both, two)])
+    assert report.errors == 1 and fake.value(app) == 1000
+    assert list(report.containers) == ["default/web-0/app"]
+    assert saved(tmp_path)["applied"] == [(UID, "app")] and events == []
+
+    procs.rmdir()
+    procs.write_text("")
+    report = r.pass_once([pod(both, two)])
+    assert report.errors == 0 and report.already_right == 1
+    assert [e[1] for e in events] == [REASON_APPLIED]
+    assert saved(tmp_path)["applied"] == [(UID, "app"), (UID, "side")]
