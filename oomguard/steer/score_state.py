@@ -1,11 +1,15 @@
-"""The oom_score_adj values the reconciler wrote and wants, kept in the state directory.
+"""The oom_score_adj values (and kill modes) the reconciler set and wants, kept in the
+state directory.
 
 One JSON file, `oom-score-adj.json`, written by the agent's reconciler, for two readers:
 
 - the reconciler itself after a restart. `applied` lists the containers whose processes
   it moved off the kubelet's value, and to what; an annotation removed while the agent
   was down then still gets the kubelet's value back on the first pass (on the processes
-  that still carry oomguard's value, the same rule as without a restart).
+  that still carry oomguard's value, the same rule as without a restart). `kill_modes`
+  does the same for `memory.oom.group` (cgroup v2): the containers whose file oomguard
+  changed, the value it wrote and the value it found there before its first write,
+  which a removed `oomguard.io/oom-kill` annotation gets back.
 - `oomguard top`, which has no API credentials. `wanted` lists, per container ID, the
   pod, the container, the value the policy wants for its processes and how that value
   came about (the policy's outcome, or "restore").
@@ -15,7 +19,14 @@ One JSON file, `oom-score-adj.json`, written by the agent's reconciler, for two 
                   "kubelet_value": 900}],
      "wanted": [{"container_id": "...", "namespace": "default", "pod": "web-0",
                  "pod_uid": "...", "container": "app", "value": 1000,
-                 "outcome": "applied"}]}
+                 "outcome": "applied"}],
+     "kill_modes": [{"pod_uid": "...", "container": "db", "oom_group": 0,
+                     "oom_group_before": 1}]}
+
+`kill_modes` came after the first agents that wrote this format, in the same version:
+they read the file key by key and ignore it, and a file without it (written by them)
+loads as "no kill mode set". (Such an agent, downgraded to, forgets the kill modes it
+cannot know about: their containers keep the mode until they restart.)
 
 The file is written (crash-safe, following no symlink, through `statefile`) only when what it says
 changes, never by a pass that changes nothing. A dry run writes no process, so it adds
@@ -52,6 +63,7 @@ log = logging.getLogger(__name__)
 STATE_FILE = "oom-score-adj.json"
 STATE_FORMAT = "oomguard/oom-score-adj/v1"
 _SCORE_MIN, _SCORE_MAX = -1000, 1000
+_OOM_GROUP_VALUES = (0, 1)
 
 
 class StateFormatError(ValueError):
@@ -66,6 +78,17 @@ class AppliedValue:
     container: str  # the container's name in the pod
     value: int
     kubelet_value: int
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedKillMode:
+    """A container whose `memory.oom.group` oomguard set to `oom_group`; `before` is the
+    value it found there before its first write (the kubelet's), to put back."""
+
+    pod_uid: str
+    container: str  # the container's name in the pod
+    oom_group: int  # 0 or 1
+    before: int  # 0 or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +112,12 @@ class ScoreState:
     dry_run: bool
     applied: Mapping[tuple[str, str], AppliedValue] = field(default_factory=dict)
     wanted: Mapping[str, WantedValue] = field(default_factory=dict)  # by container ID
+    kill_modes: Mapping[tuple[str, str], AppliedKillMode] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         applied = sorted(self.applied.values(), key=lambda a: (a.pod_uid, a.container))
         wanted = sorted(self.wanted.values(), key=lambda w: (w.namespace, w.pod, w.container))
+        kill_modes = sorted(self.kill_modes.values(), key=lambda k: (k.pod_uid, k.container))
         body = {
             "format": STATE_FORMAT,
             "boot_id": self.boot_id,
@@ -117,6 +142,15 @@ class ScoreState:
                     "outcome": w.outcome,
                 }
                 for w in wanted
+            ],
+            "kill_modes": [
+                {
+                    "pod_uid": k.pod_uid,
+                    "container": k.container,
+                    "oom_group": k.oom_group,
+                    "oom_group_before": k.before,
+                }
+                for k in kill_modes
             ],
         }
         return json.dumps(body, separators=(",", ":")).encode()
@@ -148,10 +182,19 @@ class ScoreState:
                 outcome=_str(item, "outcome"),
             )
             wanted[w.container_id] = w
+        kill_modes: dict[tuple[str, str], AppliedKillMode] = {}
+        for item in _list(body, "kill_modes"):  # absent in files of older agents
+            k = AppliedKillMode(
+                pod_uid=_str(item, "pod_uid"),
+                container=_str(item, "container"),
+                oom_group=_oom_group(item, "oom_group"),
+                before=_oom_group(item, "oom_group_before"),
+            )
+            kill_modes[(k.pod_uid, k.container)] = k
         dry_run = body.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise StateFormatError("dry_run is not true or false")
-        return cls(boot_id=boot_id, dry_run=dry_run, applied=applied, wanted=wanted)
+        return cls(boot_id, dry_run, applied, wanted, kill_modes)
 
 
 def _list(body: dict[str, Any], key: str) -> list[dict[str, Any]]:
@@ -177,6 +220,14 @@ def _score(item: dict[str, Any], key: str) -> int:
     return value
 
 
+def _oom_group(item: dict[str, Any], key: str) -> int:
+    value = item.get(key)
+    if isinstance(value, bool) or value not in _OOM_GROUP_VALUES:
+        raise StateFormatError(f"an entry's {key} is missing or not 0 or 1")
+    assert isinstance(value, int)
+    return value
+
+
 # ---------------------------------------------------------------------------- the agent
 
 
@@ -193,8 +244,10 @@ class ScoreStateFile(StateFile[ScoreState]):
             log=log,
             without="starting without it (an annotation removed while the agent was down "
             "keeps its last value until the container restarts)",
-            stale="every process is new, so the oom_score_adj values written then are moot",
-            unsaved="an agent restart would forget which oom_score_adj values oomguard set",
+            stale="every process and cgroup is new, so the oom_score_adj values and kill "
+            "modes written then are moot",
+            unsaved="an agent restart would forget which oom_score_adj values and kill modes "
+            "oomguard set",
             writes=writes,
         )
 
@@ -208,6 +261,12 @@ class ScoreStateFile(StateFile[ScoreState]):
             log.info(
                 "resuming with %d containers whose oom_score_adj oomguard set before the restart",
                 len(state.applied),
+            )
+        if state is not None and state.kill_modes:
+            log.info(
+                "resuming with %d containers whose memory.oom.group oomguard set before the "
+                "restart",
+                len(state.kill_modes),
             )
         return state
 

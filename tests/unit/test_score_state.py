@@ -12,6 +12,7 @@ import pytest
 from oomguard.steer.score_state import (
     STATE_FILE,
     STATE_FORMAT,
+    AppliedKillMode,
     AppliedValue,
     ScoreState,
     ScoreStateFile,
@@ -42,6 +43,10 @@ def wanted(container_id: str = CID, value: int = 1000) -> WantedValue:
     )
 
 
+def kill_mode(container: str = "db", oom_group: int = 0, before: int = 1) -> AppliedKillMode:
+    return AppliedKillMode(pod_uid=UID, container=container, oom_group=oom_group, before=before)
+
+
 def state(*, boot_id: str | None = BOOT, dry_run: bool = False) -> ScoreState:
     a, b = applied("app"), applied("sidecar", 950)
     return ScoreState(
@@ -49,6 +54,7 @@ def state(*, boot_id: str | None = BOOT, dry_run: bool = False) -> ScoreState:
         dry_run=dry_run,
         applied={(UID, "app"): a, (UID, "sidecar"): b},
         wanted={CID: wanted()},
+        kill_modes={(UID, "db"): kill_mode()},
     )
 
 
@@ -94,6 +100,18 @@ def test_the_file_says_what_it_is() -> None:
             "outcome": "applied",
         }
     ]
+    assert body["kill_modes"] == [
+        {"pod_uid": UID, "container": "db", "oom_group": 0, "oom_group_before": 1}
+    ]
+
+
+def test_a_file_from_before_kill_modes_loads_with_none() -> None:
+    """Agents before kill modes wrote the same format without `kill_modes`."""
+    body = good_body()
+    del body["kill_modes"]
+    loaded = ScoreState.from_bytes(json.dumps(body).encode())
+    assert loaded.kill_modes == {}
+    assert (loaded.applied, loaded.wanted) == (state().applied, state().wanted)
 
 
 def test_order_of_entries_does_not_make_a_state_differ() -> None:
@@ -182,6 +200,14 @@ def test_foreign_version_is_set_aside_naming_the_format(
         ("applied", {"pod_uid": "", "container": "app", "value": 1000, "kubelet_value": 900}),
         ("wanted", {"container_id": CID, "value": 1000}),
         ("wanted", "not an object"),
+        ("kill_modes", {"pod_uid": UID, "container": "db", "oom_group": 2, "oom_group_before": 1}),
+        (
+            "kill_modes",
+            {"pod_uid": UID, "container": "db", "oom_group": True, "oom_group_before": 1},
+        ),
+        ("kill_modes", {"pod_uid": UID, "container": "db", "oom_group": 0}),
+        ("kill_modes", {"pod_uid": UID, "oom_group": 0, "oom_group_before": 1}),
+        ("kill_modes", "not an object"),
     ],
 )
 def test_bad_entries_are_refused_whole(section: str, entry: object) -> None:
