@@ -4,14 +4,21 @@ With the agent's published wants (`score_state.read_wanted`), each process of a 
 container also shows the oom_score_adj the policy wants for it and whether it has it.
 A process belongs to the container whose ID its cgroup path names, nested cgroups below
 the container's included (as the reconciler counts them).
+
+On cgroup v2 each process of a container also shows its container's kill mode, read
+from `memory.oom.group` of the container's cgroup (not of a nested one: that is the
+file the kubelet and oomguard set): "container" (1: one OOM kill takes every process of
+the container) or "process" (0: only the one the kernel picks). Unknown (not in a
+container, the file unreadable) and cgroup v1 (no group kill) show as `-` / null.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
+from oomguard.cgroups.oom_group import read_oom_group
 from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.proc.handle import ProcHandle, list_pids
 from oomguard.records import CgroupIdentity
@@ -29,6 +36,7 @@ class ProcessScore:
     cgroup: str | None
     identity: CgroupIdentity
     wanted: WantedValue | None = None  # None: not governed, or nothing published
+    kill_mode: str | None = None  # "container", "process"; None: unknown, or cgroup v1
 
     @property
     def wanted_oom_score_adj(self) -> int | None:
@@ -59,6 +67,7 @@ class ProcessScore:
             "pod_namespace": None if self.wanted is None else self.wanted.namespace,
             "pod_name": None if self.wanted is None else self.wanted.pod,
             "container_name": None if self.wanted is None else self.wanted.container,
+            "kill_mode": self.kill_mode,
         }
         return {k: json_text(v) if isinstance(v, str) else v for k, v in body.items()}
 
@@ -111,7 +120,40 @@ def rank(hierarchy: MemoryHierarchy, root_cgroup: str | None, limit: int) -> lis
         if _within(ps.cgroup, root_cgroup):
             out.append(ps)
     out.sort(key=lambda p: (-p.oom_score, -p.rss_bytes, p.pid))
-    return out[: max(0, limit)] if limit else out
+    shown = out[: max(0, limit)] if limit else out
+    if hierarchy.version is CgroupVersion.V1:  # no memory.oom.group: nothing to show
+        return shown
+    return with_kill_modes(shown, lambda cgroup: read_oom_group(hierarchy.fs_path(cgroup)))
+
+
+# memory.oom.group -> the kill mode it means (`steer.kill_mode.KillMode`'s values).
+KILL_MODES = {1: "container", 0: "process"}
+
+
+def with_kill_modes(
+    rows: Iterable[ProcessScore], read: Callable[[str], int | None]
+) -> list[ProcessScore]:
+    """The rows, each process of a container given its container's kill mode.
+
+    `read` gives `memory.oom.group` of a container cgroup (by its path); it is asked
+    once per container, and what it cannot read (None, OSError, ValueError) is unknown.
+    """
+    modes: dict[str, str | None] = {}
+    out = []
+    for row in rows:
+        container = row.identity.container_path if row.identity.is_container else None
+        if container is None:
+            out.append(row)
+            continue
+        if container not in modes:
+            try:
+                value = read(container)
+            except (OSError, ValueError):
+                value = None
+            modes[container] = None if value is None else KILL_MODES.get(value)
+        mode = modes[container]
+        out.append(row if mode is None else replace(row, kill_mode=mode))
+    return out
 
 
 def with_wanted(
@@ -138,7 +180,7 @@ def format_table(rows: list[ProcessScore]) -> str:
     """The human table. Every name in it is shown through `safe_text.escape`: a process
     names itself, and `top` must not clear or rewrite the terminal of whoever runs it."""
     header = (
-        f"{'PID':>7} {'OOM_SCORE':>9} {'ADJ':>5} {'WANT':>5} {'OK':<3} {'RSS':>9}  "
+        f"{'PID':>7} {'OOM_SCORE':>9} {'ADJ':>5} {'WANT':>5} {'OK':<3} {'KILL':<9} {'RSS':>9}  "
         f"{'QOS':<10} {'POD':<36} {'CONTAINER':<12} COMMAND"
     )
     lines = [header]
@@ -152,7 +194,7 @@ def format_table(rows: list[ProcessScore]) -> str:
             pod, container = ident.pod_uid or ident.unit or "-", (ident.container_id or "-")[:12]
         lines.append(
             f"{p.pid:>7} {p.oom_score:>9} {p.oom_score_adj:>5} {want:>5} {_ok(p.applied):<3} "
-            f"{rss_mib:>9}  {(ident.qos or '-'):<10} {escape(pod):<36} {escape(container):<12} "
-            f"{escape(p.command)}"
+            f"{(p.kill_mode or '-'):<9} {rss_mib:>9}  {(ident.qos or '-'):<10} "
+            f"{escape(pod):<36} {escape(container):<12} {escape(p.command)}"
         )
     return "\n".join(lines)

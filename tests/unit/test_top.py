@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.steer.score_state import WantedValue
-from oomguard.top import ProcessScore, format_table, with_wanted
+from oomguard.top import ProcessScore, format_table, with_kill_modes, with_wanted
 
 UID = "6f1e0c7a-2b3d-4e5f-8a9b-0c1d2e3f4a5b"
 CID = "a1" * 32
@@ -34,6 +36,7 @@ FIELDS_ADDED = [
     "pod_namespace",
     "pod_name",
     "container_name",
+    "kill_mode",
 ]
 
 
@@ -125,16 +128,17 @@ def test_table_has_want_and_ok_columns_and_pod_names() -> None:
         "ADJ",
         "WANT",
         "OK",
+        "KILL",
         "RSS",
         "QOS",
         "POD",
         "CONTAINER",
         "COMMAND",
     ]
-    assert lines[1].split()[:5] == ["1", "1010", "1000", "1000", "yes"]
+    assert lines[1].split()[:6] == ["1", "1010", "1000", "1000", "yes", "-"]
     assert "shop/web-0" in lines[1] and " app " in lines[1]
-    assert lines[2].split()[:5] == ["2", "910", "900", "1000", "no"]
-    assert lines[3].split()[:5] == ["3", "910", "900", "-", "-"]
+    assert lines[2].split()[:6] == ["2", "910", "900", "1000", "no", "-"]
+    assert lines[3].split()[:6] == ["3", "910", "900", "-", "-", "-"]
 
 
 HOSTILE_COMM = "\x1b[2J\x1b]0;pwn\x07\rX"  # 15 bytes: fits /proc/self/comm
@@ -155,3 +159,52 @@ def test_json_keeps_the_raw_name() -> None:
     # JSON escapes control characters itself; scripts get the name as the process set it.
     body = dataclasses.replace(row(5, CONTAINER), command=HOSTILE_COMM).to_json_dict()
     assert body["command"] == HOSTILE_COMM
+
+
+# ---------------------------------------------------------------------------- kill mode
+
+SECOND = f"{POD_CGROUP}/cri-containerd-{OTHER_CID}.scope"
+
+
+def test_each_container_process_shows_its_containers_kill_mode() -> None:
+    asked: list[str] = []
+
+    def read(cgroup: str) -> int | None:
+        asked.append(cgroup)
+        return {CONTAINER: 0, SECOND: 1}.get(cgroup)
+
+    rows = [
+        row(1, CONTAINER),
+        row(2, f"{CONTAINER}/worker"),  # nested: its container's file, not its own
+        row(3, SECOND),
+        row(4, POD_CGROUP),  # the pod, no container
+        row(5, "/system.slice/sshd.service"),
+    ]
+    modes = [r.kill_mode for r in with_kill_modes(rows, read)]
+    assert modes == ["process", "process", "container", None, None]
+    assert asked == [CONTAINER, SECOND]  # once per container
+
+
+@pytest.mark.parametrize(
+    "failure", [None, 7, OSError(13, "Permission denied"), ValueError("garbage")]
+)
+def test_a_kill_mode_that_cannot_be_read_is_unknown(failure: object) -> None:
+    def read(cgroup: str) -> int | None:
+        if isinstance(failure, Exception):
+            raise failure
+        assert failure is None or isinstance(failure, int)
+        return failure
+
+    [merged] = with_kill_modes([row(1, CONTAINER)], read)
+    assert merged.kill_mode is None
+
+
+def test_the_kill_mode_in_the_table_and_json() -> None:
+    [process, container] = with_kill_modes(
+        [row(1, CONTAINER), row(2, SECOND)], {CONTAINER: 0, SECOND: 1}.get
+    )
+    lines = format_table([process, container]).splitlines()
+    assert lines[1].split()[5] == "process" and lines[2].split()[5] == "container"
+    assert process.to_json_dict()["kill_mode"] == "process"
+    assert container.to_json_dict()["kill_mode"] == "container"
+    assert row(3, CONTAINER).to_json_dict()["kill_mode"] is None
