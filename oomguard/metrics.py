@@ -33,6 +33,19 @@ Metrics (all names start with `oomguard_`; counters end in `_total`)
     score_adjustments_total{result}
         oom_score_adj work, result in applied (a value was written), refused (the
         policy refused a pod's request; the baseline stands), error (the write failed).
+    kill_mode_changes_total{result}
+        Kill mode work (memory.oom.group of container cgroups, cgroup v2), result in
+        applied (oomguard wrote a mode: 0 for "process", 1 for "container"), restored
+        (it wrote back the value it found before its first write, after the
+        oomguard.io/oom-kill request went away), refused (the policy refused a pod's
+        request, or its value was invalid: counted with the OOMKillModeRefused Warning,
+        once per distinct message per pod), unsupported (a pod asked on a cgroup v1
+        node, which has no group kill: once per pod, with the OOMKillModeUnsupported
+        Warning), error (a write failed: the cgroup mount is read-only (EROFS, the
+        chart's cgroup.readOnly: true), EACCES, or another errno; counted on every
+        attempt, so once per pass per container while it lasts; alert on its rate).
+        A write refused by the kernel is an error here, not `refused`, which is the
+        policy's word. A dry run counts refused and unsupported only.
     policy_reload_errors_total
         Admin policy ConfigMaps rejected (the last good policy stays in force).
     state_write_errors_total
@@ -122,6 +135,16 @@ class ScoreAdjustmentResult(enum.StrEnum):
     ERROR = "error"  # the write failed
 
 
+class KillModeResult(enum.StrEnum):
+    """The `result` label of `oomguard_kill_mode_changes_total`."""
+
+    APPLIED = "applied"  # memory.oom.group written to the mode asked for
+    RESTORED = "restored"  # the value found before oomguard's first write put back
+    REFUSED = "refused"  # the policy refused a pod's request, or it was invalid
+    UNSUPPORTED = "unsupported"  # a pod asked on cgroup v1 (no memory.oom.group)
+    ERROR = "error"  # a write failed (read-only mount, EACCES, ...)
+
+
 class Metrics:
     """The agent's Prometheus metrics, in a registry of their own (`registry`).
 
@@ -188,6 +211,12 @@ class Metrics:
             "oom_score_adj adjustments: applied, refused by the policy, or failed.",
             ("result",),
         )
+        self.kill_mode_changes = counter(
+            "kill_mode_changes_total",
+            "memory.oom.group work: applied, restored, refused by the policy, "
+            "unsupported (cgroup v1), or failed.",
+            ("result",),
+        )
         self.policy_reload_errors = counter(
             "policy_reload_errors_total",
             "Admin policy documents rejected (the last good policy stays in force).",
@@ -215,6 +244,8 @@ class Metrics:
             self.api_request_duration.labels(verb)
         for result in ScoreAdjustmentResult:
             self.score_adjustments.labels(result.value)
+        for kill_result in KillModeResult:
+            self.kill_mode_changes.labels(kill_result.value)
         for source in KERNEL_LOG_SOURCES:
             self.kernel_log_source.labels(source).set(0)
         self.build_info.labels(version).set(1)
@@ -256,6 +287,10 @@ class Metrics:
     def score_adjustment(self, result: ScoreAdjustmentResult) -> None:
         """Count one oom_score_adj adjustment by its result."""
         self.score_adjustments.labels(ScoreAdjustmentResult(result).value).inc()
+
+    def kill_mode_change(self, result: KillModeResult) -> None:
+        """Count one piece of kill mode work by its result."""
+        self.kill_mode_changes.labels(KillModeResult(result).value).inc()
 
     def observe_api_request(self, verb: str, seconds: float) -> None:
         """Record one Kubernetes API request's duration."""

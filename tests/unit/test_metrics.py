@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from oomguard import __version__
 from oomguard.metrics import (
     API_VERBS,
+    KillModeResult,
     Metrics,
     ScoreAdjustmentResult,
     Server,
@@ -113,6 +114,8 @@ def test_series_known_in_advance_read_zero(server: Server) -> None:
     for result in ("applied", "refused", "error"):
         key = ("oomguard_score_adjustments_total", labels(result=result))
         assert samples[key] == 0
+    for result in ("applied", "restored", "refused", "unsupported", "error"):
+        assert samples[("oomguard_kill_mode_changes_total", labels(result=result))] == 0
     for verb in API_VERBS:
         assert samples[("oomguard_api_request_duration_seconds_count", labels(verb=verb))] == 0
         key = ("oomguard_api_request_duration_seconds_bucket", labels(verb=verb, le="+Inf"))
@@ -136,6 +139,9 @@ def test_increments_show(server: Server, metrics: Metrics) -> None:
     metrics.kmsg_records_lost.inc(12)
     metrics.score_adjustment(ScoreAdjustmentResult.APPLIED)
     metrics.score_adjustment(ScoreAdjustmentResult("error"))
+    metrics.kill_mode_change(KillModeResult.APPLIED)
+    metrics.kill_mode_change(KillModeResult.APPLIED)
+    metrics.kill_mode_change(KillModeResult("error"))
     metrics.observe_api_request("create", 0.02)
     with metrics.time_api_request("patch"):
         pass
@@ -154,6 +160,10 @@ def test_increments_show(server: Server, metrics: Metrics) -> None:
     assert samples[("oomguard_score_adjustments_total", labels(result="applied"))] == 1
     assert samples[("oomguard_score_adjustments_total", labels(result="error"))] == 1
     assert samples[("oomguard_score_adjustments_total", labels(result="refused"))] == 0
+    kill_modes = "oomguard_kill_mode_changes_total"
+    assert samples[(kill_modes, labels(result="applied"))] == 2
+    assert samples[(kill_modes, labels(result="error"))] == 1
+    assert samples[(kill_modes, labels(result="restored"))] == 0
     count = "oomguard_api_request_duration_seconds_count"
     assert samples[(count, labels(verb="create"))] == 1
     assert samples[(count, labels(verb="patch"))] == 1
@@ -235,6 +245,8 @@ def test_bad_label_values_are_refused(metrics: Metrics) -> None:
         metrics.oom_kill("shop", "cart", "app", "memcg")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         metrics.score_adjustment("skipped")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        metrics.kill_mode_change("skipped")  # type: ignore[arg-type]
 
 
 def test_two_instances_do_not_collide(flags: Flags) -> None:
