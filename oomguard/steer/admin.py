@@ -16,6 +16,12 @@ The admin policy file (YAML or JSON, from a ConfigMap; every key optional)
     defaults:                      # for containers without a request of their own
       - namespaces: {names: [batch]}
         request: sacrifice         # protect | sacrifice | an integer
+    oom_kill:                      # memory.oom.group: how an OOM kill takes a container
+      process:   {names: [ci]}     # who may choose "process"; absent: every namespace
+      container: {names: [ci, databases]}   # the same for "container"; absent: every one
+      defaults:                    # for containers that ask for no kill mode
+        - namespaces: {names: [ci]}
+          mode: process            # container | process; first match wins
 
 A selector is matched against the namespace's labels, which the agent reads from the
 API only while some rule has a selector (`k8s/namespace_labels.py`: cached for a
@@ -48,6 +54,17 @@ pod at least as safe as an unannotated Guaranteed one (so never-kill can only ev
 be given to Guaranteed pods); an empty label selector (it would match every
 namespace: to trust them all, say so with
 `matchExpressions: [{key: kubernetes.io/metadata.name, operator: Exists}]`).
+
+The kill mode (`oom_kill`), and why its defaults are open: with nothing said, every
+namespace may choose either mode and no default applies, so an unannotated container
+keeps the memory.oom.group the kubelet set. The choice only changes how the pod's
+*own* processes die when the kernel kills one of them ("container": all of them,
+"process": only the victim); it never makes another pod more likely to be killed, so
+unlike protection it needs no trust. An admin who wants to keep a mode from some
+namespaces names the ones that may choose it (`process: {names: [ci]}`; `process: {}`:
+none may); a request for a mode the namespace may not choose is refused and the
+baseline stands. `defaults` are the admin's own choice and apply whatever the
+`process`/`container` rules say (first match wins, as for the oom_score_adj defaults).
 """
 
 from __future__ import annotations
@@ -66,11 +83,18 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from oomguard.steer.annotations import QUOTE_CHARS, ScoreRequest, Word, quote_value
+from oomguard.steer.annotations import (
+    QUOTE_CHARS,
+    KillModeWord,
+    ScoreRequest,
+    Word,
+    quote_value,
+)
 from oomguard.steer.kubelet_score import (
     BURSTABLE_MAX_OOM_SCORE_ADJ,
     BURSTABLE_MIN_OOM_SCORE_ADJ,
@@ -291,6 +315,68 @@ class DefaultRule(BaseModel):
         return ScoreRequest(key, Word(self.request))
 
 
+class KillModeDefault(BaseModel):
+    """A kill mode the admin gives containers that ask for none, in some namespaces."""
+
+    model_config = _MODEL_CONFIG
+
+    namespaces: NamespaceSelector
+    mode: KillModeWord
+
+    @field_validator("namespaces")
+    @classmethod
+    def _chooses_something(cls, value: NamespaceSelector) -> NamespaceSelector:
+        if value.is_empty:
+            raise ValueError("chooses no namespace; give names or a selector")
+        return value
+
+
+def _never_null(schema: dict[str, Any]) -> None:
+    """The schema of a key that may be left out but not written empty (see `_not_null`)."""
+    choices = schema.pop("anyOf")
+    schema.update(next(choice for choice in choices if choice != {"type": "null"}))
+
+
+class KillModeRules(BaseModel):
+    """Which namespaces may choose each kill mode, and the admin's defaults."""
+
+    model_config = _MODEL_CONFIG
+
+    # None (the key left out): every namespace may choose the mode; {}: none may.
+    process: NamespaceSelector | None = Field(default=None, json_schema_extra=_never_null)
+    container: NamespaceSelector | None = Field(default=None, json_schema_extra=_never_null)
+    defaults: tuple[KillModeDefault, ...] = ()
+
+    @field_validator("process", "container", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any, info: ValidationInfo) -> Any:
+        """A key written with no value: a forgotten list of names, not "every namespace"."""
+        if value is None:
+            raise ValueError(
+                f"has no value; list the namespaces that may choose {info.field_name} "
+                "({} for none), or leave the key out to let every namespace choose it"
+            )
+        return value
+
+    def allows(self, mode: KillModeWord, namespace: str, labels: Mapping[str, str]) -> bool:
+        """Whether pods in this namespace may choose `mode` for their containers."""
+        chooser = self.process if mode == "process" else self.container
+        return chooser is None or chooser.matches(namespace, labels)
+
+    def default_for(self, namespace: str, labels: Mapping[str, str]) -> KillModeDefault | None:
+        """The admin's kill mode for containers in this namespace that ask for none."""
+        for rule in self.defaults:
+            if rule.namespaces.matches(namespace, labels):
+                return rule
+        return None
+
+    @property
+    def selectors(self) -> tuple[NamespaceSelector, ...]:
+        """Every namespace selector of the section."""
+        choosers = (chooser for chooser in (self.process, self.container) if chooser is not None)
+        return (*choosers, *(rule.namespaces for rule in self.defaults))
+
+
 class AdminPolicy(BaseModel):
     """The admin's bounds on what pod annotations may achieve (see the module docstring)."""
 
@@ -300,6 +386,7 @@ class AdminPolicy(BaseModel):
     allow_never_kill: StrictBool = False
     qos: QosRules = Field(default_factory=QosRules)
     defaults: tuple[DefaultRule, ...] = ()
+    oom_kill: KillModeRules = Field(default_factory=KillModeRules)
 
     @model_validator(mode="after")
     def _safe(self) -> AdminPolicy:
@@ -333,9 +420,12 @@ class AdminPolicy(BaseModel):
     @property
     def uses_namespace_selector(self) -> bool:
         """Whether any rule chooses namespaces by label: only then are labels read."""
-        return self.trusted_namespaces.selector is not None or any(
-            rule.namespaces.selector is not None for rule in self.defaults
+        selectors = (
+            self.trusted_namespaces,
+            *(rule.namespaces for rule in self.defaults),
+            *self.oom_kill.selectors,
         )
+        return any(chooser.selector is not None for chooser in selectors)
 
     def trusts(self, namespace: str, labels: Mapping[str, str]) -> bool:
         """Whether pods in this namespace may ask to be killed later than the kubelet says."""

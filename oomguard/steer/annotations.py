@@ -1,17 +1,22 @@
-"""Pod annotations that ask for an oom_score_adj: read, validated, never trusted.
+"""Pod annotations that ask for an oom_score_adj or a kill mode: read, validated, never trusted.
 
 Annotations are written by whoever can create a pod, so they are requests, not orders;
 this module only reads them (`read_annotations`) and says what each container asks for
-and what was wrong. What is granted is `decision`'s job, within `admin`'s bounds.
+and what was wrong. What is granted is `decision`'s job (oom_score_adj) and
+`kill_mode`'s (memory.oom.group), within `admin`'s bounds.
 
-Annotations (the first three keys are the public contract)
------------------------------------------------------------
+Annotations (all keys are the public contract)
+----------------------------------------------
     oomguard.io/protect: "true"            ask for protection (the policy says how much)
     oomguard.io/sacrifice: "true"          volunteer to be killed first (1000 by default)
     oomguard.io/oom-score-adj: "<n>"       an explicit value, -1000..1000, bounded by policy
-    oomguard.io/protect.<container>        the same three, for one container only
+    oomguard.io/oom-kill: "process"        how an OOM kill takes the container: "container"
+                                           (all its processes die together) or "process"
+                                           (only the victim the kernel picks)
+    oomguard.io/protect.<container>        the same four, for one container only
     oomguard.io/sacrifice.<container>
     oomguard.io/oom-score-adj.<container>
+    oomguard.io/oom-kill.<container>
 
 - Booleans are exactly "true" or "false", lower case (as Kubernetes writes them);
   "false" is the same as leaving the key out, except that a container-form "false"
@@ -20,18 +25,24 @@ Annotations (the first three keys are the public contract)
   no "+", no "-0", no spaces, no fractions or exponents, within -1000..1000.
   One spelling per number keeps diffs and greps honest and leaves nothing for
   another tool's parser (octal "010", "1e3", Unicode digits) to read differently.
+- Kill modes are exactly "container" or "process", lower case.
 - Container form wins: if any valid container-form key names a container, the pod
   form is ignored for that container. That is how one container opts out of a
-  pod-wide request (`oomguard.io/protect.istio-proxy: "false"`).
+  pod-wide request (`oomguard.io/protect.istio-proxy: "false"`). The kill mode is
+  shadowed on its own: `oomguard.io/oom-kill.<container>` replaces the pod's
+  `oom-kill` for that container and leaves its score keys alone, and the reverse.
   Kubernetes limits the part after "oomguard.io/" to 63 characters, so the container
-  form works for container names of up to 49 characters (all three keys); a longer
-  key is refused by the API server when the pod is created, never silently dropped.
-- One request per container: protect, sacrifice and oom-score-adj are alternatives.
-  Two of them "true"/set at the same level conflict, and both are ignored.
+  form works for container names of up to 49 characters (all four keys; 54 for
+  oom-kill alone); a longer key is refused by the API server when the pod is created,
+  never silently dropped.
+- One score request per container: protect, sacrifice and oom-score-adj are
+  alternatives. Two of them "true"/set at the same level conflict, and both are
+  ignored. A kill mode conflicts with none of them: a container may have both.
 - An invalid or conflicting value is ignored as if it were not written, with a
   warning saying why; unknown `oomguard.io/` keys and container-form keys naming a
-  container the pod does not have are warned about too. Nothing here raises on a
-  pod's annotations.
+  container the pod does not have are warned about too. Problems with `oom-kill`
+  keys are kept apart from the others (`kill_mode_for`): they concern the kill mode
+  only, and are said once, with it. Nothing here raises on a pod's annotations.
 
 """
 
@@ -41,7 +52,8 @@ import enum
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from oomguard.steer.kubelet_score import (
     OOM_SCORE_ADJ_MAX,
@@ -70,9 +82,14 @@ class Word(enum.StrEnum):
     PROTECT = "protect"
     SACRIFICE = "sacrifice"
     OOM_SCORE_ADJ = "oom-score-adj"
+    OOM_KILL = "oom-kill"
 
 
 _SWITCH_WORDS = frozenset({Word.PROTECT, Word.SACRIFICE})
+# The values of oom-kill (kill_mode.KillMode gives them their meaning); the admin
+# policy names the same two.
+KillModeWord = Literal["container", "process"]
+KILL_MODE_WORDS: tuple[KillModeWord, ...] = get_args(KillModeWord)
 
 
 class AnnotationError(ValueError):
@@ -128,6 +145,22 @@ def parse_score_adj(value: str) -> int:
     )
 
 
+def parse_kill_mode(value: str) -> KillModeWord:
+    """Read an oom-kill value: exactly "container" or "process"."""
+    for word in KILL_MODE_WORDS:
+        if value == word:
+            return word
+    if value.strip() != value:
+        raise AnnotationError(
+            f"{quote_value(value)} has spaces around it; write container or process"
+        )
+    if value.lower() in KILL_MODE_WORDS:
+        raise AnnotationError(
+            f"{quote_value(value)} must be written in lower case: {value.lower()}"
+        )
+    raise AnnotationError(f'{quote_value(value)} is not "container" or "process"')
+
+
 @dataclass(frozen=True, slots=True)
 class ScoreRequest:
     """What one container asked for, and the annotation that asked."""
@@ -168,13 +201,32 @@ class ContainerRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class KillModeRequest:
+    """The kill mode one container asked for, and the annotation that asked."""
+
+    key: str
+    mode: KillModeWord
+
+
+@dataclass(frozen=True, slots=True)
+class KillModeAsk:
+    """The kill mode that applies to one container after the container form shadows."""
+
+    request: KillModeRequest | None
+    problems: tuple[str, ...]  # invalid oom-kill keys that concerned it, keys naming no container
+
+
+@dataclass(frozen=True, slots=True)
 class AnnotationReading:
     """A pod's oomguard annotations, read once for all its containers."""
 
     pod_level: AnnotationLevel
     container_levels: Mapping[str, AnnotationLevel]
-    pod_problems: tuple[str, ...]  # unknown keys, keys naming no container
+    pod_problems: tuple[str, ...]  # unknown keys, score keys naming no container
     invalid_keys: Mapping[str | None, tuple[str, ...]]  # by container (None: pod form)
+    # oom-kill, kept apart: by container (None: the pod form)
+    kill_modes: Mapping[str | None, KillModeRequest] = field(default_factory=dict)
+    kill_mode_problems: Mapping[str | None, tuple[str, ...]] = field(default_factory=dict)
 
     def for_container(self, name: str) -> ContainerRequest:
         """The request container `name` carries, and the problems that concern it."""
@@ -186,6 +238,17 @@ class AnnotationReading:
             invalid.extend(self.invalid_keys.get(name, ()))
         level = own if own is not None and own.present else self.pod_level
         return ContainerRequest(level.request, tuple(problems), tuple(invalid))
+
+    def kill_mode_for(self, name: str) -> KillModeAsk:
+        """The kill mode container `name` asks for, and the oom-kill problems that concern it.
+
+        Problems of the pod form and keys naming no container concern every container
+        (the same words for each, so they are said once per pod).
+        """
+        problems = self.kill_mode_problems
+        concerning = (*problems.get(None, ()), *problems.get(name, ()))
+        request = self.kill_modes.get(name) or self.kill_modes.get(None)
+        return KillModeAsk(request, concerning)
 
 
 def _resolve_level(entries: list[_Entry], problems: list[str]) -> AnnotationLevel:
@@ -211,6 +274,13 @@ def _container_list(names: Iterable[str]) -> str:
     return shown + (", ..." if len(listed) > _LISTED_CONTAINERS else "") if listed else "none"
 
 
+def _names_no_container(key: str, known_containers: Iterable[str]) -> str:
+    return (
+        f"{quote_value(key)} names no container of this pod "
+        f"(containers: {_container_list(known_containers)}); ignored"
+    )
+
+
 def read_annotations(
     annotations: Mapping[str, str], container_names: Iterable[str]
 ) -> AnnotationReading:
@@ -220,6 +290,8 @@ def read_annotations(
     problems: dict[str | None, list[str]] = {None: []}
     invalid: dict[str | None, list[str]] = {}
     pod_problems: list[str] = []
+    kill_modes: dict[str | None, KillModeRequest] = {}
+    kill_mode_problems: dict[str | None, list[str]] = {}
     for key in sorted(annotations):
         if not key.startswith(ANNOTATION_PREFIX):
             continue
@@ -238,12 +310,19 @@ def read_annotations(
         target: str | None = None
         if separator:
             if container not in known_containers:
-                pod_problems.append(
-                    f"{quote_value(key)} names no container of this pod "
-                    f"(containers: {_container_list(known_containers)}); ignored"
-                )
+                problem = _names_no_container(key, known_containers)
+                if word is Word.OOM_KILL:  # said with the kill mode, for every container
+                    kill_mode_problems.setdefault(None, []).append(problem)
+                else:
+                    pod_problems.append(problem)
                 continue
             target = container
+        if word is Word.OOM_KILL:
+            try:
+                kill_modes[target] = KillModeRequest(key, parse_kill_mode(value))
+            except AnnotationError as error:
+                kill_mode_problems.setdefault(target, []).append(f"{key}: {error}; ignored")
+            continue
         try:
             if word in _SWITCH_WORDS:
                 entry = _Entry(key, word, switch=parse_switch(value))
@@ -265,4 +344,6 @@ def read_annotations(
         container_levels,
         tuple(pod_problems),
         {target: tuple(keys) for target, keys in invalid.items()},
+        kill_modes,
+        {target: tuple(said) for target, said in kill_mode_problems.items()},
     )

@@ -26,13 +26,14 @@ How a request becomes a value (for one container, `decide`)
 So `Decision.desired` is None (leave the kubelet's value), the baseline, or a value
 inside the class's bounds; nothing else.
 
+`decide_pod` also gives each container's kill mode (`kill_mode`, memory.oom.group),
+from the same reading of the annotations. `PodProjection` and `Outcome`, which both
+decisions share, live in `projection` and are named here too.
 """
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from oomguard.steer.admin import SAFEST_WITHOUT_NEVER_KILL, AdminPolicy, QosBounds
 from oomguard.steer.annotations import (
@@ -42,33 +43,18 @@ from oomguard.steer.annotations import (
     Word,
     read_annotations,
 )
-from oomguard.steer.kubelet_score import (
-    OOM_SCORE_ADJ_MAX,
-    OOM_SCORE_ADJ_MIN,
-    QosClass,
-)
+from oomguard.steer.kill_mode import KillModeDecision, kill_modes_from
+from oomguard.steer.kubelet_score import OOM_SCORE_ADJ_MAX, OOM_SCORE_ADJ_MIN
+from oomguard.steer.projection import Outcome, PodProjection
 
-
-class Outcome(enum.StrEnum):
-    """How a container's value came about; metrics count these."""
-
-    UNMANAGED = "unmanaged"  # no request and no default: the kubelet's value stands
-    DEFAULTED = "defaulted"  # the admin's default for the namespace
-    APPLIED = "applied"  # the pod's request, as asked
-    BOUNDED = "bounded"  # the pod's request, cut to the policy's bounds
-    REFUSED = "refused"  # the pod asked to be safer without trust: the baseline stands
-
-
-@dataclass(frozen=True, slots=True)
-class PodProjection:
-    """What the policy needs to know about a pod (the pod cache builds it)."""
-
-    namespace: str
-    qos_class: QosClass
-    # container name -> the kubelet's oom_score_adj for it (kubelet_score.py)
-    kubelet_scores: Mapping[str, int]
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+__all__ = [
+    "Decision",
+    "Outcome",
+    "PodDecision",
+    "PodProjection",
+    "decide",
+    "decide_pod",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +81,10 @@ class PodDecision:
     """Decisions for every container, plus warnings about the pod as a whole."""
 
     decisions: tuple[Decision, ...]
-    warnings: tuple[str, ...]  # unknown keys, keys naming no container
+    warnings: tuple[str, ...]  # unknown keys, score keys naming no container
+    # Each container's kill mode, in the same order; its problems are its own
+    # (`KillModeDecision.warning`), never in `warnings` or `all_warnings`.
+    kill_modes: tuple[KillModeDecision, ...] = ()
 
     @property
     def all_warnings(self) -> tuple[str, ...]:
@@ -233,7 +222,7 @@ def decide(pod: PodProjection, container: str, policy: AdminPolicy) -> Decision:
 
 
 def decide_pod(pod: PodProjection, policy: AdminPolicy) -> PodDecision:
-    """Decisions for every container of the pod, reading its annotations once."""
+    """Decisions and kill modes for every container of the pod, reading its annotations once."""
     reading = read_annotations(pod.annotations, pod.kubelet_scores)
     decisions = tuple(_decide(pod, name, reading, policy) for name in pod.kubelet_scores)
-    return PodDecision(decisions, reading.pod_problems)
+    return PodDecision(decisions, reading.pod_problems, kill_modes_from(pod, reading, policy))
