@@ -1,4 +1,5 @@
-"""Put a planned oom_score_adj on a container's processes, through /proc.
+"""Put a planned oom_score_adj on a container's processes, through /proc, and a planned
+kill mode on its cgroup (`KillModeWriter`, memory.oom.group).
 
 The one part of the reconciler that writes to the node. Which processes get which
 value is `plan.needs_write`'s rule; this module supplies the facts it needs, process by
@@ -16,6 +17,12 @@ process, and makes the write safe:
   nothing is written.
 
 A container's processes are those in its cgroup and in every cgroup nested below it.
+
+The kill mode is one file of the container cgroup itself (nested cgroups are not
+touched): read first, written only when `kill_plan.needs_write` says so. A failed
+read or write is counted (`oomguard_kill_mode_changes_total{result="error"}`) and
+kept in the tally for the pod's Warning, never raised; it is logged once (a read-only
+cgroup mount once for the agent: every container would say the same).
 """
 
 from __future__ import annotations
@@ -24,10 +31,13 @@ import errno
 import logging
 import os
 
+from oomguard.cgroups.oom_group import read_oom_group, write_oom_group
 from oomguard.cgroups.path import memory_cgroup
-from oomguard.metrics import Metrics, ScoreAdjustmentResult
+from oomguard.metrics import KillModeResult, Metrics, ScoreAdjustmentResult
 from oomguard.proc.handle import ProcHandle, read_cgroup_procs
 from oomguard.say_once import SaidOnce
+from oomguard.steer import kill_plan
+from oomguard.steer.kill_plan import KillTally, KillWork
 from oomguard.steer.pass_report import PassReport
 from oomguard.steer.plan import ContainerTally, ContainerWork, in_container, needs_write
 
@@ -144,3 +154,72 @@ class ScoreWriter:
     def _log_once(self, message: str, *, key: str) -> None:
         if self._logged.first(key):
             log.warning("%s", message)
+
+
+class KillModeWriter:
+    """Sets memory.oom.group of planned container cgroups (cgroup v2), counting each."""
+
+    def __init__(self, *, dry_run: bool, metrics: Metrics | None = None) -> None:
+        self.dry_run = dry_run
+        self._metrics = metrics
+        self._logged: SaidOnce[str] = SaidOnce(1024)
+
+    def apply(self, work: KillWork, report: PassReport) -> KillTally:
+        """Read the container cgroup's file; write `work.target` if `needs_write`."""
+        tally = KillTally()
+        directory = work.cgroup.directory
+        try:
+            tally.found = read_oom_group(directory)
+        except (OSError, ValueError) as exc:
+            self._failed(work, tally, report, exc, "read")
+            return tally
+        if tally.found is None or not kill_plan.needs_write(tally.found, work):
+            return tally  # gone (its processes with it), or nothing to change
+        if not self.dry_run:
+            try:
+                write_oom_group(directory, work.target)
+            except OSError as exc:
+                if exc.errno in (errno.ENOENT, errno.ENODEV):  # the cgroup went meanwhile
+                    tally.found = None
+                else:
+                    self._failed(work, tally, report, exc, "write")
+                return tally
+            restore = work.only_from is not None
+            self._count(KillModeResult.RESTORED if restore else KillModeResult.APPLIED)
+        tally.written = True  # in a dry run: would be written
+        report.kill_modes_written += 1
+        return tally
+
+    def _failed(
+        self,
+        work: KillWork,
+        tally: KillTally,
+        report: PassReport,
+        exc: OSError | ValueError,
+        what: str,
+    ) -> None:
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
+        tally.errno = code
+        tally.error = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+        report.kill_mode_errors += 1
+        self._count(KillModeResult.ERROR)
+        name = errno.errorcode.get(code, str(code))
+        if code == errno.EROFS:
+            if self._logged.first("erofs"):
+                log.warning(
+                    "memory.oom.group cannot be written: the cgroup file system is mounted "
+                    "read-only (EROFS); oomguard.io/oom-kill needs it writable (the chart's "
+                    "cgroup.readOnly: false)"
+                )
+        elif self._logged.first(f"{work.cgroup.cgroup}:{what}:{code}"):
+            log.warning(
+                "memory.oom.group of %s could not be %s: %s %s",
+                work.cgroup.cgroup,
+                "read" if what == "read" else f"set to {work.target}",
+                name,
+                tally.error,
+            )
+
+    def _count(self, result: KillModeResult) -> None:
+        if self._metrics is not None:
+            self._metrics.kill_mode_change(result)

@@ -46,6 +46,8 @@ class PassReport:
     pods_governed: int = 0
     containers_missing: int = 0  # governed containers whose cgroup was not found
     index_rescans: int = 0
+    kill_modes_written: int = 0  # memory.oom.group files set or put back (dry run: would be)
+    kill_mode_errors: int = 0  # memory.oom.group reads or writes that failed
     duration_s: float = 0.0
     containers: dict[str, ContainerResult] = field(default_factory=dict)
 

@@ -56,7 +56,7 @@ from oomguard.steer.kubelet_score import (
     kubelet_oom_score_adj,
 )
 from oomguard.steer.pass_report import ContainerResult
-from oomguard.steer.score_state import AppliedValue, ScoreState, WantedValue
+from oomguard.steer.score_state import AppliedKillMode, AppliedValue, ScoreState, WantedValue
 
 NORMAL = "Normal"
 WARNING = "Warning"
@@ -174,6 +174,7 @@ class PodEvent:
     message: str
     log_level: int = 0  # 0: not logged
     policy_refused: bool = False  # counts as a refusal by the policy in the metrics
+    kill_result: str = ""  # counted in oomguard_kill_mode_changes_total when sent
 
 
 @dataclass(slots=True)
@@ -181,6 +182,7 @@ class PodNotes:
     """What the reconciler remembers having told one pod, between passes."""
 
     announced: tuple[tuple[str, int], ...] = ()  # (container, value) last announced
+    kill_announced: tuple[tuple[str, int], ...] = ()  # (container, memory.oom.group) the same
     said: SaidOnce[tuple[str, str]] = field(  # (reason, message) of the Warnings sent
         default_factory=lambda: SaidOnce(MAX_MESSAGES_PER_POD)
     )
@@ -262,29 +264,48 @@ def _locate_work(
     pod: PodView, decisions: Iterable[Decision], applied: Applied, locate: Locate
 ) -> tuple[tuple[ContainerWork, ...], int, tuple[AppliedKey, ...]]:
     """The work for the containers found; how many governed ones were not; the restores
-    whose cgroup is gone (and their processes with it: nothing left to restore).
-
-    A cgroup found under another pod's directory is not this container's (a reused
-    ID, or a stale status): treated as not found, but not as gone.
-    """
+    whose cgroup is gone (and their processes with it: nothing left to restore)."""
     uid = pod.uid
-    pod_keys = {normalize_pod_key(uid)}
-    if pod.config_hash:
-        pod_keys.add(normalize_pod_key(pod.config_hash))
+    keys = pod_keys(pod)
     work: list[ContainerWork] = []
     missing = 0
     forget: list[AppliedKey] = []
     for decision in decisions:
-        view = pod.container(decision.container)
-        container_id = view.container_id if view is not None else None
-        cgroup = locate(container_id, view.running) if view and container_id else None
-        if container_id and cgroup is not None and cgroup.pod_key in pod_keys:
+        container_id, cgroup, gone = locate_container(pod, keys, decision.container, locate)
+        if container_id and cgroup is not None:
             work.append(_work(uid, decision, container_id, cgroup, applied))
         elif decision.desired is not None:
             missing += 1
-        elif container_id and cgroup is None:
+        elif gone:
             forget.append((uid, decision.container))
     return tuple(work), missing, tuple(forget)
+
+
+def pod_keys(pod: PodView) -> set[str]:
+    """What the pod's cgroup directory may be named after: its UID, or (a static pod)
+    its config hash."""
+    keys = {normalize_pod_key(pod.uid)}
+    if pod.config_hash:
+        keys.add(normalize_pod_key(pod.config_hash))
+    return keys
+
+
+def locate_container(
+    pod: PodView, keys: Container[str], name: str, locate: Locate
+) -> tuple[str | None, ContainerCgroup | None, bool]:
+    """Container `name`'s ID and cgroup (None when not found), and whether it is gone:
+    it has an ID but no cgroup on this node (not just one under another pod's
+    directory, a reused ID or a stale status: that is "not found", not "gone")."""
+    view = pod.container(name)
+    container_id = view.container_id if view is not None else None
+    if view is None or not container_id:
+        return container_id, None, False
+    cgroup = locate(container_id, view.running)
+    if cgroup is None:
+        return container_id, None, True
+    if cgroup.pod_key not in keys:
+        return container_id, None, False
+    return container_id, cgroup, False
 
 
 def _work(
@@ -465,30 +486,38 @@ def _remember(
 
 
 StateSignature = tuple[
-    bool, dict[AppliedKey, AppliedValue], dict[str, tuple[str, str, str, str, int, str]]
+    bool,
+    dict[AppliedKey, AppliedValue],
+    dict[str, tuple[str, str, str, str, int, str]],
+    dict[AppliedKey, AppliedKillMode],
 ]
 
 
 def state_signature(
-    dry_run: bool, applied: Applied, results: Iterable[ContainerResult]
+    dry_run: bool,
+    applied: Applied,
+    results: Iterable[ContainerResult],
+    kill_modes: Mapping[AppliedKey, AppliedKillMode] | None = None,
 ) -> StateSignature:
     """What the state file should say, as plain tuples (cheap to compare every pass):
-    what oomguard applied, and per container ID the value wanted for it. A restore
-    that is done leaves the container ungoverned: nothing wanted."""
+    what oomguard applied, per container ID the value wanted for it, and the kill
+    modes it set. A restore that is done leaves the container ungoverned: nothing
+    wanted."""
     wanted = {
         r.container_id: (r.namespace, r.pod, r.pod_uid, r.container, r.desired, r.outcome)
         for r in results
         if r.container_id and (r.outcome != RESTORE or (r.pod_uid, r.container) in applied)
     }
-    return (dry_run, dict(applied), wanted)
+    return (dry_run, dict(applied), wanted, dict(kill_modes or {}))
 
 
 def score_state(signature: StateSignature, boot_id: str | None) -> ScoreState:
     """The state file's contents for a signature."""
-    dry_run, applied, wanted = signature
+    dry_run, applied, wanted, kill_modes = signature
     return ScoreState(
         boot_id=boot_id,
         dry_run=dry_run,
         applied=applied,
         wanted={cid: WantedValue(cid, *fields) for cid, fields in wanted.items()},
+        kill_modes=kill_modes,
     )

@@ -1,4 +1,5 @@
-"""Keep every process of every governed container at the oom_score_adj the policy wants.
+"""Keep every process of every governed container at the oom_score_adj the policy wants,
+and every container cgroup at the kill mode it asks for.
 
 One `Reconciler.pass_once(pods)` looks at this node's pods and, for each one:
 
@@ -13,8 +14,13 @@ One `Reconciler.pass_once(pods)` looks at this node's pods and, for each one:
 4. settles (`plan.settle_pod`): what oomguard now has applied, what it forgets, and
    the Events to send.
 
-The rules live in `plan` (pure, table-tested) and the writes in `apply`; this module
-holds what lasts between passes: what oomguard applied (`score_state` keeps it across
+Before the processes, the pod's kill modes go through the same steps, one file per
+container cgroup (cgroup v2's memory.oom.group; on v1 nothing is looked at):
+`kill_plan.plan_kill_modes`, `apply.KillModeWriter`, `kill_plan.settle_kill_modes`.
+
+The rules live in `plan` and `kill_plan` (pure, table-tested) and the writes in
+`apply`; this module holds what lasts between passes: what oomguard applied and which
+kill modes it set, with the value found before (`score_state` keeps both across
 restarts with a `state_dir`, written only when it changes, and tells `oomguard top`
 what each governed container should have), and what each pod was told.
 
@@ -25,6 +31,13 @@ the API itself:
     Warning OOMScoreAdjInvalid  an annotation is invalid (ignored; says what applies)
     Warning OOMScoreAdjRefused  the policy refused or bounded a request, or the kernel
                                 refused a write (the agent lacks CAP_SYS_RESOURCE)
+    Normal  OOMKillModeApplied  the kill modes in force in the pod changed (including a
+                                memory.oom.group put back after an annotation went away)
+    Warning OOMKillModeRefused  an oom-kill value is invalid, the policy does not let
+                                the namespace choose that mode, or the write failed (a
+                                read-only cgroup mount: the chart needs
+                                cgroup.readOnly: false)
+    Warning OOMKillModeUnsupported  the pod asks for a kill mode on cgroup v1
 Each Warning is sent once per distinct message per pod; a Normal one only when the
 pod's applied values change, not on every pass. A dry run computes and counts
 everything (`written` then means "would write"), writes nothing and sends no "applied"
@@ -42,11 +55,20 @@ from typing import Protocol
 
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.k8s.pod_cache import PodView
-from oomguard.metrics import Metrics, ScoreAdjustmentResult
+from oomguard.metrics import KillModeResult, Metrics, ScoreAdjustmentResult
 from oomguard.state.files import StateWrites
 from oomguard.steer.admin import AdminPolicy
-from oomguard.steer.apply import ScoreWriter
+from oomguard.steer.apply import KillModeWriter, ScoreWriter
 from oomguard.steer.cgroup_index import DEFAULT_RESCAN_INTERVAL_S, CgroupIndex
+from oomguard.steer.kill_plan import (
+    REASON_KILL_MODE_APPLIED,
+    REASON_KILL_MODE_REFUSED,
+    REASON_KILL_MODE_UNSUPPORTED,
+    KillPlan,
+    KillTally,
+    plan_kill_modes,
+    settle_kill_modes,
+)
 from oomguard.steer.pass_report import ContainerResult, PassReport
 from oomguard.steer.plan import (
     NORMAL,
@@ -67,13 +89,16 @@ from oomguard.steer.plan import (
     settle_pod,
     state_signature,
 )
-from oomguard.steer.score_state import AppliedValue, ScoreStateFile
+from oomguard.steer.score_state import AppliedKillMode, AppliedValue, ScoreStateFile
 
 __all__ = [
     "DEFAULT_RESCAN_INTERVAL_S",
     "NORMAL",
     "REASON_APPLIED",
     "REASON_INVALID",
+    "REASON_KILL_MODE_APPLIED",
+    "REASON_KILL_MODE_REFUSED",
+    "REASON_KILL_MODE_UNSUPPORTED",
     "REASON_REFUSED",
     "WARNING",
     "ContainerResult",
@@ -148,14 +173,15 @@ class Reconciler:
         self._index = CgroupIndex(
             hierarchy, self.cgroup_root, rescan_interval_s=rescan_interval_s, clock=clock
         )
+        self._v1 = hierarchy.version is CgroupVersion.V1
         self._writer = ScoreWriter(
-            v1=hierarchy.version is CgroupVersion.V1,
-            dry_run=dry_run,
-            proc_root=proc_root,
-            metrics=metrics,
+            v1=self._v1, dry_run=dry_run, proc_root=proc_root, metrics=metrics
         )
+        self._kill_writer = KillModeWriter(dry_run=dry_run, metrics=metrics)
         # (pod UID, container name) -> the value oomguard set on its processes.
         self._applied: dict[AppliedKey, AppliedValue] = {}
+        # (pod UID, container name) -> the memory.oom.group oomguard set, and the one before.
+        self._kill_modes: dict[AppliedKey, AppliedKillMode] = {}
         self._pods: dict[str, PodNotes] = {}
         self._state_file: ScoreStateFile | None = None
         self._saved_signature: StateSignature | None = None  # what was last saved
@@ -164,6 +190,7 @@ class Reconciler:
             loaded = self._state_file.load()
             if loaded is not None:
                 self._applied.update(loaded.applied)
+                self._kill_modes.update(loaded.kill_modes)
 
     @property
     def rescan_interval_s(self) -> float:
@@ -192,8 +219,9 @@ class Reconciler:
                 log.exception("reconciling pod %s/%s failed", pod.namespace, pod.name)
         for uid in [uid for uid in self._pods if uid not in seen]:
             del self._pods[uid]
-        for key in [key for key in self._applied if key[0] not in seen]:
-            del self._applied[key]
+        for memory in (self._applied, self._kill_modes):
+            for key in [key for key in memory if key[0] not in seen]:
+                del memory[key]
         report.index_rescans = self._index.pass_rescans
         self._index.end_pass()
         if self._state_file is not None:
@@ -221,19 +249,21 @@ class Reconciler:
         return policy
 
     def _pod(self, pod: PodView, policy: AdminPolicy, report: PassReport) -> None:
-        """Plan, write, settle: one pod."""
+        """Plan, write, settle: one pod's kill modes, then its processes."""
         decided = decide(pod, policy, self.node_memory_bytes, self._namespace_labels)
         if decided is None:
             return
         notes = self._pods.get(pod.uid)
-        plan = plan_pod(
-            pod, decided, self._applied, self._index.locate, notes.said if notes else ()
-        )
-        if not plan.keep_notes:
+        said = notes.said if notes else ()
+        locate = self._index.locate
+        plan = plan_pod(pod, decided, self._applied, locate, said)
+        kill = plan_kill_modes(pod, decided.kill_modes, self._kill_modes, locate, said, v1=self._v1)
+        if not plan.keep_notes and not kill.keep_notes:
             self._pods.pop(pod.uid, None)
             return
         if notes is None:
             notes = self._pods[pod.uid] = PodNotes()
+        self._kill_mode(pod, kill, notes, report)
         if plan.events:
             self._send(pod, notes, plan.events)
         report.pods_governed += bool(plan.governed)
@@ -246,6 +276,24 @@ class Reconciler:
                 tallies.append(self._writer.apply(work, report))
         finally:  # also after a failure: what was written before it is remembered
             self._settle(pod, plan, tallies, notes, report)
+
+    def _kill_mode(self, pod: PodView, kill: KillPlan, notes: PodNotes, report: PassReport) -> None:
+        """The pod's kill modes: one file per container cgroup (the writer never raises)."""
+        if kill.events:
+            self._send(pod, notes, kill.events)
+        for key in kill.forget:
+            self._kill_modes.pop(key, None)
+        tallies: list[KillTally] = [self._kill_writer.apply(w, report) for w in kill.work]
+        settled = settle_kill_modes(
+            pod, kill, tallies, self._kill_modes, notes, dry_run=self.dry_run
+        )
+        for value in settled.remember:
+            self._kill_modes[(value.pod_uid, value.container)] = value
+        for key in settled.forget:
+            self._kill_modes.pop(key, None)
+        notes.kill_announced = settled.announced
+        if settled.events:
+            self._send(pod, notes, settled.events)
 
     def _settle(
         self,
@@ -277,7 +325,9 @@ class Reconciler:
         state_file = self._state_file
         assert state_file is not None
         try:
-            signature = state_signature(self.dry_run, self._applied, report.containers.values())
+            signature = state_signature(
+                self.dry_run, self._applied, report.containers.values(), self._kill_modes
+            )
             if signature == self._saved_signature:
                 return
             state = score_state(signature, state_file.boot_id)
@@ -297,8 +347,12 @@ class Reconciler:
             self._emit(pod, event.type, event.reason, event.message)
             if event.log_level:
                 log.log(event.log_level, "pod %s/%s: %s", pod.namespace, pod.name, event.message)
-            if event.policy_refused and self._metrics is not None:
+            if self._metrics is None:
+                continue
+            if event.policy_refused:
                 self._metrics.score_adjustment(ScoreAdjustmentResult.REFUSED)
+            if event.kill_result:
+                self._metrics.kill_mode_change(KillModeResult(event.kill_result))
 
     def _emit(self, pod: PodView, type_: str, reason: str, message: str) -> None:
         if self._on_event is None:

@@ -13,6 +13,9 @@ kubelet gives every container 900.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -20,11 +23,26 @@ from typing import Any
 
 import pytest
 
+import oomguard.steer.apply as apply_module
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
+from oomguard.cgroups.oom_group import OOM_GROUP_FILE
 from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView, normalize_pod_key
+from oomguard.metrics import Metrics
 from oomguard.steer.admin import AdminPolicy, load_policy
 from oomguard.steer.cgroup_index import ContainerCgroup
 from oomguard.steer.decision import PodDecision
+from oomguard.steer.kill_plan import (
+    REASON_KILL_MODE_APPLIED,
+    REASON_KILL_MODE_REFUSED,
+    REASON_KILL_MODE_UNSUPPORTED,
+    UNSUPPORTED_MESSAGE,
+    KillPlan,
+    KillTally,
+    KillWork,
+    plan_kill_modes,
+    settle_kill_modes,
+)
+from oomguard.steer.kill_plan import needs_write as kill_needs_write
 from oomguard.steer.pass_report import ContainerResult
 from oomguard.steer.plan import (
     NORMAL,
@@ -48,7 +66,13 @@ from oomguard.steer.plan import (
     state_signature,
 )
 from oomguard.steer.reconciler import Reconciler
-from oomguard.steer.score_state import STATE_FILE, AppliedValue, ScoreState, ScoreStateFile
+from oomguard.steer.score_state import (
+    STATE_FILE,
+    AppliedKillMode,
+    AppliedValue,
+    ScoreState,
+    ScoreStateFile,
+)
 
 MIB = 1 << 20
 NODE_MEMORY = 1000 * MIB
@@ -708,9 +732,10 @@ def result(container_id: str, outcome: str = "applied", name: str = "app") -> Co
 def test_what_the_state_file_says(
     results: list[ContainerResult], memory: dict[tuple[str, str], AppliedValue], wanted: list[str]
 ) -> None:
-    dry_run, saved_applied, saved_wanted = state_signature(False, memory, results)
+    dry_run, saved_applied, saved_wanted, kill_modes = state_signature(False, memory, results)
     assert not dry_run and saved_applied == memory
     assert list(saved_wanted) == wanted
+    assert kill_modes == {}
 
 
 # ---------------------------------------------------------------------------- across passes
@@ -720,12 +745,12 @@ class FakeNode:
     """Cgroup directories and /proc files in a temporary directory: what the reconciler
     reads and writes, with no process behind them (`oom_score_adj` is a plain file)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, version: CgroupVersion = CgroupVersion.V1) -> None:
         self.mount = root / "memory"
         self.proc = root / "proc"
         self.proc.mkdir(parents=True)
         (self.mount / "kubepods").mkdir(parents=True)
-        self.hierarchy = MemoryHierarchy(CgroupVersion.V1, self.mount)
+        self.hierarchy = MemoryHierarchy(version, self.mount)
         self._next_pid = 100
 
     def container(self, container_id: str, uid: str = UID, values: Iterable[int] = ()) -> list[int]:
@@ -733,12 +758,15 @@ class FakeNode:
         cg = f"/kubepods/burstable/pod{uid}/{container_id}"
         directory = self.hierarchy.fs_path(cg)
         directory.mkdir(parents=True)
+        v2 = self.hierarchy.version is CgroupVersion.V2
+        if v2:
+            (directory / OOM_GROUP_FILE).write_text("1\n")  # as the kubelet sets it on v2
         pids = []
         for value in values:
             self._next_pid += 1
             pid = self._next_pid
             (self.proc / str(pid)).mkdir()
-            (self.proc / str(pid) / "cgroup").write_text(f"4:memory:{cg}\n")
+            (self.proc / str(pid) / "cgroup").write_text(f"0::{cg}\n" if v2 else f"4:memory:{cg}\n")
             self.set(pid, value)
             pids.append(pid)
         (directory / "cgroup.procs").write_text("".join(f"{pid}\n" for pid in pids))
@@ -753,13 +781,18 @@ class FakeNode:
         return int((self.proc / str(pid) / "oom_score_adj").read_text())
 
     def reconciler(
-        self, state_dir: Path | None = None, *, dry_run: bool = False
+        self,
+        state_dir: Path | None = None,
+        *,
+        dry_run: bool = False,
+        policy: AdminPolicy = OPEN,
+        metrics: Metrics | None = None,
     ) -> tuple[Reconciler, list[tuple[str, str, str]]]:
         events: list[tuple[str, str, str]] = []
 
         class Policy:
             def current(self) -> AdminPolicy:
-                return OPEN
+                return policy
 
         r = Reconciler(
             self.hierarchy,
@@ -768,11 +801,19 @@ class FakeNode:
             dry_run=dry_run,
             policy_source=Policy(),
             on_event=lambda _pod, type_, reason, message: events.append((type_, reason, message)),
+            metrics=metrics,
             proc_root=str(self.proc),
             state_dir=state_dir,
             boot_id=BOOT,
         )
         return r, events
+
+    def oom_group_file(self, container_id: str, uid: str = UID) -> Path:
+        cg = f"/kubepods/burstable/pod{uid}/{container_id}"
+        return self.hierarchy.fs_path(cg) / OOM_GROUP_FILE
+
+    def oom_group(self, container_id: str, uid: str = UID) -> int:
+        return int(self.oom_group_file(container_id, uid).read_text())
 
 
 @pytest.fixture
@@ -905,3 +946,571 @@ def test_a_failure_mid_pod_keeps_what_was_written_before_it(fake: FakeNode, tmp_
     assert report.errors == 0 and report.already_right == 1
     assert [e[1] for e in events] == [REASON_APPLIED]
     assert saved(tmp_path)["applied"] == [(UID, "app"), (UID, "side")]
+
+
+# ---------------------------------------------------------------------------- kill modes
+# memory.oom.group of each container cgroup (cgroup v2): `kill_plan`'s rules, then
+# across passes on a fake v2 node whose container cgroups start at the kubelet's 1.
+
+PROCESS = {"oomguard.io/oom-kill": "process"}
+PROCESS_APP = {"oomguard.io/oom-kill.app": "process"}
+CONTAINER_MODE = {"oomguard.io/oom-kill": "container"}
+INVALID_MODE = {"oomguard.io/oom-kill": "Process"}
+CI_DEFAULT = load_policy("oom_kill: {defaults: [{namespaces: {names: [ci]}, mode: process}]}\n")
+PROCESS_ONLY_IN_CI = load_policy("oom_kill: {process: {names: [ci]}}\n")
+
+APP_TO_PROCESS = (
+    "memory.oom.group: container app -> process (only the process the kernel picks dies; "
+    "oomguard.io/oom-kill=process)"
+)
+APP_BACK = (
+    'memory.oom.group: container app is back at 1 ("container": all its processes die '
+    "together), the value before oomguard changed it (no oomguard.io/oom-kill request any "
+    "more)"
+)
+READ_ONLY = (
+    'oomguard could not set memory.oom.group of container app to 0 ("process": only the '
+    "process the kernel picks dies): the oomguard agent's cgroup mount is read-only "
+    "(EROFS); kill modes need it writable: install the chart with cgroup.readOnly: false. "
+    'It keeps memory.oom.group=1 ("container": all its processes die together).'
+)
+
+
+def kill_set(
+    *entries: tuple[str, int, int], uid: str = UID
+) -> dict[tuple[str, str], AppliedKillMode]:
+    """What oomguard remembers having set: (container, value written, value before)."""
+    return {(uid, c): AppliedKillMode(uid, c, value, before) for c, value, before in entries}
+
+
+def kill_work_of(plan: KillPlan) -> list[tuple[str, int, int | None]]:
+    return [(w.decision.container, w.target, w.only_from) for w in plan.work]
+
+
+@dataclasses.dataclass(frozen=True)
+class KillPlanRow:
+    name: str
+    pod: PodView
+    work: list[tuple[str, int, int | None]]  # (container, target, only_from)
+    remembered: Mapping[tuple[str, str], AppliedKillMode] = dataclasses.field(default_factory=dict)
+    cgroups: Mapping[str, ContainerCgroup] = dataclasses.field(
+        default_factory=lambda: {APP: cgroup(APP)}
+    )
+    events: tuple[str, ...] = ()  # reasons
+    forget: tuple[tuple[str, str], ...] = ()
+    keep_notes: bool = True
+    asked: tuple[str, ...] | None = None
+    policy: AdminPolicy = OPEN
+    v1: bool = False
+
+
+KILL_PLAN_ROWS = [
+    KillPlanRow('"process": the container cgroup gets 0', pod(PROCESS), [("app", 0, None)]),
+    KillPlanRow('"container": 1', pod(CONTAINER_MODE), [("app", 1, None)]),
+    KillPlanRow(
+        "only the container that asks is looked at",
+        pod(PROCESS_APP, {"app": APP, "side": SIDE}),
+        [("app", 0, None)],
+        cgroups={APP: cgroup(APP), SIDE: cgroup(SIDE)},
+        asked=(APP,),
+    ),
+    KillPlanRow(
+        "unannotated, no default: left as the kubelet set it, nothing looked at",
+        pod(),
+        [],
+        keep_notes=False,
+        asked=(),
+    ),
+    KillPlanRow(
+        "the namespace's default applies to a container that asks for nothing",
+        pod(namespace="ci"),
+        [("app", 0, None)],
+        policy=CI_DEFAULT,
+    ),
+    KillPlanRow(
+        "annotation removed: the value found before, only over oomguard's",
+        pod(),
+        [("app", 1, 0)],
+        remembered=kill_set(("app", 0, 1)),
+    ),
+    KillPlanRow(
+        "annotation removed, the cgroup gone: forgotten",
+        pod(),
+        [],
+        remembered=kill_set(("app", 0, 1)),
+        cgroups={},
+        forget=((UID, "app"),),
+    ),
+    KillPlanRow(
+        "annotation removed, no container ID yet: kept for a later pass",
+        pod(containers={"app": None}),
+        [],
+        remembered=kill_set(("app", 0, 1)),
+        asked=(),
+    ),
+    KillPlanRow(
+        "the cgroup found is another pod's: not touched, not forgotten",
+        pod(PROCESS),
+        [],
+        cgroups={APP: cgroup(APP, OTHER_UID)},
+    ),
+    KillPlanRow(
+        "static pod: its cgroup is under its config hash",
+        pod(PROCESS, config_hash=STATIC_HASH),
+        [("app", 0, None)],
+        cgroups={APP: cgroup(APP, STATIC_HASH)},
+    ),
+    KillPlanRow(
+        "a mode the namespace may not choose: refused, left as the kubelet set it",
+        pod(PROCESS),
+        [],
+        events=(REASON_KILL_MODE_REFUSED,),
+        asked=(),
+        policy=PROCESS_ONLY_IN_CI,
+    ),
+    KillPlanRow(
+        "refused after it was applied: put back",
+        pod(PROCESS),
+        [("app", 1, 0)],
+        remembered=kill_set(("app", 0, 1)),
+        events=(REASON_KILL_MODE_REFUSED,),
+        policy=PROCESS_ONLY_IN_CI,
+    ),
+    KillPlanRow(
+        "invalid value: refused, nothing written",
+        pod(INVALID_MODE),
+        [],
+        events=(REASON_KILL_MODE_REFUSED,),
+        asked=(),
+    ),
+    KillPlanRow(
+        "cgroup v1: nothing looked at, the Unsupported Warning",
+        pod(PROCESS),
+        [],
+        events=(REASON_KILL_MODE_UNSUPPORTED,),
+        asked=(),
+        v1=True,
+    ),
+    KillPlanRow(
+        "cgroup v1, only the namespace's default: the pod asked nothing, nothing said",
+        pod(namespace="ci"),
+        [],
+        asked=(),
+        policy=CI_DEFAULT,
+        v1=True,
+    ),
+    KillPlanRow(
+        "cgroup v1, an invalid value: both Warnings",
+        pod(INVALID_MODE),
+        [],
+        events=(REASON_KILL_MODE_REFUSED, REASON_KILL_MODE_UNSUPPORTED),
+        v1=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("row", KILL_PLAN_ROWS, ids=[r.name for r in KILL_PLAN_ROWS])
+def test_kill_plan(row: KillPlanRow) -> None:
+    locate, asked = node(row.cgroups)
+    decision = decided(row.pod, row.policy)
+    plan = plan_kill_modes(row.pod, decision.kill_modes, row.remembered, locate, v1=row.v1)
+    assert kill_work_of(plan) == row.work
+    assert tuple(e.reason for e in plan.events) == row.events
+    assert all(e.type == WARNING for e in plan.events)
+    assert plan.forget == row.forget
+    assert plan.keep_notes is row.keep_notes
+    if row.asked is not None:
+        assert tuple(cid for cid, _ in asked) == row.asked
+
+
+def test_kill_mode_warnings_are_not_score_warnings() -> None:
+    """One bad oom-kill key is one Warning: OOMKillModeRefused, never OOMScoreAdj*."""
+    p = pod(INVALID_MODE)
+    locate, _ = node({APP: cgroup(APP)})
+    assert plan_pod(p, decided(p), {}, locate).events == ()
+    [event] = plan_kill_modes(p, decided(p).kill_modes, {}, locate).events
+    assert (event.reason, event.kill_result) == (REASON_KILL_MODE_REFUSED, "refused")
+    assert '"Process"' in event.message and event.message.endswith(".")
+
+
+def test_kill_mode_warnings_said_before_are_not_said_again() -> None:
+    p = pod(PROCESS)
+    locate, _ = node({APP: cgroup(APP)})
+    kill_modes = decided(p, PROCESS_ONLY_IN_CI).kill_modes
+    [event] = plan_kill_modes(p, kill_modes, {}, locate).events
+    again = plan_kill_modes(p, kill_modes, {}, locate, {(event.reason, event.message)})
+    assert again.events == () and again.keep_notes  # kept: the pod was told
+    [v1] = plan_kill_modes(p, decided(p).kill_modes, {}, locate, v1=True).events
+    assert (v1.reason, v1.message, v1.kill_result) == (
+        REASON_KILL_MODE_UNSUPPORTED,
+        UNSUPPORTED_MESSAGE,
+        "unsupported",
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "only_from", "write"),
+    [
+        (1, 0, None, True),  # the kubelet's 1, "process" asked
+        (0, 0, None, False),  # already right
+        (0, 1, None, True),  # "container" on a singleProcessOOMKill node
+        (0, 1, 0, True),  # restore over oomguard's value
+        (1, 1, 0, False),  # restore: already back (someone else's change is not undone)
+        (1, 0, 1, True),
+    ],
+)
+def test_which_kill_mode_files_are_written(
+    current: int, target: int, only_from: int | None, write: bool
+) -> None:
+    p = pod(PROCESS)
+    work = KillWork(decided(p).kill_modes[0], APP, cgroup(APP), target, only_from)
+    assert kill_needs_write(current, work) is write
+
+
+def ktally(found: int | None = 1, written: bool = False, error: int | None = None) -> KillTally:
+    return KillTally(found, written, error, os.strerror(error) if error else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class KillSettleRow:
+    name: str
+    pod: PodView
+    tallies: Sequence[KillTally]
+    remembered: Mapping[tuple[str, str], AppliedKillMode] = dataclasses.field(default_factory=dict)
+    remember: tuple[tuple[str, int, int], ...] = ()  # (container, value, before)
+    forget: tuple[str, ...] = ()
+    events: tuple[tuple[str, str, str], ...] = ()  # (type, reason, message)
+    announced: tuple[tuple[str, int], ...] = ()
+    before: tuple[tuple[str, int], ...] = ()  # PodNotes.kill_announced from the last pass
+    dry_run: bool = False
+    policy: AdminPolicy = OPEN
+
+
+KILL_SETTLE_ROWS = [
+    KillSettleRow(
+        "written: the value found is remembered, and announced",
+        pod(PROCESS),
+        [ktally(found=1, written=True)],
+        remember=(("app", 0, 1),),
+        events=((NORMAL, REASON_KILL_MODE_APPLIED, APP_TO_PROCESS),),
+        announced=(("app", 0),),
+    ),
+    KillSettleRow(
+        "already right: nothing to put back later, announced all the same",
+        pod(PROCESS),
+        [ktally(found=0)],
+        events=((NORMAL, REASON_KILL_MODE_APPLIED, APP_TO_PROCESS),),
+        announced=(("app", 0),),
+    ),
+    KillSettleRow(
+        "already announced: nothing new",
+        pod(PROCESS),
+        [ktally(found=0)],
+        remembered=kill_set(("app", 0, 1)),
+        announced=(("app", 0),),
+        before=(("app", 0),),
+    ),
+    KillSettleRow(
+        "a restart's new cgroup is written again; the first value found stays remembered",
+        pod(PROCESS),
+        [ktally(found=1, written=True)],
+        remembered=kill_set(("app", 0, 1)),
+        announced=(("app", 0),),
+        before=(("app", 0),),
+    ),
+    KillSettleRow(
+        "the mode changed: remembered anew, keeping the value found before the first write",
+        pod(CONTAINER_MODE),
+        [ktally(found=0, written=True)],
+        remembered=kill_set(("app", 0, 1)),
+        remember=(("app", 1, 1),),
+        events=(
+            (
+                NORMAL,
+                REASON_KILL_MODE_APPLIED,
+                "memory.oom.group: container app -> container (all its processes die "
+                "together; oomguard.io/oom-kill=container)",
+            ),
+        ),
+        announced=(("app", 1),),
+        before=(("app", 0),),
+    ),
+    KillSettleRow(
+        "the namespace's default says where it came from",
+        pod(namespace="ci"),
+        [ktally(found=1, written=True)],
+        remember=(("app", 0, 1),),
+        events=(
+            (
+                NORMAL,
+                REASON_KILL_MODE_APPLIED,
+                "memory.oom.group: container app -> process (only the process the kernel "
+                "picks dies; the policy's default for namespace ci)",
+            ),
+        ),
+        announced=(("app", 0),),
+        policy=CI_DEFAULT,
+    ),
+    KillSettleRow(
+        "a read-only cgroup mount: the Warning names the chart's setting; nothing in force",
+        pod(PROCESS),
+        [ktally(found=1, error=errno.EROFS)],
+        events=((WARNING, REASON_KILL_MODE_REFUSED, READ_ONLY),),
+    ),
+    KillSettleRow(
+        "permission denied: says so",
+        pod(PROCESS),
+        [ktally(found=1, error=errno.EACCES)],
+        events=(
+            (
+                WARNING,
+                REASON_KILL_MODE_REFUSED,
+                READ_ONLY.replace(
+                    "the oomguard agent's cgroup mount is read-only (EROFS); kill modes need "
+                    "it writable: install the chart with cgroup.readOnly: false",
+                    "permission denied (EACCES) writing memory.oom.group; the agent needs "
+                    "root with write access to the cgroup file system",
+                ),
+            ),
+        ),
+    ),
+    KillSettleRow(
+        "an unreadable file: keeps its current value",
+        pod(PROCESS),
+        [ktally(found=None, error=errno.EIO)],
+        events=(
+            (
+                WARNING,
+                REASON_KILL_MODE_REFUSED,
+                'oomguard could not set memory.oom.group of container app to 0 ("process": '
+                "only the process the kernel picks dies): EIO Input/output error. It keeps "
+                "its current value.",
+            ),
+        ),
+    ),
+    KillSettleRow(
+        "the cgroup went before the read: not in force, nothing said",
+        pod(PROCESS),
+        [ktally(found=None)],
+        before=(("app", 0),),
+    ),
+    KillSettleRow(
+        "restore done: forgotten, and said so",
+        pod(),
+        [ktally(found=0, written=True)],
+        remembered=kill_set(("app", 0, 1)),
+        forget=("app",),
+        events=((NORMAL, REASON_KILL_MODE_APPLIED, APP_BACK),),
+        before=(("app", 0),),
+    ),
+    KillSettleRow(
+        "restore with the cgroup gone meanwhile: forgotten, nothing said",
+        pod(),
+        [ktally(found=None)],
+        remembered=kill_set(("app", 0, 1)),
+        forget=("app",),
+    ),
+    KillSettleRow(
+        "restore refused by the kernel: kept for the next pass, Warning",
+        pod(),
+        [ktally(found=0, error=errno.EROFS)],
+        remembered=kill_set(("app", 0, 1)),
+        events=(
+            (
+                WARNING,
+                REASON_KILL_MODE_REFUSED,
+                READ_ONLY.replace("could not set", "could not put back")
+                .replace(
+                    'to 0 ("process": only the process the kernel picks dies)',
+                    'to 1 ("container": all its processes die together)',
+                )
+                .replace(
+                    'memory.oom.group=1 ("container": all its processes die together)',
+                    'memory.oom.group=0 ("process": only the process the kernel picks dies)',
+                ),
+            ),
+        ),
+    ),
+    KillSettleRow(
+        "dry run: nothing remembered, nothing announced",
+        pod(PROCESS),
+        [ktally(found=1, written=True)],
+        dry_run=True,
+    ),
+    KillSettleRow(
+        "dry run with a restore: nothing forgotten",
+        pod(),
+        [ktally(found=0, written=True)],
+        remembered=kill_set(("app", 0, 1)),
+        before=(("app", 0),),
+        announced=(("app", 0),),
+        dry_run=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("row", KILL_SETTLE_ROWS, ids=[r.name for r in KILL_SETTLE_ROWS])
+def test_kill_settle(row: KillSettleRow) -> None:
+    locate, _ = node({APP: cgroup(APP)})
+    kill_modes = decided(row.pod, row.policy).kill_modes
+    plan = plan_kill_modes(row.pod, kill_modes, row.remembered, locate)
+    assert len(plan.work) == len(row.tallies)
+    notes = PodNotes(kill_announced=row.before)
+    settled = settle_kill_modes(
+        row.pod, plan, row.tallies, row.remembered, notes, dry_run=row.dry_run
+    )
+    assert [(k.container, k.oom_group, k.before) for k in settled.remember] == list(row.remember)
+    assert all(k.pod_uid == UID for k in settled.remember)
+    assert settled.forget == tuple((UID, name) for name in row.forget)
+    assert [(e.type, e.reason, e.message) for e in settled.events] == list(row.events)
+    assert settled.announced == row.announced
+    assert notes.kill_announced == row.before  # only read
+
+
+def test_a_kill_mode_settled_part_way_is_not_announced() -> None:
+    p = pod({"oomguard.io/oom-kill": "process"}, {"app": APP, "side": SIDE})
+    plan = plan_kill_modes(
+        p, decided(p).kill_modes, {}, node({APP: cgroup(APP), SIDE: cgroup(SIDE)})[0]
+    )
+    settled = settle_kill_modes(
+        p, plan, [ktally(found=1, written=True)], {}, PodNotes(), dry_run=False
+    )
+    assert [k.container for k in settled.remember] == ["app"]
+    assert settled.events == () and settled.announced == ()
+
+
+# -- across passes, on a fake v2 node
+
+
+@pytest.fixture
+def fake_v2(tmp_path: Path) -> FakeNode:
+    return FakeNode(tmp_path / "node", CgroupVersion.V2)
+
+
+def kill_metric(metrics: Metrics, result: str) -> float | None:
+    return metrics.registry.get_sample_value("oomguard_kill_mode_changes_total", {"result": result})
+
+
+def test_kill_mode_applied_announced_once_and_restored(fake_v2: FakeNode, tmp_path: Path) -> None:
+    fake_v2.container(APP, values=[KUBELET])
+    metrics = Metrics(process_metrics=False)
+    r, events = fake_v2.reconciler(tmp_path, metrics=metrics)
+    for _ in range(3):
+        r.pass_once([pod(PROCESS)])
+    assert fake_v2.oom_group(APP) == 0
+    assert events == [(NORMAL, REASON_KILL_MODE_APPLIED, APP_TO_PROCESS)]
+    assert ScoreStateFile(tmp_path, BOOT).load() == ScoreState(
+        BOOT, False, kill_modes=kill_set(("app", 0, 1))
+    )
+    assert kill_metric(metrics, "applied") == 1
+
+    report = r.pass_once([pod()])
+    assert fake_v2.oom_group(APP) == 1 and report.kill_modes_written == 1
+    assert events[1:] == [(NORMAL, REASON_KILL_MODE_APPLIED, APP_BACK)]
+    assert kill_metric(metrics, "restored") == 1
+    assert ScoreStateFile(tmp_path, BOOT).load() == ScoreState(BOOT, False)
+    fake_v2.oom_group_file(APP).write_text("0\n")  # ungoverned again: left as it is
+    r.pass_once([pod()])
+    assert fake_v2.oom_group(APP) == 0 and len(events) == 2
+
+
+def test_kill_mode_and_score_together(fake_v2: FakeNode) -> None:
+    [pid] = fake_v2.container(APP, values=[KUBELET])
+    r, events = fake_v2.reconciler()
+    r.pass_once([pod({**PROCESS, **SACRIFICE})])
+    assert (fake_v2.oom_group(APP), fake_v2.value(pid)) == (0, 1000)
+    assert [e[1] for e in events] == [REASON_KILL_MODE_APPLIED, REASON_APPLIED]
+
+
+def test_a_restarted_container_gets_its_mode_again(fake_v2: FakeNode) -> None:
+    """A restart is a new container ID and a new cgroup at the kubelet's 1."""
+    fake_v2.container(APP)
+    r, events = fake_v2.reconciler()
+    r.pass_once([pod(PROCESS)])
+    fake_v2.container(SIDE)  # the new cgroup of container "app"
+    report = r.pass_once([pod(PROCESS, {"app": SIDE})])
+    assert fake_v2.oom_group(SIDE) == 0 and report.kill_modes_written == 1
+    assert [e[1] for e in events] == [REASON_KILL_MODE_APPLIED]  # nothing new to say
+    r.pass_once([pod(containers={"app": SIDE})])
+    assert fake_v2.oom_group(SIDE) == 1  # the value found before the first write
+
+
+def test_an_agent_restart_still_restores(fake_v2: FakeNode, tmp_path: Path) -> None:
+    fake_v2.container(APP)
+    first, _ = fake_v2.reconciler(tmp_path)
+    first.pass_once([pod(PROCESS)])
+    second, events = fake_v2.reconciler(tmp_path)  # the annotation went meanwhile
+    second.pass_once([pod()])
+    assert fake_v2.oom_group(APP) == 1
+    assert events == [(NORMAL, REASON_KILL_MODE_APPLIED, APP_BACK)]
+
+
+def test_a_deleted_pods_kill_modes_are_forgotten(fake_v2: FakeNode, tmp_path: Path) -> None:
+    fake_v2.container(APP)
+    r, _ = fake_v2.reconciler(tmp_path)
+    r.pass_once([pod(PROCESS)])
+    r.pass_once([])
+    state = ScoreStateFile(tmp_path, BOOT).load()
+    assert state is not None and state.kill_modes == {}
+
+
+def test_a_kill_mode_dry_run_writes_nothing(fake_v2: FakeNode, tmp_path: Path) -> None:
+    fake_v2.container(APP)
+    metrics = Metrics(process_metrics=False)
+    r, events = fake_v2.reconciler(tmp_path, dry_run=True, metrics=metrics)
+    for _ in range(2):
+        assert r.pass_once([pod(PROCESS)]).kill_modes_written == 1  # would write
+    assert fake_v2.oom_group(APP) == 1 and events == []
+    assert kill_metric(metrics, "applied") == 0
+    state = ScoreStateFile(tmp_path, BOOT).load()
+    assert state is not None and state.kill_modes == {}
+
+
+def test_a_read_only_mount_is_said_once_counted_and_logged_once(
+    fake_v2: FakeNode, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_v2.container(APP)
+    fake_v2.container(SIDE, uid=OTHER_UID)
+
+    def read_only(_directory: object, _value: int) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(apply_module, "write_oom_group", read_only)
+    metrics = Metrics(process_metrics=False)
+    r, events = fake_v2.reconciler(metrics=metrics)
+    pods = [pod(PROCESS), pod(PROCESS, {"app": SIDE}, uid=OTHER_UID)]
+    with caplog.at_level(logging.WARNING, logger="oomguard.steer.apply"):
+        for _ in range(3):
+            report = r.pass_once(pods)
+            assert report.kill_mode_errors == 2
+    assert fake_v2.oom_group(APP) == 1
+    assert events == [(WARNING, REASON_KILL_MODE_REFUSED, READ_ONLY)] * 2  # one per pod
+    assert kill_metric(metrics, "error") == 6  # every attempt
+    assert kill_metric(metrics, "refused") == 0  # the policy refused nothing
+    [record] = caplog.records
+    assert "read-only" in record.getMessage() and "cgroup.readOnly: false" in record.getMessage()
+
+
+def test_cgroup_v1_says_unsupported_once_per_pod(fake: FakeNode) -> None:
+    fake.container(APP, values=[KUBELET])
+    metrics = Metrics(process_metrics=False)
+    r, events = fake.reconciler(metrics=metrics)
+    for _ in range(3):
+        report = r.pass_once([pod(PROCESS)])
+        assert report.kill_modes_written == 0
+    assert events == [(WARNING, REASON_KILL_MODE_UNSUPPORTED, UNSUPPORTED_MESSAGE)]
+    assert kill_metric(metrics, "unsupported") == 1
+    assert not list(fake.mount.rglob(OOM_GROUP_FILE))  # nothing written
+
+
+def test_a_refused_mode_is_counted_once(fake_v2: FakeNode) -> None:
+    fake_v2.container(APP)
+    metrics = Metrics(process_metrics=False)
+    r, events = fake_v2.reconciler(metrics=metrics, policy=PROCESS_ONLY_IN_CI)
+    for _ in range(3):
+        r.pass_once([pod(PROCESS)])
+    assert fake_v2.oom_group(APP) == 1
+    [(type_, reason, message)] = events
+    assert (type_, reason) == (WARNING, REASON_KILL_MODE_REFUSED)
+    assert "does not let namespace default choose kill mode process" in message
+    assert kill_metric(metrics, "refused") == 1
