@@ -23,6 +23,7 @@ from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.proc.handle import ProcHandle, list_pids
 from oomguard.records import CgroupIdentity
 from oomguard.safe_text import escape, json_text
+from oomguard.steer.kill_mode import KillMode
 from oomguard.steer.score_state import WantedValue
 
 
@@ -126,10 +127,6 @@ def rank(hierarchy: MemoryHierarchy, root_cgroup: str | None, limit: int) -> lis
     return with_kill_modes(shown, lambda cgroup: read_oom_group(hierarchy.fs_path(cgroup)))
 
 
-# memory.oom.group -> the kill mode it means (`steer.kill_mode.KillMode`'s values).
-KILL_MODES = {1: "container", 0: "process"}
-
-
 def with_kill_modes(
     rows: Iterable[ProcessScore], read: Callable[[str], int | None]
 ) -> list[ProcessScore]:
@@ -150,7 +147,7 @@ def with_kill_modes(
                 value = read(container)
             except (OSError, ValueError):
                 value = None
-            modes[container] = None if value is None else KILL_MODES.get(value)
+            modes[container] = None if value is None else KillMode.of_oom_group(value).value
         mode = modes[container]
         out.append(row if mode is None else replace(row, kill_mode=mode))
     return out
