@@ -63,6 +63,10 @@ SCHEMA_WORDS = [
     "request",
     "db",
     "batch",
+    "oom_kill",
+    "process",
+    "container",
+    "mode",
 ]
 # Plain scalars YAML resolves to something other than a string, or that trip parsers.
 ODD_PLAIN = [
@@ -321,16 +325,48 @@ def policy_shaped(draw: st.DrawFn) -> str:
             unique_by=first_key,
         ),
     )
+    kill_mode_defaults = st.builds(
+        Map,
+        st.lists(
+            st.one_of(
+                st.tuples(st.just(word("namespaces")), namespace_selectors),
+                st.tuples(
+                    st.just(word("mode")),
+                    st.sampled_from(["process", "container", "Process", "~"]).map(word),
+                ),
+            ),
+            min_size=1,
+            max_size=2,
+            unique_by=first_key,
+        ),
+    )
+    oom_kill = st.builds(
+        Map,
+        st.lists(
+            st.one_of(
+                st.tuples(st.just(word("process")), namespace_selectors),
+                st.tuples(st.just(word("container")), namespace_selectors),
+                st.tuples(
+                    st.just(word("defaults")),
+                    st.builds(Seq, st.lists(kill_mode_defaults, max_size=2)),
+                ),
+            ),
+            max_size=3,
+            unique_by=first_key,
+        ),
+        st.booleans(),
+    )
     top: list[tuple[Node, Node]] = [
         (word("trusted_namespaces"), draw(namespace_selectors)),
         (word("allow_never_kill"), draw(st.sampled_from(["true", "false"]).map(word))),
         (word("qos"), Map(qos_pairs, draw(st.booleans()))),
         (word("defaults"), draw(st.builds(Seq, st.lists(defaults, max_size=2)))),
+        (word("oom_kill"), draw(oom_kill)),
     ]
     unique = draw(st.integers(0, 4)) > 0  # a repeated key now and then
     chosen = draw(
         st.lists(
-            st.sampled_from(top), min_size=1, max_size=6, unique_by=first_key if unique else None
+            st.sampled_from(top), min_size=1, max_size=7, unique_by=first_key if unique else None
         )
     )
     writer = Writer()
@@ -397,8 +433,12 @@ def assert_policy_or_policy_error(text: str) -> AdminPolicy | None:
 
 
 def assert_bystanders_untouched(policy: AdminPolicy) -> None:
-    """A pod the policy neither trusts nor defaults keeps at least the kubelet's value."""
+    """A pod the policy neither trusts nor defaults keeps at least the kubelet's value,
+    and, asking for no kill mode where no default gives one, the kubelet's kill mode."""
     namespace = "bystander-x7"
+    if policy.oom_kill.default_for(namespace, {}) is None:
+        pod = PodProjection(namespace, QosClass.BURSTABLE, {"app": 873})
+        assert all(kill_mode.mode is None for kill_mode in decide_pod(pod, policy).kill_modes)
     if policy.trusts(namespace, {}) or policy.default_for(namespace, {}) is not None:
         return
     kubelet = {QosClass.GUARANTEED: -997, QosClass.BURSTABLE: 873, QosClass.BEST_EFFORT: 1000}
