@@ -3,9 +3,18 @@
 Threads and what flows between them, in one direction:
 
     detector thread (OomWatcher) --OomKill, HandedOn--> queue.Queue --> main loop
-    main loop: attribute (pod cache) -> EventSender.submit (persisted) -> deliver
+    main loop: attribute (pod cache) -> EventSender.submit (persisted) -> deliver;
+               the reconcile pass every reconcile_interval_s
+    detector thread --ContainerCgroupCreated--> steering thread (NewContainerSteering):
+               a new container of a governed pod gets the policy's oom_score_adj at
+               once, not at the next pass (not in a dry run)
     pod cache thread: list + watch this node's pods
     metrics thread: /metrics, /healthz, /readyz
+
+New containers go to a thread of their own, not through the main loop's queue: the
+main loop may be in an HTTP request or a reconcile pass when a container starts, and
+its first process must not wait for either (`steer.new_containers`). The steering
+thread and the reconcile pass share the namespace-label cache, one call at a time.
 
 A kill is safe once `submit` has written it to the state directory. Kills that happen
 while the agent is down are recovered on restart from what the state directory says was
@@ -32,6 +41,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -55,6 +65,7 @@ from oomguard.records import HandedOn, OomKill
 from oomguard.settings import RunSettings
 from oomguard.state.checkpoints import Checkpoints
 from oomguard.state.files import StateWrites
+from oomguard.steer.new_containers import NewContainerSteering
 from oomguard.steer.policy_file import PolicySource
 from oomguard.steer.reconciler import Reconciler
 
@@ -101,6 +112,37 @@ class Agent:
         root = (
             Path(settings.cgroup_root) if settings.cgroup_root else default_cgroup_root(hierarchy)
         )
+        self.policy = PolicySource(
+            settings.policy_file,
+            metrics=self.metrics,
+            saved_path=state_dir / SAVED_POLICY_FILE,
+        )
+        self.policy_events = PolicyEvents(api, lambda: self.sender.builder, settings.policy_file)
+        namespace_labels = one_at_a_time(
+            NamespaceLabels(api, observe_latency=self.metrics.observe_api_request)
+        )
+        self.reconciler = Reconciler(
+            hierarchy,
+            root,
+            dry_run=settings.dry_run,
+            policy_source=self.policy,
+            on_event=self.policy_events.pod_event,
+            metrics=self.metrics,
+            namespace_labels=namespace_labels,
+            state_dir=state_dir,
+            boot_id=boot_id,
+            state_writes=self.state_writes,
+        )
+        self.new_containers: NewContainerSteering | None = None
+        if not settings.dry_run:
+            self.new_containers = NewContainerSteering(
+                hierarchy,
+                self.cache,
+                self.policy,
+                self.reconciler.node_memory_bytes,
+                namespace_labels=namespace_labels,
+                metrics=self.metrics,
+            )
         self._kills: queue.Queue[OomKill | HandedOn] = queue.Queue()
         self.watcher = OomWatcher(
             hierarchy,
@@ -110,24 +152,7 @@ class Agent:
             resync_interval_s=settings.resync_interval_s,
             resume=self.checkpoints.load(),
             on_handed_on=self._kills.put,
-        )
-        self.policy = PolicySource(
-            settings.policy_file,
-            metrics=self.metrics,
-            saved_path=state_dir / SAVED_POLICY_FILE,
-        )
-        self.policy_events = PolicyEvents(api, lambda: self.sender.builder, settings.policy_file)
-        self.reconciler = Reconciler(
-            hierarchy,
-            root,
-            dry_run=settings.dry_run,
-            policy_source=self.policy,
-            on_event=self.policy_events.pod_event,
-            metrics=self.metrics,
-            namespace_labels=NamespaceLabels(api, observe_latency=self.metrics.observe_api_request),
-            state_dir=state_dir,
-            boot_id=boot_id,
-            state_writes=self.state_writes,
+            on_new_container=None if self.new_containers is None else self.new_containers.notice,
         )
         self._next_reconcile = 0.0
         self._stop = threading.Event()
@@ -161,6 +186,8 @@ class Agent:
         self.metrics.set_kernel_log_source(self.watcher.kernel_log_source)
         if self.watcher.kernel_log_error:
             log.warning("%s", self.watcher.kernel_log_error)
+        if self.new_containers is not None:
+            self.new_containers.start()
         self._detector = threading.Thread(target=self.watcher.run, name="detector", daemon=True)
         self._detector.start()
         log.info(
@@ -292,6 +319,8 @@ class Agent:
         # Closing flushes kills the detector still held (a counter increase waiting out
         # its grace for a report) into the queue drained below.
         self.watcher.close()
+        if self.new_containers is not None:
+            self.new_containers.close()
         while True:
             try:
                 self._take(self._kills.get_nowait())
@@ -307,6 +336,18 @@ class Agent:
         if self._server is not None:
             self._server.stop()
         self.api.close()
+
+
+def one_at_a_time(lookup: Callable[[str], Mapping[str, str]]) -> Callable[[str], Mapping[str, str]]:
+    """A lookup that is not thread-safe (`NamespaceLabels`), callable from two threads:
+    one call at a time (a call that waits for the API makes the other thread wait)."""
+    lock = threading.Lock()
+
+    def call(key: str) -> Mapping[str, str]:
+        with lock:
+            return lookup(key)
+
+    return call
 
 
 def install_signal_handlers(agent: Agent) -> None:

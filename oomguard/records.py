@@ -216,3 +216,22 @@ class HandedOn(BaseModel):
         if self.log_position is not None and self.log_source is None:
             raise ValueError("a kernel log position needs the reader it belongs to")
         return self
+
+
+class ContainerCgroupCreated(BaseModel):
+    """A container's cgroup just appeared below the watched root (inotify IN_CREATE).
+
+    The detector's cgroup watch sees it before the container's first process starts
+    (the runtime makes the directory, then puts its init in), so steering can give that
+    process the policy's oom_score_adj before it forks anything (`steer.new_containers`).
+    Only what the path says: which pod (`pod_uid`, or a static pod's config hash) and
+    which container ID; the container's name is not in the pod's status yet.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    cgroup: str  # as /proc/PID/cgroup prints it
+    directory: str  # where it is in the file system
+    pod_uid: str
+    container_id: str
+    seen_mono: float  # CLOCK_MONOTONIC when the watch woke for it

@@ -8,6 +8,11 @@ can (v2: inotify IN_MODIFY on memory.events; v1: one eventfd per cgroup register
 through cgroup.event_control, since v1 neither notifies inotify nor propagates to
 ancestors) and found by the periodic resync where it cannot (a v1 global OOM signals
 no eventfd).
+
+With `track_created`, the cgroups that inotify reported created are kept for the loop
+to take (`take_created`), so it can say at once that a container's cgroup appeared
+(before the runtime starts the container's first process in it). Only inotify's: a
+cgroup a rescan finds is old news by then; the reconcile pass covers it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 
 log = logging.getLogger(__name__)
 
+# Created cgroups kept until the loop takes them (once per turn): a bound against a
+# loop that never takes them, far above what one turn of mkdirs brings.
+_MAX_CREATED = 4096
 _DIR_MASK = flags.CREATE | flags.DELETE | flags.ONLYDIR | flags.DELETE_SELF
 _FILE_MASK = flags.MODIFY
 
@@ -87,7 +95,14 @@ class CgroupWatch:
 
     LIMIT_HIT_WINDOW_S = 5.0
 
-    def __init__(self, hierarchy: MemoryHierarchy, root: Path, *, push: bool = True) -> None:
+    def __init__(
+        self,
+        hierarchy: MemoryHierarchy,
+        root: Path,
+        *,
+        push: bool = True,
+        track_created: bool = False,
+    ) -> None:
         self.hierarchy = hierarchy
         self.root = Path(root)
         self._mount = str(hierarchy.mount).rstrip("/")
@@ -97,6 +112,8 @@ class CgroupWatch:
         self._by_wd: dict[int, str] = {}
         self._rechecks: list[tuple[float, str]] = []
         self._removed: list[str] = []  # since the last take_removed()
+        self.track_created = track_created
+        self._created: list[tuple[str, str]] = []  # (cgroup, directory) since take_created()
         self._inotify: INotify | None = INotify(nonblocking=True) if push else None
         self.push_errors = 0
         # Watched cgroups the kernel cannot push for (registration refused: a read-only
@@ -508,9 +525,19 @@ class CgroupWatch:
             if cg in self._watched:
                 continue
             self._add(cg, d, baseline_from_disk=False)
+            if self.track_created and len(self._created) < _MAX_CREATED:
+                self._created.append((cg, d))
             change = self._reread(cg)
             if change is not None:
                 changes.append(change)
+
+    def take_created(self) -> list[tuple[str, str]]:
+        """(cgroup, directory) of each cgroup inotify reported created since the last
+        call, parents first; always empty without `track_created`."""
+        if not self._created:
+            return []
+        created, self._created = self._created, []
+        return created
 
     def take_removed(self) -> list[str]:
         """The cgroups that went away since the last call (not those dropped by close)."""

@@ -18,6 +18,11 @@ increases by those times, and decides once the log is read past them.
 A restarted agent passes where the last run got to (`Resume`: the kernel log position
 per reader, the counters and `oom` counts handed on); the loop says how far it has got
 in `HandedOn` marks (`on_handed_on`, made by `ProgressMarks`).
+
+A container cgroup the watch saw created is said at once, in the turn that woke for it
+(`on_new_container`, one `ContainerCgroupCreated` each): the runtime starts the
+container's first process right after, and whoever steers it must not wait for a turn
+of its own. Without the callback the watch does not even keep them.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 
 from oomguard.cgroups.counters import MemoryUse, read_memory_use
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
+from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.cgroups.watch import CgroupWatch, CounterChange
 from oomguard.detect.join import KillJoiner
 from oomguard.detect.main_process import Captured, MainProcessProbe
@@ -43,7 +49,13 @@ from oomguard.kernel.open_log import NOT_OPENED, OpenedLog, open_kernel_log
 from oomguard.kernel.parse import KmsgRecord, OomReportAssembler
 from oomguard.kernel.read_timing import SYSLOG_IDLE_READ_INTERVAL_S, ReadTiming
 from oomguard.kernel.reader import ReadFailed
-from oomguard.records import CgroupKind, HandedOn, KernelOomKill, OomKill
+from oomguard.records import (
+    CgroupKind,
+    ContainerCgroupCreated,
+    HandedOn,
+    KernelOomKill,
+    OomKill,
+)
 from oomguard.state.checkpoints import Resume
 
 log = logging.getLogger(__name__)
@@ -79,13 +91,17 @@ class OomWatcher:
         resume: Resume | None = None,
         on_handed_on: Callable[[HandedOn], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_new_container: Callable[[ContainerCgroupCreated], None] | None = None,
     ) -> None:
         self.hierarchy = hierarchy
         self.root = Path(root)
         self.on_kill = on_kill
+        self.on_new_container = on_new_container
         self.resync_interval_s = resync_interval_s
         self._clock = clock
-        self.watch = CgroupWatch(hierarchy, self.root, push=push)
+        self.watch = CgroupWatch(
+            hierarchy, self.root, push=push, track_created=on_new_container is not None
+        )
         # None: only new records and counter baselines from disk. A restarted agent passes
         # where it had got to, and the kills it missed while down come out of the first
         # turn: read back from the kernel log, and from the counters, classified by the
@@ -206,6 +222,7 @@ class OomWatcher:
         ready = self._wait(max_wait_s)
         woke = self._clock()  # when the kernel's signals in `ready` were there
         self._on_ready(ready, woke)
+        self._report_created(woke)
         now = self._clock()
         self._counter_changes(self.watch.due_rechecks(now))
         if now >= self._next_resync:
@@ -267,6 +284,35 @@ class OomWatcher:
                 if self.hierarchy.version is CgroupVersion.V1:
                     self._read_timing.v1_signalled()
                 self._counter_changes(changes)
+
+    def _report_created(self, woke: float) -> None:
+        """Say each container cgroup the watch saw created (`on_new_container`).
+
+        Only a container's own level (not a pod, nor a cgroup nested in a container),
+        named by a pod and a container ID, as `cgroup_index` accepts them.
+        """
+        if self.on_new_container is None:
+            return
+        for cgroup, directory in self.watch.take_created():
+            ident = parse_cgroup_path(cgroup)
+            if not (
+                ident.is_container
+                and ident.container_path == cgroup
+                and ident.pod_uid
+                and ident.container_id
+            ):
+                continue
+            created = ContainerCgroupCreated(
+                cgroup=cgroup,
+                directory=directory,
+                pod_uid=ident.pod_uid,
+                container_id=ident.container_id,
+                seen_mono=woke,
+            )
+            try:
+                self.on_new_container(created)
+            except Exception:  # a sink's bug must not stop the detector
+                log.exception("a sink failed on a new container cgroup")
 
     def _catch_up(self) -> None:
         """The first turn: the increases since the counter baseline a restart passed."""
