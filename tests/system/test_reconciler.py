@@ -19,14 +19,18 @@ from typing import Any
 import pytest
 
 import oomguard.steer.apply as apply_module
+from oomguard.cgroups.hierarchy import CgroupVersion
+from oomguard.cgroups.oom_group import OOM_GROUP_FILE
 from oomguard.cgroups.scratch import ScratchTree
 from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView
 from oomguard.proc.handle import ProcHandle
 from oomguard.state.files import read_boot_id
 from oomguard.steer.admin import AdminPolicy, load_policy
+from oomguard.steer.kill_plan import UNSUPPORTED_MESSAGE
 from oomguard.steer.reconciler import (
     REASON_APPLIED,
     REASON_INVALID,
+    REASON_KILL_MODE_UNSUPPORTED,
     REASON_REFUSED,
     PassReport,
     Reconciler,
@@ -311,6 +315,35 @@ def test_removing_the_annotation_restores_the_kubelet_value(node: Node, tree: Sc
     set_adj(procs[0].pid, 1000)
     report = r.pass_once([pod("p", uid, {"main": c})])
     assert report.processes_seen == 0 and adj(procs[0]) == 1000
+
+
+def test_a_kill_mode_on_cgroup_v1_is_unsupported_once_per_pod(
+    node: Node, tree: ScratchTree
+) -> None:
+    """v1 has no memory.oom.group: nothing is written, each pod that asks is told once,
+    and its oom_score_adj request is applied as ever."""
+    if tree.hierarchy.version is not CgroupVersion.V1:
+        pytest.skip("the cgroup v1 case (lane 2 tests the kill modes on v2)")
+    uid_a, a = str(uuid.uuid4()), cid()
+    uid_b, b = str(uuid.uuid4()), cid()
+    proc = node.start(node.container_cgroup(uid_a, a), KUBELET_BURSTABLE)
+    node.start(node.container_cgroup(uid_b, b), KUBELET_BURSTABLE)
+    pods = [
+        pod("a", uid_a, {"main": a}, {"oomguard.io/oom-kill": "process", **SACRIFICE}),
+        pod("b", uid_b, {"main": b}, {"oomguard.io/oom-kill.main": "container"}),
+    ]
+    r, events = make_reconciler(tree)
+    for _ in range(3):
+        report = r.pass_once(pods)
+        assert report.kill_modes_written == report.kill_mode_errors == report.errors == 0
+    assert adj(proc) == 1000
+    unsupported = [e for e in events if e[2] == REASON_KILL_MODE_UNSUPPORTED]
+    assert unsupported == [
+        ("a", "Warning", REASON_KILL_MODE_UNSUPPORTED, UNSUPPORTED_MESSAGE),
+        ("b", "Warning", REASON_KILL_MODE_UNSUPPORTED, UNSUPPORTED_MESSAGE),
+    ]
+    assert [e[0] for e in events if e[2] == REASON_APPLIED] == ["a"]
+    assert not list(tree.top.rglob(OOM_GROUP_FILE))
 
 
 def test_dry_run_writes_nothing(node: Node, tree: ScratchTree) -> None:
