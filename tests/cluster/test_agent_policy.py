@@ -1,4 +1,5 @@
-"""`oomguard run` given a hostile admin policy file (issue 14): it keeps running.
+"""`oomguard run` given a hostile admin policy file (issue 14): it keeps running. And a
+kill mode request where the node cannot honour it (cgroup v1): said once on the pod.
 
 A ConfigMap edit the agent cannot read must not stop it (before: a nested list raised
 RecursionError out of the reconcile pass and the agent exited, and crash-looped with
@@ -21,10 +22,11 @@ from typing import Any
 import pytest
 
 from oomguard.agent import Agent
-from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.cgroups.scratch import ScratchTree
 from oomguard.k8s.client import KubeApi
 from oomguard.settings import load_settings
+from oomguard.steer.kill_plan import UNSUPPORTED_MESSAGE
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.cluster.test_agent import (
     KUBELET_VALUE,
@@ -109,3 +111,48 @@ def test_an_unreadable_policy_keeps_the_last_good_one_and_says_so_once(
     message = event["message"]
     assert "nested more than 32 levels deep" in message
     assert "the previous policy stays in force" in message
+
+
+def test_a_kill_mode_on_cgroup_v1_is_an_unsupported_warning_on_the_pod(
+    apiserver: ApiServer, kubeconfig: Path, tree: ScratchTree, tmp_path: Path
+) -> None:
+    """End to end on this host's cgroup v1 (lane 2 has the v2 path, the file written):
+    the annotation, a real pass over a real container cgroup, one Warning on the pod."""
+    if tree.hierarchy.version is not CgroupVersion.V1:
+        pytest.skip("the cgroup v1 case; tests/vm/test_reconciler_v2.py has v2")
+    apiserver.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    pod = app_pod(str(uuid.uuid4()), secrets.token_hex(32))
+    pod["metadata"]["annotations"] = {"oomguard.io/oom-kill.app": "process"}
+    apiserver.apply(pod)
+    uid, namespace = pod["metadata"]["uid"], pod["metadata"]["namespace"]
+    cid = pod["status"]["containerStatuses"][0]["containerID"].split("//")[1]
+    container = tree.make(f"kubepods/burstable/pod{uid}/{cid}")
+    tree.start_sleeper(container, "app")
+    settings = load_settings(
+        node_name=NODE,
+        kubeconfig=str(kubeconfig),
+        cgroup_root=str(tree.top),
+        state_dir=tmp_path / "state",
+        metrics_address="127.0.0.1:0",
+        reconcile_interval_s=0.2,
+        policy_file=tmp_path / "no-policy.yaml",
+    )
+    agent = Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig))
+
+    def kill_mode_events() -> list[dict[str, Any]]:
+        return [e for e in apiserver.objects(EVENTS, namespace) if "KillMode" in e["reason"]]
+
+    with RunningAgent(agent) as running:
+        passes = PassCounter(running)
+        (event,) = wait_for(kill_mode_events)
+        passes.wait_for_more(5)
+        assert len(kill_mode_events()) == 1  # once per pod
+        unsupported = running.metrics.registry.get_sample_value(
+            "oomguard_kill_mode_changes_total", {"result": "unsupported"}
+        )
+    assert unsupported == 1
+    assert (event["type"], event["reason"]) == ("Warning", "OOMKillModeUnsupported")
+    assert event["message"] == UNSUPPORTED_MESSAGE
+    obj = event["involvedObject"]
+    assert (obj["kind"], obj["name"], obj["uid"]) == ("Pod", pod["metadata"]["name"], uid)
+    assert not list(tree.top.rglob("memory.oom.group"))
