@@ -38,7 +38,7 @@ pods within their QoS class and never lifts one over a class above it. `highest`
 
 Reading the file is bounded, because a file the agent cannot finish reading would stop
 its main loop (`load_policy` raises PolicyError and nothing else, whatever the text):
-at most MAX_POLICY_DEPTH (32) levels of nesting (a policy needs 6); at most
+at most MAX_POLICY_DEPTH (32) levels of nesting (a policy needs 10); at most
 MAX_POLICY_VALUES (50,000) values, an alias counting the whole value it names each time
 it is used (so a 400-byte "billion laughs" alias bomb is refused at once, and anchors
 within that budget still work, as in Kubernetes' own YAML reader); no scalar longer
@@ -453,9 +453,10 @@ def _describe_validation_error(error: ValidationError) -> str:
     return "invalid oomguard policy: " + "; ".join(parts) + "."
 
 
-# Bounds on reading a policy file. The deepest valid policy is 5 levels
-# (trusted_namespaces.selector.matchExpressions[i].values[j]) and a real one has tens
-# of values; these leave room for any honest file while keeping the worst file cheap:
+# Bounds on reading a policy file. The deepest valid policy is 10 levels as the loader
+# counts them, the document and the innermost value included
+# (oom_kill.defaults[i].namespaces.selector.matchExpressions[j].values[k]), and a real
+# one has tens of values; these leave room for any honest file while keeping the worst file cheap:
 # PyYAML's pure-Python composer recurses once per level and takes ~20 us per value.
 MAX_POLICY_DEPTH = 32
 # Values the document stands for once aliases are expanded: every use of an alias

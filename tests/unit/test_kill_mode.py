@@ -17,7 +17,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oomguard.steer.admin import AdminPolicy, KillModeDefault, PolicyError, load_policy
+from oomguard.steer.admin import (
+    AdminPolicy,
+    KillModeDefault,
+    PolicyError,
+    load_policy,
+)
 from oomguard.steer.annotations import (
     KILL_MODE_WORDS,
     AnnotationError,
@@ -676,3 +681,13 @@ def test_json_policies_with_the_section_load() -> None:
         "oom_kill": {"container": {"names": ["db"]}, "defaults": []},
     }
     assert load_policy(json.dumps(document)).oom_kill.allows("container", "db", {})
+
+
+def test_the_deepest_valid_policy_is_inside_the_depth_limit() -> None:
+    """oom_kill.defaults[i].namespaces.selector.matchExpressions[j].values[k]: 10 levels."""
+    deepest = (
+        "oom_kill: {defaults: [{namespaces: {selector: {matchExpressions:"
+        " [{key: a, operator: In, values: [b]}]}}, mode: process}]}"
+    )
+    rule = load_policy(deepest).oom_kill.default_for("x", {"a": "b"})
+    assert rule is not None and rule.mode == "process"
