@@ -281,6 +281,29 @@ def _names_no_container(key: str, known_containers: Iterable[str]) -> str:
     )
 
 
+def _read_kill_modes(
+    annotations: Mapping[str, str], known_containers: frozenset[str]
+) -> tuple[dict[str | None, KillModeRequest], dict[str | None, tuple[str, ...]]]:
+    """The oom-kill keys' requests and problems, by container (None: the pod form).
+
+    A key naming no container is a problem of the pod form: it concerns every
+    container, and reads the same for each.
+    """
+    requests: dict[str | None, KillModeRequest] = {}
+    problems: dict[str | None, list[str]] = {}
+    for key, value in annotations.items():
+        _, separator, container = key[len(ANNOTATION_PREFIX) :].partition(CONTAINER_SEPARATOR)
+        target = container if separator else None
+        if target is not None and target not in known_containers:
+            problems.setdefault(None, []).append(_names_no_container(key, known_containers))
+            continue
+        try:
+            requests[target] = KillModeRequest(key, parse_kill_mode(value))
+        except AnnotationError as error:
+            problems.setdefault(target, []).append(f"{key}: {error}; ignored")
+    return requests, {target: tuple(said) for target, said in problems.items()}
+
+
 def read_annotations(
     annotations: Mapping[str, str], container_names: Iterable[str]
 ) -> AnnotationReading:
@@ -290,8 +313,7 @@ def read_annotations(
     problems: dict[str | None, list[str]] = {None: []}
     invalid: dict[str | None, list[str]] = {}
     pod_problems: list[str] = []
-    kill_modes: dict[str | None, KillModeRequest] = {}
-    kill_mode_problems: dict[str | None, list[str]] = {}
+    kill_mode_keys: dict[str, str] = {}
     for key in sorted(annotations):
         if not key.startswith(ANNOTATION_PREFIX):
             continue
@@ -307,22 +329,15 @@ def read_annotations(
                 f"optionally followed by {CONTAINER_SEPARATOR}<container>); ignored"
             )
             continue
+        if word is Word.OOM_KILL:  # read apart: its problems are the kill mode's alone
+            kill_mode_keys[key] = value
+            continue
         target: str | None = None
         if separator:
             if container not in known_containers:
-                problem = _names_no_container(key, known_containers)
-                if word is Word.OOM_KILL:  # said with the kill mode, for every container
-                    kill_mode_problems.setdefault(None, []).append(problem)
-                else:
-                    pod_problems.append(problem)
+                pod_problems.append(_names_no_container(key, known_containers))
                 continue
             target = container
-        if word is Word.OOM_KILL:
-            try:
-                kill_modes[target] = KillModeRequest(key, parse_kill_mode(value))
-            except AnnotationError as error:
-                kill_mode_problems.setdefault(target, []).append(f"{key}: {error}; ignored")
-            continue
         try:
             if word in _SWITCH_WORDS:
                 entry = _Entry(key, word, switch=parse_switch(value))
@@ -344,6 +359,5 @@ def read_annotations(
         container_levels,
         tuple(pod_problems),
         {target: tuple(keys) for target, keys in invalid.items()},
-        kill_modes,
-        {target: tuple(said) for target, said in kill_mode_problems.items()},
+        *_read_kill_modes(kill_mode_keys, known_containers),
     )
