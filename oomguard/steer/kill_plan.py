@@ -344,3 +344,12 @@ def _remember(
         elif was is not None and was.oom_group != work.target:
             out.append(AppliedKillMode(uid, key[1], work.target, was.before))
     return tuple(out)
+
+
+def written_elsewhere(was: AppliedKillMode | None, written: AppliedKillMode) -> AppliedKillMode:
+    """What to remember when another part of the agent (the new-container steering)
+    wrote a container's memory.oom.group itself: its value, but the value found before
+    oomguard's *first* write if one is remembered already."""
+    if was is None:
+        return written
+    return AppliedKillMode(was.pod_uid, was.container, written.oom_group, was.before)

@@ -46,6 +46,7 @@ Event.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -68,6 +69,7 @@ from oomguard.steer.kill_plan import (
     KillTally,
     plan_kill_modes,
     settle_kill_modes,
+    written_elsewhere,
 )
 from oomguard.steer.pass_report import ContainerResult, PassReport
 from oomguard.steer.plan import (
@@ -111,6 +113,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Kill modes handed over between two passes; past this the oldest go (their containers
+# then keep the mode if the annotation is removed, until they restart).
+_MAX_HANDED_KILL_MODES = 4096
 
 EventSink = Callable[[PodView, str, str, str], None]
 
@@ -182,6 +188,10 @@ class Reconciler:
         self._applied: dict[AppliedKey, AppliedValue] = {}
         # (pod UID, container name) -> the memory.oom.group oomguard set, and the one before.
         self._kill_modes: dict[AppliedKey, AppliedKillMode] = {}
+        # Kill modes written by another thread (`kill_mode_written`), for the next pass.
+        self._kill_modes_handed: collections.deque[AppliedKillMode] = collections.deque(
+            maxlen=_MAX_HANDED_KILL_MODES
+        )
         self._pods: dict[str, PodNotes] = {}
         self._state_file: ScoreStateFile | None = None
         self._saved_signature: StateSignature | None = None  # what was last saved
@@ -195,6 +205,14 @@ class Reconciler:
     @property
     def rescan_interval_s(self) -> float:
         return self._index.rescan_interval_s
+
+    def kill_mode_written(self, value: AppliedKillMode) -> None:
+        """Another thread wrote a container's memory.oom.group (`value.before`: what it
+        found there, after the runtime had set the kubelet's value: a new cgroup holds
+        the kernel's 0 until then). Thread-safe; the next pass takes it over, so that a
+        later removal of the annotation puts `before` back. Without this, a container
+        whose first write was not the reconciler's would keep the mode after removal."""
+        self._kill_modes_handed.append(value)
 
     def rescan(self) -> int:
         """Rebuild the container-ID -> cgroup index; returns how many containers it holds."""
@@ -210,6 +228,10 @@ class Reconciler:
         policy = self._policy_in_force(report)
         seen: set[str] = set()
         self._index.begin_pass()
+        while self._kill_modes_handed:
+            value = self._kill_modes_handed.popleft()
+            key = (value.pod_uid, value.container)
+            self._kill_modes[key] = written_elsewhere(self._kill_modes.get(key), value)
         for pod in pods:
             seen.add(pod.uid)
             try:

@@ -41,6 +41,7 @@ from oomguard.steer.kill_plan import (
     KillWork,
     plan_kill_modes,
     settle_kill_modes,
+    written_elsewhere,
 )
 from oomguard.steer.kill_plan import needs_write as kill_needs_write
 from oomguard.steer.pass_report import ContainerResult
@@ -1514,3 +1515,37 @@ def test_a_refused_mode_is_counted_once(fake_v2: FakeNode) -> None:
     assert (type_, reason) == (WARNING, REASON_KILL_MODE_REFUSED)
     assert "does not let namespace default choose kill mode process" in message
     assert kill_metric(metrics, "refused") == 1
+
+
+def test_a_kill_mode_written_by_another_thread_is_restored_all_the_same(
+    fake_v2: FakeNode,
+) -> None:
+    """The new-container steering may write a new cgroup's file before any pass: what
+    it hands over is remembered, so removing the annotation still puts it back."""
+    fake_v2.container(APP)
+    r, events = fake_v2.reconciler()
+    fake_v2.oom_group_file(APP).write_text("0\n")  # written by the other thread
+    r.kill_mode_written(AppliedKillMode(UID, "app", 0, 1))
+    assert r.pass_once([pod(PROCESS)]).kill_modes_written == 0
+    r.pass_once([pod()])
+    assert fake_v2.oom_group(APP) == 1
+    assert events == [
+        (NORMAL, REASON_KILL_MODE_APPLIED, APP_TO_PROCESS),
+        (NORMAL, REASON_KILL_MODE_APPLIED, APP_BACK),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("was", "written", "kept"),
+    [
+        (None, (0, 1), (0, 1)),
+        ((0, 1), (0, 0), (0, 1)),  # a restart's new cgroup: the first value found stays
+        ((1, 0), (0, 1), (0, 0)),
+    ],
+)
+def test_what_is_remembered_of_a_write_elsewhere(
+    was: tuple[int, int] | None, written: tuple[int, int], kept: tuple[int, int]
+) -> None:
+    before = None if was is None else AppliedKillMode(UID, "app", *was)
+    result = written_elsewhere(before, AppliedKillMode(UID, "app", *written))
+    assert (result.oom_group, result.before) == kept
