@@ -142,6 +142,7 @@ class Agent:
                 self.reconciler.node_memory_bytes,
                 namespace_labels=namespace_labels,
                 metrics=self.metrics,
+                kill_mode_remembered=self._kill_mode_set_before,
             )
         self._kills: queue.Queue[OomKill | HandedOn] = queue.Queue()
         self.watcher = OomWatcher(
@@ -161,6 +162,12 @@ class Agent:
         self._waited: set[str] = set()
         self._node_uid_due = 0.0  # monotonic time of the next try; inf once known
         self._seen_totals: dict[int, int] = {}
+
+    def _kill_mode_set_before(self, pod_uid: str, container: str) -> bool:
+        """Whether the reconciler remembers the kubelet's kill mode of a container it
+        set (asked from the steering thread: one dict lookup, atomic in CPython). The
+        Reconciler has no public way to ask yet: its private memory is read here."""
+        return (pod_uid, container) in self.reconciler._kill_modes
 
     # ----- health -----------------------------------------------------------------------
 

@@ -9,7 +9,9 @@ when the pod's policy names a value, follows the cgroup for a short window
 (`FollowedCgroup`): first until its first process joins (cgroup v2: `cgroup.events`
 says `populated 1`, inotify IN_MODIFY; v1 has no such signal: `cgroup.procs` is read
 every few ms), then until the runtime is done with it, bringing every process the
-runtime gave the kubelet's value to the policy's.
+runtime gave the kubelet's value to the policy's. On cgroup v2 the cgroup's
+memory.oom.group gets the container's kill mode the same way (rewritten after the
+runtime writes the kubelet's), for containers whose mode oomguard set before.
 
 Why a thread of its own, fed straight by the detector: the main loop delivers Events
 over HTTP (seconds when the API server is slow) and runs reconcile passes over every
@@ -48,6 +50,7 @@ from typing import Protocol
 from inotify_simple import INotify, flags
 
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
+from oomguard.cgroups.oom_group import read_oom_group, write_oom_group
 from oomguard.cgroups.path import memory_cgroup, parse_cgroup_path
 from oomguard.closing import Closing
 from oomguard.k8s.pod_cache import PodView
@@ -56,6 +59,7 @@ from oomguard.proc.handle import ProcHandle, read_cgroup_procs
 from oomguard.records import ContainerCgroupCreated
 from oomguard.say_once import SaidOnce
 from oomguard.steer.admin import AdminPolicy
+from oomguard.steer.kill_mode import KillMode
 from oomguard.steer.new_container_plan import (
     FIRST_PROCESS_WAIT_S,
     NewContainerPlan,
@@ -91,6 +95,7 @@ class SteeringCounters:
     noticed: int = 0  # new container cgroups the detector said
     followed: int = 0  # of which the policy named a value for: followed
     written: int = 0  # processes given the policy's value
+    kill_modes_written: int = 0  # memory.oom.group files set (cgroup v2)
     left_to_pass: int = 0  # new cgroups whose candidates disagree (some or all)
     unknown_pod: int = 0  # the pod is not in the cache
     dropped: int = 0  # past MAX_PENDING or MAX_FOLLOWED
@@ -110,6 +115,12 @@ def live_container_ids(pod_cgroup: str, pod_directory: str) -> set[str]:
     return ids
 
 
+def command_line(handle: ProcHandle) -> str:
+    """A process's command line, arguments joined by spaces; "" when unreadable."""
+    text = handle.read("cmdline")
+    return "" if text is None else text.replace("\0", " ").strip()
+
+
 def populated(directory: str) -> bool:
     """Whether a cgroup v2 cgroup (or one below it) holds a process (`cgroup.events`)."""
     try:
@@ -124,14 +135,20 @@ class FollowedCgroup:
     """One new container cgroup being followed, and where its window is."""
 
     created: ContainerCgroupCreated
-    targets: Mapping[int, int]
+    plan: NewContainerPlan
     phase_start: float  # the notice, then the first process
     next_look: float
     running: bool = False  # its first process has joined
-    first_name: str | None = None  # that process's comm when first seen
+    first_command: str = ""  # that process's command line when first seen
+    kill_mode: KillMode | None = None  # the mode its memory.oom.group gets (v2)
+    kill_mode_failed: bool = False  # the write failed: the pass will say why
     events_wd: int = -1  # v2: the inotify watch on cgroup.events
     written: int = 0
     done: bool = False
+
+    @property
+    def targets(self) -> Mapping[int, int]:
+        return self.plan.targets
 
 
 @dataclass(slots=True)
@@ -139,7 +156,7 @@ class _Look:
     """What one look at a followed cgroup's processes found and did."""
 
     seen: list[ProcessSeen] = field(default_factory=list)
-    first_name: str | None = None
+    first_command: str = ""
     give_up: bool = False  # the kernel refused: the pass will say why
 
 
@@ -159,6 +176,7 @@ class NewContainerSteering(Closing):
         *,
         namespace_labels: Callable[[str], Mapping[str, str]] | None = None,
         metrics: Metrics | None = None,
+        kill_mode_remembered: Callable[[str, str], bool] | None = None,
         proc_root: str = "/proc",
         clock: Callable[[], float] = time.monotonic,
         max_followed: int = MAX_FOLLOWED,
@@ -170,6 +188,9 @@ class NewContainerSteering(Closing):
         self.node_memory_bytes = node_memory_bytes
         self._namespace_labels = namespace_labels
         self._metrics = metrics
+        # (pod UID, container name) -> whether oomguard set that container's kill mode
+        # before (the reconciler remembers the kubelet's value); None: not steered here.
+        self._kill_mode_remembered = None if self._v1 else kill_mode_remembered
         self._proc_root = proc_root
         self._clock = clock
         self.max_followed = max_followed
@@ -285,7 +306,11 @@ class NewContainerSteering(Closing):
             return None
         pod_cgroup = created.cgroup.rsplit("/", 1)[0]
         live = live_container_ids(pod_cgroup, os.path.dirname(created.directory))
-        plan = plan_new_container(pod, decided, created.container_id, live)
+        remembered = None
+        if self._kill_mode_remembered is not None:
+            asked = self._kill_mode_remembered
+            remembered = {c.name for c in pod.containers if asked(pod.uid, c.name)}
+        plan = plan_new_container(pod, decided, created.container_id, live, remembered)
         if plan.left:
             self.counters.left_to_pass += 1
             log.debug(
@@ -305,11 +330,13 @@ class NewContainerSteering(Closing):
                 self.counters.dropped += 1
             return
         plan = self.plan(created)
-        if plan is None or not plan.targets:
+        if plan is None or not plan.steers:
             return
         self.counters.followed += 1
         now = self._clock()
-        followed = FollowedCgroup(created, plan.targets, phase_start=now, next_look=now)
+        followed = FollowedCgroup(
+            created, plan, phase_start=now, next_look=now, kill_mode=plan.kill_mode
+        )
         self._followed[created.cgroup] = followed
         if self._inotify is not None:
             # Before the first look: a process joining in between is then either seen
@@ -340,15 +367,20 @@ class NewContainerSteering(Closing):
         directory = followed.created.directory
         pids = read_cgroup_procs(directory)
         if not pids:
+            self._set_kill_mode(followed)
             self._wait_for_first_process(followed, now)
             return
         if not followed.running:
             followed.running = True
             followed.phase_start = now
         look = self._processes(followed, pids)
-        if followed.first_name is None:
-            followed.first_name = look.first_name
-        if look.give_up or runtime_done(look.seen, followed.first_name, followed.targets):
+        if not followed.first_command:
+            followed.first_command = look.first_command
+        for process in look.seen:
+            # The runtime's value says which group of candidates this container is in.
+            followed.kill_mode = followed.plan.kill_modes.get(process.value, followed.kill_mode)
+        self._set_kill_mode(followed)
+        if look.give_up or runtime_done(look.seen, followed.first_command, followed.targets):
             self._finish(followed)
             return
         interval = poll_interval_s(now - followed.phase_start)
@@ -380,12 +412,12 @@ class NewContainerSteering(Closing):
                 continue
             try:
                 value = handle.oom_score_adj()
-                name = handle.comm()
+                command = command_line(handle)
                 if value is None:
                     continue
-                if look.first_name is None:
-                    look.first_name = name
-                look.seen.append(ProcessSeen(value, name))
+                if not look.first_command:
+                    look.first_command = command
+                look.seen.append(ProcessSeen(value, command))
                 target = followed.targets.get(value)
                 if target is not None and not self._write(handle, followed, target):
                     look.give_up = True
@@ -414,6 +446,25 @@ class NewContainerSteering(Closing):
             self._count(ScoreAdjustmentResult.ERROR)
             return False
         return True
+
+    def _set_kill_mode(self, followed: FollowedCgroup) -> None:
+        """Give the cgroup's memory.oom.group the wanted mode when it holds another
+        (again after the runtime writes the kubelet's; never after a failed write)."""
+        mode = followed.kill_mode
+        if mode is None or followed.kill_mode_failed:
+            return
+        directory = followed.created.directory
+        try:
+            current = read_oom_group(directory)
+            if current is None or current == mode.oom_group:
+                return  # gone, or right
+            write_oom_group(directory, mode.oom_group)
+        except (OSError, ValueError) as exc:
+            # A read-only cgroup mount, no permission: the pass says so in an Event.
+            followed.kill_mode_failed = True
+            log.debug("memory.oom.group of %s not set: %s", followed.created.cgroup, exc)
+            return
+        self.counters.kill_modes_written += 1
 
     def _failed(self, followed: FollowedCgroup, exc: OSError) -> None:
         self.counters.errors += 1
