@@ -15,8 +15,9 @@ container, `apply.KillModeWriter`):
 1. `plan_kill_modes`, given the kill modes oomguard set before (`remembered`) and where
    each container's cgroup is: the files to set (`KillWork`), the ones to put back,
    the containers to forget, the Warnings about the requests.
-2. `settle_kill_modes`, given what the reads and writes found (`KillTally`): what to
-   remember, forget and announce, and the Warnings about failed writes.
+2. `settle_kill_modes`, given what the reads and writes found (`KillTally`, one per
+   piece of work: the writer never raises): what to remember, forget and announce, and
+   the Warnings about failed writes.
 
 The rules:
 
@@ -160,18 +161,9 @@ def plan_kill_modes(
     uid = pod.uid
     wanted = [d for d in decisions if d.mode is not None]
     restoring = [d for d in decisions if d.mode is None and (uid, d.container) in remembered]
-    candidates = [requests_warning(decisions)]
-    if v1 and asks(decisions):
-        candidates.append(
-            PodEvent(
-                WARNING,
-                REASON_KILL_MODE_UNSUPPORTED,
-                UNSUPPORTED_MESSAGE,
-                kill_result=RESULT_UNSUPPORTED,
-            )
-        )
-    events = tuple(e for e in candidates if e is not None and (e.reason, e.message) not in said)
-    keep = bool(wanted or restoring or any(c is not None for c in candidates))
+    warnings = _request_warnings(decisions, v1=v1)
+    events = tuple(e for e in warnings if (e.reason, e.message) not in said)
+    keep = bool(wanted or restoring or warnings)
     if v1 or not (wanted or restoring):
         return KillPlan(keep, events=events)
     keys = pod_keys(pod)
@@ -184,6 +176,21 @@ def plan_kill_modes(
         elif decision.mode is None and gone:
             forget.append((uid, decision.container))
     return KillPlan(keep, tuple(work), tuple(forget), events)
+
+
+def _request_warnings(decisions: Sequence[KillModeDecision], *, v1: bool) -> list[PodEvent]:
+    """What is wrong with the pod's requests, said or not yet."""
+    events = [] if (refused := requests_warning(decisions)) is None else [refused]
+    if v1 and asks(decisions):
+        events.append(
+            PodEvent(
+                WARNING,
+                REASON_KILL_MODE_UNSUPPORTED,
+                UNSUPPORTED_MESSAGE,
+                kill_result=RESULT_UNSUPPORTED,
+            )
+        )
+    return events
 
 
 def _work(
@@ -282,37 +289,24 @@ def settle_kill_modes(
     *,
     dry_run: bool,
 ) -> KillSettlement:
-    """After the reads and writes (`tallies`, one per `plan.work`): what oomguard now has
-    set, what it forgets, and the Events to send. `notes` is only read.
-
-    Fewer tallies than work: the pass stopped at a failure. What was done is settled
-    all the same, but the announcement waits for a pass that gets through the pod.
-    """
-    if len(tallies) > len(plan.work):
-        raise ValueError("more tallies than work")
-    complete = len(tallies) == len(plan.work)
-    done = list(zip(plan.work[: len(tallies)], tallies, strict=True))
-    events: list[PodEvent] = []
-    for event in (write_failure(w, t) for w, t in done if t.errno is not None):
-        said = (event.reason, event.message)
-        if said not in notes.said and all(said != (e.reason, e.message) for e in events):
-            events.append(event)
+    """After the reads and writes (`tallies`, one per `plan.work`: the writer never
+    raises): what oomguard now has set, what it forgets, and the Events to send.
+    `notes` is only read."""
+    if len(tallies) != len(plan.work):
+        raise ValueError("one tally per piece of work")
+    done = list(zip(plan.work, tallies, strict=True))
+    events = _write_failures(done, notes.said)
     if dry_run:  # nothing was written: nothing to remember, forget or announce
         return KillSettlement(events=tuple(events), announced=notes.kill_announced)
     # In force: the file holds the mode (written now, or already). A restore without
     # error is done (forgotten); it is announced when the file now holds the value put
     # back (not when the cgroup is gone, or someone else changed the file since).
-    in_force = [
-        w for w, t in done if w.only_from is None and t.errno is None and t.found is not None
-    ]
-    restores = [(w, t) for w, t in done if w.only_from is not None and t.errno is None]
+    ok = [(w, t) for w, t in done if t.errno is None]
+    in_force = [w for w, t in ok if w.only_from is None and t.found is not None]
+    restores = [(w, t) for w, t in ok if w.only_from is not None]
     restored = [w for w, t in restores if t.written or t.found == w.target]
-    announced = (
-        tuple(sorted((w.decision.container, w.target) for w in in_force))
-        if complete
-        else notes.kill_announced
-    )
-    if complete and (announced != notes.kill_announced or restored):
+    announced = tuple(sorted((w.decision.container, w.target) for w in in_force))
+    if announced != notes.kill_announced or restored:
         parts = [applied_message(w) for w in in_force] + [restored_message(w) for w in restored]
         if parts:
             message = "memory.oom.group: " + "; ".join(parts)
@@ -323,6 +317,18 @@ def settle_kill_modes(
         tuple(events),
         announced,
     )
+
+
+def _write_failures(
+    done: Iterable[tuple[KillWork, KillTally]], said: Container[tuple[str, str]]
+) -> list[PodEvent]:
+    """One Warning per distinct failure not said before."""
+    events: list[PodEvent] = []
+    for event in (write_failure(w, t) for w, t in done if t.errno is not None):
+        key = (event.reason, event.message)
+        if key not in said and all(key != (e.reason, e.message) for e in events):
+            events.append(event)
+    return events
 
 
 def _remember(

@@ -16,7 +16,8 @@ One `Reconciler.pass_once(pods)` looks at this node's pods and, for each one:
 
 Before the processes, the pod's kill modes go through the same steps, one file per
 container cgroup (cgroup v2's memory.oom.group; on v1 nothing is looked at):
-`kill_plan.plan_kill_modes`, `apply.KillModeWriter`, `kill_plan.settle_kill_modes`.
+`kill_steering.KillModeSteering` plans (`kill_plan`), writes (`apply.KillModeWriter`)
+and settles them, and remembers what it set.
 
 The rules live in `plan` and `kill_plan` (pure, table-tested) and the writes in
 `apply`; this module holds what lasts between passes: what oomguard applied and which
@@ -46,7 +47,6 @@ Event.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import time
@@ -59,18 +59,14 @@ from oomguard.k8s.pod_cache import PodView
 from oomguard.metrics import KillModeResult, Metrics, ScoreAdjustmentResult
 from oomguard.state.files import StateWrites
 from oomguard.steer.admin import AdminPolicy
-from oomguard.steer.apply import KillModeWriter, ScoreWriter
+from oomguard.steer.apply import ScoreWriter
 from oomguard.steer.cgroup_index import DEFAULT_RESCAN_INTERVAL_S, CgroupIndex
 from oomguard.steer.kill_plan import (
     REASON_KILL_MODE_APPLIED,
     REASON_KILL_MODE_REFUSED,
     REASON_KILL_MODE_UNSUPPORTED,
-    KillPlan,
-    KillTally,
-    plan_kill_modes,
-    settle_kill_modes,
-    written_elsewhere,
 )
+from oomguard.steer.kill_steering import KillModeSteering
 from oomguard.steer.pass_report import ContainerResult, PassReport
 from oomguard.steer.plan import (
     NORMAL,
@@ -113,10 +109,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# Kill modes handed over between two passes; past this the oldest go (their containers
-# then keep the mode if the annotation is removed, until they restart).
-_MAX_HANDED_KILL_MODES = 4096
 
 EventSink = Callable[[PodView, str, str, str], None]
 
@@ -179,19 +171,11 @@ class Reconciler:
         self._index = CgroupIndex(
             hierarchy, self.cgroup_root, rescan_interval_s=rescan_interval_s, clock=clock
         )
-        self._v1 = hierarchy.version is CgroupVersion.V1
-        self._writer = ScoreWriter(
-            v1=self._v1, dry_run=dry_run, proc_root=proc_root, metrics=metrics
-        )
-        self._kill_writer = KillModeWriter(dry_run=dry_run, metrics=metrics)
+        v1 = hierarchy.version is CgroupVersion.V1
+        self._writer = ScoreWriter(v1=v1, dry_run=dry_run, proc_root=proc_root, metrics=metrics)
+        self._kill_modes = KillModeSteering(v1=v1, dry_run=dry_run, metrics=metrics)
         # (pod UID, container name) -> the value oomguard set on its processes.
         self._applied: dict[AppliedKey, AppliedValue] = {}
-        # (pod UID, container name) -> the memory.oom.group oomguard set, and the one before.
-        self._kill_modes: dict[AppliedKey, AppliedKillMode] = {}
-        # Kill modes written by another thread (`kill_mode_written`), for the next pass.
-        self._kill_modes_handed: collections.deque[AppliedKillMode] = collections.deque(
-            maxlen=_MAX_HANDED_KILL_MODES
-        )
         self._pods: dict[str, PodNotes] = {}
         self._state_file: ScoreStateFile | None = None
         self._saved_signature: StateSignature | None = None  # what was last saved
@@ -200,11 +184,16 @@ class Reconciler:
             loaded = self._state_file.load()
             if loaded is not None:
                 self._applied.update(loaded.applied)
-                self._kill_modes.update(loaded.kill_modes)
+                self._kill_modes.resume(loaded.kill_modes)
 
     @property
     def rescan_interval_s(self) -> float:
         return self._index.rescan_interval_s
+
+    def kill_mode_remembered(self, pod_uid: str, container: str) -> bool:
+        """Whether oomguard set this container's kill mode before and remembers the value
+        it found (so a new cgroup of it may be given the mode at once). Thread-safe."""
+        return (pod_uid, container) in self._kill_modes
 
     def kill_mode_written(self, value: AppliedKillMode) -> None:
         """Another thread wrote a container's memory.oom.group (`value.before`: what it
@@ -212,7 +201,7 @@ class Reconciler:
         the kernel's 0 until then). Thread-safe; the next pass takes it over, so that a
         later removal of the annotation puts `before` back. Without this, a container
         whose first write was not the reconciler's would keep the mode after removal."""
-        self._kill_modes_handed.append(value)
+        self._kill_modes.written_elsewhere(value)
 
     def rescan(self) -> int:
         """Rebuild the container-ID -> cgroup index; returns how many containers it holds."""
@@ -228,10 +217,7 @@ class Reconciler:
         policy = self._policy_in_force(report)
         seen: set[str] = set()
         self._index.begin_pass()
-        while self._kill_modes_handed:
-            value = self._kill_modes_handed.popleft()
-            key = (value.pod_uid, value.container)
-            self._kill_modes[key] = written_elsewhere(self._kill_modes.get(key), value)
+        self._kill_modes.begin_pass()
         for pod in pods:
             seen.add(pod.uid)
             try:
@@ -241,9 +227,9 @@ class Reconciler:
                 log.exception("reconciling pod %s/%s failed", pod.namespace, pod.name)
         for uid in [uid for uid in self._pods if uid not in seen]:
             del self._pods[uid]
-        for memory in (self._applied, self._kill_modes):
-            for key in [key for key in memory if key[0] not in seen]:
-                del memory[key]
+        for key in [key for key in self._applied if key[0] not in seen]:
+            del self._applied[key]
+        self._kill_modes.forget_pods_except(seen)
         report.index_rescans = self._index.pass_rescans
         self._index.end_pass()
         if self._state_file is not None:
@@ -279,13 +265,13 @@ class Reconciler:
         said = notes.said if notes else ()
         locate = self._index.locate
         plan = plan_pod(pod, decided, self._applied, locate, said)
-        kill = plan_kill_modes(pod, decided.kill_modes, self._kill_modes, locate, said, v1=self._v1)
+        kill = self._kill_modes.plan(pod, decided.kill_modes, locate, said)
         if not plan.keep_notes and not kill.keep_notes:
             self._pods.pop(pod.uid, None)
             return
         if notes is None:
             notes = self._pods[pod.uid] = PodNotes()
-        self._kill_mode(pod, kill, notes, report)
+        self._send(pod, notes, self._kill_modes.apply(pod, kill, notes, report))
         if plan.events:
             self._send(pod, notes, plan.events)
         report.pods_governed += bool(plan.governed)
@@ -298,24 +284,6 @@ class Reconciler:
                 tallies.append(self._writer.apply(work, report))
         finally:  # also after a failure: what was written before it is remembered
             self._settle(pod, plan, tallies, notes, report)
-
-    def _kill_mode(self, pod: PodView, kill: KillPlan, notes: PodNotes, report: PassReport) -> None:
-        """The pod's kill modes: one file per container cgroup (the writer never raises)."""
-        if kill.events:
-            self._send(pod, notes, kill.events)
-        for key in kill.forget:
-            self._kill_modes.pop(key, None)
-        tallies: list[KillTally] = [self._kill_writer.apply(w, report) for w in kill.work]
-        settled = settle_kill_modes(
-            pod, kill, tallies, self._kill_modes, notes, dry_run=self.dry_run
-        )
-        for value in settled.remember:
-            self._kill_modes[(value.pod_uid, value.container)] = value
-        for key in settled.forget:
-            self._kill_modes.pop(key, None)
-        notes.kill_announced = settled.announced
-        if settled.events:
-            self._send(pod, notes, settled.events)
 
     def _settle(
         self,
@@ -348,7 +316,10 @@ class Reconciler:
         assert state_file is not None
         try:
             signature = state_signature(
-                self.dry_run, self._applied, report.containers.values(), self._kill_modes
+                self.dry_run,
+                self._applied,
+                report.containers.values(),
+                self._kill_modes.remembered,
             )
             if signature == self._saved_signature:
                 return

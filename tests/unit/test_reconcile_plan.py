@@ -1368,16 +1368,14 @@ def test_kill_settle(row: KillSettleRow) -> None:
     assert notes.kill_announced == row.before  # only read
 
 
-def test_a_kill_mode_settled_part_way_is_not_announced() -> None:
+def test_a_kill_mode_tally_for_every_piece_of_work() -> None:
+    """The writer never raises: a pod's kill modes are settled whole or not at all."""
     p = pod({"oomguard.io/oom-kill": "process"}, {"app": APP, "side": SIDE})
     plan = plan_kill_modes(
         p, decided(p).kill_modes, {}, node({APP: cgroup(APP), SIDE: cgroup(SIDE)})[0]
     )
-    settled = settle_kill_modes(
-        p, plan, [ktally(found=1, written=True)], {}, PodNotes(), dry_run=False
-    )
-    assert [k.container for k in settled.remember] == ["app"]
-    assert settled.events == () and settled.announced == ()
+    with pytest.raises(ValueError, match="one tally"):
+        settle_kill_modes(p, plan, [ktally(found=1, written=True)], {}, PodNotes(), dry_run=False)
 
 
 # -- across passes, on a fake v2 node
@@ -1525,8 +1523,10 @@ def test_a_kill_mode_written_by_another_thread_is_restored_all_the_same(
     fake_v2.container(APP)
     r, events = fake_v2.reconciler()
     fake_v2.oom_group_file(APP).write_text("0\n")  # written by the other thread
+    assert not r.kill_mode_remembered(UID, "app")
     r.kill_mode_written(AppliedKillMode(UID, "app", 0, 1))
     assert r.pass_once([pod(PROCESS)]).kill_modes_written == 0
+    assert r.kill_mode_remembered(UID, "app")
     r.pass_once([pod()])
     assert fake_v2.oom_group(APP) == 1
     assert events == [
