@@ -27,6 +27,7 @@ from oomguard.steer.reconciler import (
     REASON_KILL_MODE_REFUSED,
     Reconciler,
 )
+from oomguard.top import rank
 
 pytestmark = pytest.mark.vm
 
@@ -367,3 +368,13 @@ def test_the_agent_end_to_end_writes_the_file_and_says_so(
         "memory.oom.group: container app -> process (only the process the kernel picks "
         "dies; oomguard.io/oom-kill.app=process)"
     )
+
+
+def test_top_shows_each_processs_kill_mode(tree: ScratchTree) -> None:
+    box = KillModeContainer(tree, kubelet_oom_group=1)
+    other = KillModeContainer(tree, kubelet_oom_group=1)
+    reconciler(tree, []).pass_once([box.pod(PROCESS), other.pod({})])
+    rows = {row.pid: row for row in rank(tree.hierarchy, tree.top_cgroup, 0)}
+    assert {rows[w.pid].kill_mode for w in box.workers} == {"process"}
+    assert {rows[w.pid].kill_mode for w in other.workers} == {"container"}
+    assert rows[box.workers[0].pid].to_json_dict()["kill_mode"] == "process"
