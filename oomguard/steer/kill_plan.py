@@ -122,7 +122,7 @@ class KillPlan:
     keep_notes: bool  # False: nothing to do or say about the pod's kill modes
     work: tuple[KillWork, ...] = ()
     forget: tuple[AppliedKey, ...] = ()  # restores whose cgroup is gone
-    events: tuple[PodEvent, ...] = ()  # the requests' Warnings, sent before writing
+    events: tuple[PodEvent, ...] = ()  # the Warnings about its requests not said yet
 
 
 def asks(decisions: Iterable[KillModeDecision]) -> bool:
