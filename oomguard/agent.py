@@ -46,7 +46,7 @@ from pathlib import Path
 from types import FrameType
 
 from oomguard import __version__
-from oomguard.cgroups.hierarchy import MemoryHierarchy, default_cgroup_root
+from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy, default_cgroup_root
 from oomguard.detect.loop import OomWatcher
 from oomguard.k8s.attribution import attribute
 from oomguard.k8s.client import KubeApi, KubeApiError
@@ -65,7 +65,7 @@ from oomguard.records import HandedOn, OomKill
 from oomguard.settings import RunSettings
 from oomguard.state.checkpoints import Checkpoints
 from oomguard.state.files import StateWrites
-from oomguard.steer.new_containers import NewContainerSteering
+from oomguard.steer.new_containers import NewContainerPlanner, NewContainerSteering
 from oomguard.steer.policy_file import PolicySource
 from oomguard.steer.reconciler import Reconciler
 
@@ -135,15 +135,15 @@ class Agent:
         )
         self.new_containers: NewContainerSteering | None = None
         if not settings.dry_run:
-            self.new_containers = NewContainerSteering(
-                hierarchy,
+            planner = NewContainerPlanner(
                 self.cache,
                 self.policy,
                 self.reconciler.node_memory_bytes,
+                v1=hierarchy.version is CgroupVersion.V1,
                 namespace_labels=namespace_labels,
-                metrics=self.metrics,
                 kill_mode_remembered=self._kill_mode_set_before,
             )
+            self.new_containers = NewContainerSteering(hierarchy, planner, metrics=self.metrics)
         self._kills: queue.Queue[OomKill | HandedOn] = queue.Queue()
         self.watcher = OomWatcher(
             hierarchy,

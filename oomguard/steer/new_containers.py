@@ -25,9 +25,9 @@ most `MAX_FOLLOWED` at once, notices waiting at most `MAX_PENDING` (past either,
 reconcile pass steers the container as before); each followed cgroup is looked at
 about 130 times at most (`POLL_STEPS`), a few hundred microseconds of CPU per start.
 
-Writes follow the reconciler's race-safe rule (`apply`): each process is pinned by a
-`ProcHandle`, and its cgroup is read again through that handle before the write, so a
-PID reused by a stranger is never written. Only the container's own cgroup is read
+The reads and writes of each look are `new_container_writes`' (race-safe, as the
+reconciler's: a PID reused by a stranger is never written). Only the container's own
+cgroup is read
 (nested cgroups come later, the pass covers them), and processes entering an existing
 container from outside (`kubectl exec`) are the reconcile pass's as before.
 Nothing is remembered or announced here: the next pass finds the container already
@@ -37,36 +37,35 @@ right and settles it as usual.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import select
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from inotify_simple import INotify, flags
 
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
-from oomguard.cgroups.oom_group import read_oom_group, write_oom_group
-from oomguard.cgroups.path import memory_cgroup, parse_cgroup_path
+from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.closing import Closing
 from oomguard.k8s.pod_cache import PodView
-from oomguard.metrics import Metrics, ScoreAdjustmentResult
-from oomguard.proc.handle import ProcHandle, read_cgroup_procs
+from oomguard.metrics import Metrics
+from oomguard.proc.handle import read_cgroup_procs
 from oomguard.records import ContainerCgroupCreated
-from oomguard.say_once import SaidOnce
 from oomguard.steer.admin import AdminPolicy
-from oomguard.steer.kill_mode import KillMode
 from oomguard.steer.new_container_plan import (
     FIRST_PROCESS_WAIT_S,
     NewContainerPlan,
-    ProcessSeen,
     plan_new_container,
     poll_interval_s,
     runtime_done,
+)
+from oomguard.steer.new_container_writes import (
+    FollowedCgroup,
+    FollowedCgroupWriter,
+    SteeringCounters,
 )
 from oomguard.steer.plan import decide
 
@@ -88,21 +87,6 @@ class PolicyProvider(Protocol):
     def current(self) -> AdminPolicy: ...
 
 
-@dataclass(slots=True)
-class SteeringCounters:
-    """What the steering did since start (for tests, benches and the debug log)."""
-
-    noticed: int = 0  # new container cgroups the detector said
-    followed: int = 0  # of which the policy named a value for: followed
-    written: int = 0  # processes given the policy's value
-    kill_modes_written: int = 0  # memory.oom.group files set (cgroup v2)
-    left_to_pass: int = 0  # new cgroups whose candidates disagree (some or all)
-    unknown_pod: int = 0  # the pod is not in the cache
-    dropped: int = 0  # past MAX_PENDING or MAX_FOLLOWED
-    refused: int = 0  # writes the kernel refused (EACCES)
-    errors: int = 0  # other failures
-
-
 def live_container_ids(pod_cgroup: str, pod_directory: str) -> set[str]:
     """The container IDs with a cgroup in a pod's directory now."""
     ids: set[str] = set()
@@ -115,12 +99,6 @@ def live_container_ids(pod_cgroup: str, pod_directory: str) -> set[str]:
     return ids
 
 
-def command_line(handle: ProcHandle) -> str:
-    """A process's command line, arguments joined by spaces; "" when unreadable."""
-    text = handle.read("cmdline")
-    return "" if text is None else text.replace("\0", " ").strip()
-
-
 def populated(directory: str) -> bool:
     """Whether a cgroup v2 cgroup (or one below it) holds a process (`cgroup.events`)."""
     try:
@@ -130,34 +108,59 @@ def populated(directory: str) -> bool:
         return False
 
 
-@dataclass(slots=True)
-class FollowedCgroup:
-    """One new container cgroup being followed, and where its window is."""
+class NewContainerPlanner:
+    """Decides what a new container cgroup gets (`new_container_plan`): the pod from
+    the cache, the policy in force, the pod's live cgroups, the reconciler's memory of
+    kill modes. Called from the steering thread: every part it asks is thread-safe."""
 
-    created: ContainerCgroupCreated
-    plan: NewContainerPlan
-    phase_start: float  # the notice, then the first process
-    next_look: float
-    running: bool = False  # its first process has joined
-    first_command: str = ""  # that process's command line when first seen
-    kill_mode: KillMode | None = None  # the mode its memory.oom.group gets (v2)
-    kill_mode_failed: bool = False  # the write failed: the pass will say why
-    events_wd: int = -1  # v2: the inotify watch on cgroup.events
-    written: int = 0
-    done: bool = False
+    def __init__(
+        self,
+        pods: PodLookup,
+        policy_source: PolicyProvider,
+        node_memory_bytes: int,
+        *,
+        v1: bool,
+        namespace_labels: Callable[[str], Mapping[str, str]] | None = None,
+        kill_mode_remembered: Callable[[str, str], bool] | None = None,
+        counters: SteeringCounters | None = None,
+    ) -> None:
+        self._pods = pods
+        self._policy = policy_source
+        self.node_memory_bytes = node_memory_bytes
+        self._namespace_labels = namespace_labels
+        # (pod UID, container name) -> whether oomguard set that container's kill mode
+        # before (the reconciler remembers the kubelet's value); None: not steered here.
+        self._kill_mode_remembered = None if v1 else kill_mode_remembered
+        self.counters = counters or SteeringCounters()
 
-    @property
-    def targets(self) -> Mapping[int, int]:
-        return self.plan.targets
-
-
-@dataclass(slots=True)
-class _Look:
-    """What one look at a followed cgroup's processes found and did."""
-
-    seen: list[ProcessSeen] = field(default_factory=list)
-    first_command: str = ""
-    give_up: bool = False  # the kernel refused: the pass will say why
+    def plan(self, created: ContainerCgroupCreated) -> NewContainerPlan | None:
+        """What the new cgroup's processes get; None: its pod is unknown or unsteered."""
+        pod = self._pods.lookup_pod(created.pod_uid)
+        if pod is None:
+            self.counters.unknown_pod += 1
+            return None
+        decided = decide(
+            pod, self._policy.current(), self.node_memory_bytes, self._namespace_labels
+        )
+        if decided is None:
+            return None
+        pod_cgroup = created.cgroup.rsplit("/", 1)[0]
+        live = live_container_ids(pod_cgroup, os.path.dirname(created.directory))
+        remembered = None
+        if self._kill_mode_remembered is not None:
+            asked = self._kill_mode_remembered
+            remembered = {c.name for c in pod.containers if asked(pod.uid, c.name)}
+        plan = plan_new_container(pod, decided, created.container_id, live, remembered)
+        if plan.left:
+            self.counters.left_to_pass += 1
+            log.debug(
+                "new container %s of pod %s/%s left to the reconcile pass: %s",
+                created.container_id[:12],
+                pod.namespace,
+                pod.name,
+                "; ".join(plan.left),
+            )
+        return plan
 
 
 class NewContainerSteering(Closing):
@@ -170,36 +173,26 @@ class NewContainerSteering(Closing):
     def __init__(
         self,
         hierarchy: MemoryHierarchy,
-        pods: PodLookup,
-        policy_source: PolicyProvider,
-        node_memory_bytes: int,
+        planner: NewContainerPlanner,
         *,
-        namespace_labels: Callable[[str], Mapping[str, str]] | None = None,
         metrics: Metrics | None = None,
-        kill_mode_remembered: Callable[[str, str], bool] | None = None,
         proc_root: str = "/proc",
         clock: Callable[[], float] = time.monotonic,
         max_followed: int = MAX_FOLLOWED,
     ) -> None:
         self.hierarchy = hierarchy
         self._v1 = hierarchy.version is CgroupVersion.V1
-        self._pods = pods
-        self._policy = policy_source
-        self.node_memory_bytes = node_memory_bytes
-        self._namespace_labels = namespace_labels
-        self._metrics = metrics
-        # (pod UID, container name) -> whether oomguard set that container's kill mode
-        # before (the reconciler remembers the kubelet's value); None: not steered here.
-        self._kill_mode_remembered = None if self._v1 else kill_mode_remembered
-        self._proc_root = proc_root
+        self.planner = planner
         self._clock = clock
         self.max_followed = max_followed
-        self.counters = SteeringCounters()
+        self.counters = planner.counters
+        self._writer = FollowedCgroupWriter(
+            self.counters, v1=self._v1, proc_root=proc_root, metrics=metrics
+        )
         self._lock = threading.Lock()
         self._pending: list[ContainerCgroupCreated] = []
         self._followed: dict[str, FollowedCgroup] = {}
         self._by_wd: dict[int, str] = {}
-        self._logged: SaidOnce[str] = SaidOnce(256)
         self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._inotify = None if self._v1 else INotify(nonblocking=True)
         self._poll = select.poll()
@@ -291,37 +284,6 @@ class NewContainerSteering(Closing):
             pending, self._pending = self._pending, []
         return pending
 
-    # ----- deciding ----------------------------------------------------------------------
-
-    def plan(self, created: ContainerCgroupCreated) -> NewContainerPlan | None:
-        """What the new cgroup's processes get; None: its pod is unknown or unsteered."""
-        pod = self._pods.lookup_pod(created.pod_uid)
-        if pod is None:
-            self.counters.unknown_pod += 1
-            return None
-        decided = decide(
-            pod, self._policy.current(), self.node_memory_bytes, self._namespace_labels
-        )
-        if decided is None:
-            return None
-        pod_cgroup = created.cgroup.rsplit("/", 1)[0]
-        live = live_container_ids(pod_cgroup, os.path.dirname(created.directory))
-        remembered = None
-        if self._kill_mode_remembered is not None:
-            asked = self._kill_mode_remembered
-            remembered = {c.name for c in pod.containers if asked(pod.uid, c.name)}
-        plan = plan_new_container(pod, decided, created.container_id, live, remembered)
-        if plan.left:
-            self.counters.left_to_pass += 1
-            log.debug(
-                "new container %s of pod %s/%s left to the reconcile pass: %s",
-                created.container_id[:12],
-                pod.namespace,
-                pod.name,
-                "; ".join(plan.left),
-            )
-        return plan
-
     def _begin(self, created: ContainerCgroupCreated) -> None:
         if created.cgroup in self._followed:
             return
@@ -329,7 +291,7 @@ class NewContainerSteering(Closing):
             with self._lock:
                 self.counters.dropped += 1
             return
-        plan = self.plan(created)
+        plan = self.planner.plan(created)
         if plan is None or not plan.steers:
             return
         self.counters.followed += 1
@@ -367,19 +329,19 @@ class NewContainerSteering(Closing):
         directory = followed.created.directory
         pids = read_cgroup_procs(directory)
         if not pids:
-            self._set_kill_mode(followed)
+            self._writer.set_kill_mode(followed)
             self._wait_for_first_process(followed, now)
             return
         if not followed.running:
             followed.running = True
             followed.phase_start = now
-        look = self._processes(followed, pids)
+        look = self._writer.processes(followed, pids)
         if not followed.first_command:
             followed.first_command = look.first_command
         for process in look.seen:
             # The runtime's value says which group of candidates this container is in.
             followed.kill_mode = followed.plan.kill_modes.get(process.value, followed.kill_mode)
-        self._set_kill_mode(followed)
+        self._writer.set_kill_mode(followed)
         if look.give_up or runtime_done(look.seen, followed.first_command, followed.targets):
             self._finish(followed)
             return
@@ -403,81 +365,6 @@ class NewContainerSteering(Closing):
         else:
             followed.next_look = now + (poll_interval_s(elapsed) or FIRST_PROCESS_WAIT_S)
 
-    def _processes(self, followed: FollowedCgroup, pids: list[int]) -> _Look:
-        """Look at each process once; write the policy's value where it is due."""
-        look = _Look()
-        for pid in pids:
-            handle = ProcHandle.open(pid, self._proc_root)
-            if handle is None:
-                continue
-            try:
-                value = handle.oom_score_adj()
-                command = command_line(handle)
-                if value is None:
-                    continue
-                if not look.first_command:
-                    look.first_command = command
-                look.seen.append(ProcessSeen(value, command))
-                target = followed.targets.get(value)
-                if target is not None and not self._write(handle, followed, target):
-                    look.give_up = True
-                    return look
-            except OSError as exc:
-                self._failed(followed, exc)
-            finally:
-                handle.close()
-        return look
-
-    def _write(self, handle: ProcHandle, followed: FollowedCgroup, target: int) -> bool:
-        """Write `target` if the pinned process is in the followed cgroup; False when
-        the kernel refuses (no point in trying again for this cgroup)."""
-        text = handle.cgroup()
-        cgroup = None if text is None else memory_cgroup(text, self._v1)
-        own = followed.created.cgroup
-        if cgroup is None or not (cgroup == own or cgroup.startswith(own + "/")):
-            return True  # exited, or the PID now names a stranger
-        try:
-            if handle.set_oom_score_adj(target):
-                followed.written += 1
-                self.counters.written += 1
-                self._count(ScoreAdjustmentResult.APPLIED)
-        except PermissionError:
-            self.counters.refused += 1
-            self._count(ScoreAdjustmentResult.ERROR)
-            return False
-        return True
-
-    def _set_kill_mode(self, followed: FollowedCgroup) -> None:
-        """Give the cgroup's memory.oom.group the wanted mode when it holds another
-        (again after the runtime writes the kubelet's; never after a failed write)."""
-        mode = followed.kill_mode
-        if mode is None or followed.kill_mode_failed:
-            return
-        directory = followed.created.directory
-        try:
-            current = read_oom_group(directory)
-            if current is None or current == mode.oom_group:
-                return  # gone, or right
-            write_oom_group(directory, mode.oom_group)
-        except (OSError, ValueError) as exc:
-            # A read-only cgroup mount, no permission: the pass says so in an Event.
-            followed.kill_mode_failed = True
-            log.debug("memory.oom.group of %s not set: %s", followed.created.cgroup, exc)
-            return
-        self.counters.kill_modes_written += 1
-
-    def _failed(self, followed: FollowedCgroup, exc: OSError) -> None:
-        self.counters.errors += 1
-        self._count(ScoreAdjustmentResult.ERROR)
-        code = errno.errorcode.get(exc.errno or 0, "")
-        if self._logged.first(f"{followed.created.cgroup}:{exc.errno}"):
-            log.warning(
-                "oom_score_adj of a new process in %s could not be set: %s %s",
-                followed.created.cgroup,
-                code,
-                exc.strerror,
-            )
-
     def _finish(self, followed: FollowedCgroup) -> None:
         followed.done = True
         self._followed.pop(followed.created.cgroup, None)
@@ -491,7 +378,3 @@ class NewContainerSteering(Closing):
             followed.created.cgroup,
             followed.written,
         )
-
-    def _count(self, result: ScoreAdjustmentResult) -> None:
-        if self._metrics is not None:
-            self._metrics.score_adjustment(result)

@@ -25,7 +25,7 @@ from oomguard.metrics import Metrics
 from oomguard.records import ContainerCgroupCreated
 from oomguard.steer.admin import AdminPolicy, load_policy
 from oomguard.steer.new_container_plan import FIRST_PROCESS_WAIT_S, WINDOW_S
-from oomguard.steer.new_containers import NewContainerSteering
+from oomguard.steer.new_containers import NewContainerPlanner, NewContainerSteering
 
 MIB = 1 << 20
 NODE_MEMORY = 1000 * MIB
@@ -102,13 +102,17 @@ class FakeNode:
         self.pods = Pods()
         self.remembered: set[tuple[str, str]] = set()
         self.metrics = Metrics("test")
-        self.steering = NewContainerSteering(
-            self.hierarchy,
+        planner = NewContainerPlanner(
             self.pods,
             FixedPolicy(load_policy("{}")),
             NODE_MEMORY,
-            metrics=self.metrics,
+            v1=version is CgroupVersion.V1,
             kill_mode_remembered=lambda uid, name: (uid, name) in self.remembered,
+        )
+        self.steering = NewContainerSteering(
+            self.hierarchy,
+            planner,
+            metrics=self.metrics,
             proc_root=str(self.proc),
             clock=self.clock,
         )
