@@ -141,7 +141,7 @@ class Agent:
                 self.reconciler.node_memory_bytes,
                 v1=hierarchy.version is CgroupVersion.V1,
                 namespace_labels=namespace_labels,
-                kill_mode_remembered=self._kill_mode_set_before,
+                kill_mode_remembered=self.reconciler.kill_mode_remembered,
             )
             self.new_containers = NewContainerSteering(hierarchy, planner, metrics=self.metrics)
         self._kills: queue.Queue[OomKill | HandedOn] = queue.Queue()
@@ -162,12 +162,6 @@ class Agent:
         self._waited: set[str] = set()
         self._node_uid_due = 0.0  # monotonic time of the next try; inf once known
         self._seen_totals: dict[int, int] = {}
-
-    def _kill_mode_set_before(self, pod_uid: str, container: str) -> bool:
-        """Whether the reconciler remembers the kubelet's kill mode of a container it
-        set (asked from the steering thread: one dict lookup, atomic in CPython). The
-        Reconciler has no public way to ask yet: its private memory is read here."""
-        return (pod_uid, container) in self.reconciler._kill_modes
 
     # ----- health -----------------------------------------------------------------------
 
