@@ -105,10 +105,20 @@ class KernelKills:
 class AgentProcess:
     """`oomguard run` in a subprocess, stopped with SIGTERM like a DaemonSet pod."""
 
-    def __init__(self, kubeconfig: Path, cgroup_root: Path, state_dir: Path, log: Path) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        cgroup_root: Path,
+        state_dir: Path,
+        log: Path,
+        src: Path | None = None,
+    ) -> None:
+        """`src`: run the package from that tree (e.g. a commit before a change, to
+        compare), not the one installed."""
         self.port = free_port()
         self.log = log
         self._log_file = log.open("wb")
+        env = None if src is None else dict(os.environ, PYTHONPATH=str(src))
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -121,6 +131,8 @@ class AgentProcess:
                 f"--state-dir={state_dir}",
                 f"--metrics-address=127.0.0.1:{self.port}",
             ],
+            cwd=src,  # `-m` puts the working directory first on sys.path
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=self._log_file,
         )

@@ -41,18 +41,15 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import os  # noqa: E402
 import secrets  # noqa: E402
-import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
 import uuid  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.event_latency import free_port, percentile  # noqa: E402
+from bench.event_latency import AgentProcess, percentile  # noqa: E402
 from bench.idle_watch import cpu_seconds, rss_mib  # noqa: E402
 from bench.stamped_api import running_pod  # noqa: E402
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
@@ -66,7 +63,6 @@ from tests.cluster.apiserver import ApiServer  # noqa: E402
 NODE = "bench-node"
 NAMESPACE = "bench"
 GOVERNED = {"oomguard.io/sacrifice": "true"}
-AGENT_START_TIMEOUT_S = 60.0
 HOLD_TIMEOUT_S = 2.0  # the new-container window; later than this is the pass's business
 
 # The container's first process, once the bench has put it into the cgroup and says go.
@@ -90,60 +86,6 @@ sys.stdout.write(f"{wrote!r} {held!r}\n")
 sys.stdout.flush()
 os.execvp("sleep", ["sleep", "600"])
 """
-
-
-class Agent:
-    """`oomguard run` in a subprocess (from `src`, or this tree), stopped with SIGTERM."""
-
-    def __init__(self, kubeconfig: Path, root: Path, state: Path, log: Path, src: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        self._log_file = log.open("wb")
-        env = dict(os.environ, PYTHONPATH=str(src))
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "oomguard.cli",
-                "run",
-                f"--node-name={NODE}",
-                f"--kubeconfig={kubeconfig}",
-                f"--cgroup-root={root}",
-                f"--state-dir={state}",
-                f"--metrics-address=127.0.0.1:{self.port}",
-            ],
-            cwd=src,  # `-m` puts the working directory first on sys.path
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log_file,
-        )
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + AGENT_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"oomguard run exited {self.proc.returncode}:\n{self.tail()}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                url = f"http://127.0.0.1:{self.port}/readyz"
-                with urllib.request.urlopen(url, timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            time.sleep(0.1)
-        raise SystemExit(f"oomguard run not ready in {AGENT_START_TIMEOUT_S:.0f} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        self._log_file.flush()
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log_file.close()
 
 
 def governed_pod(name: str, uid: str, container_ids: dict[str, str], governed: bool) -> Any:
@@ -228,7 +170,7 @@ def latency(containers: int, pods: int, spacing_s: float, background: int) -> li
                 uids.append(uid)
             kubelet, target = values_of(pod)
             kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
-            agent = Agent(kubeconfig, tree.top, Path(tmp) / "state", Path(tmp) / "log", REPO)
+            agent = AgentProcess(kubeconfig, tree.top, Path(tmp) / "state", Path(tmp) / "log", REPO)
             running: dict[str, Any] = {}
             try:
                 agent.wait_ready()
@@ -258,7 +200,7 @@ def idle_once(containers: int, seconds: float, src: Path) -> tuple[float, float]
             server.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
             populate(server, tree, containers)
             kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
-            agent = Agent(kubeconfig, tree.top, Path(tmp) / "state", Path(tmp) / "log", src)
+            agent = AgentProcess(kubeconfig, tree.top, Path(tmp) / "state", Path(tmp) / "log", src)
             try:
                 agent.wait_ready()
                 time.sleep(2)  # start-up (the first pass) settles
