@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 
+from oomguard.agent import Agent
+from oomguard.cgroups.scratch import ScratchTree
+from oomguard.k8s.client import KubeApi
+from oomguard.settings import load_settings
 from tests.cluster.apiserver import ApiServer
+from tests.cluster.test_agent import NODE, RunningAgent
 
 
 @pytest.fixture
@@ -35,3 +40,25 @@ def k8s_configuration(apiserver: ApiServer) -> Any:
 def kubeconfig(apiserver: ApiServer, tmp_path: Path) -> Path:
     """A kubeconfig file for the test server, for code that loads its own config."""
     return apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def make_agent(
+    apiserver: ApiServer, kubeconfig: Path, tmp_path: Path, tree: ScratchTree
+) -> Iterator[Any]:
+    """`make(**settings)`: the agent in this process against `apiserver`, watching
+    `tree` (the settings a test gives win; no policy file unless given)."""
+
+    def make(**extra: Any) -> RunningAgent:
+        extra.setdefault("policy_file", tmp_path / "no-policy.yaml")  # absent: the default
+        settings = load_settings(
+            node_name=NODE,
+            kubeconfig=str(kubeconfig),
+            cgroup_root=str(tree.top),
+            state_dir=tmp_path / "state",
+            metrics_address="127.0.0.1:0",
+            **extra,
+        )
+        return RunningAgent(Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig)))
+
+    yield make

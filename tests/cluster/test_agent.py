@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,6 @@ import pytest
 from oomguard.agent import Agent
 from oomguard.cgroups.hierarchy import MemoryHierarchy
 from oomguard.cgroups.scratch import MIB, ScratchTree
-from oomguard.k8s.client import KubeApi
-from oomguard.settings import load_settings
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.system.conftest import lane1_hierarchy
 
@@ -78,25 +75,6 @@ class RunningAgent:
 @pytest.fixture
 def hierarchy() -> MemoryHierarchy:
     return lane1_hierarchy()
-
-
-@pytest.fixture
-def make_agent(
-    apiserver: ApiServer, kubeconfig: Path, tmp_path: Path, tree: ScratchTree
-) -> Iterator[Any]:
-    def make(**extra: Any) -> RunningAgent:
-        extra.setdefault("policy_file", tmp_path / "no-policy.yaml")  # absent: the default
-        settings = load_settings(
-            node_name=NODE,
-            kubeconfig=str(kubeconfig),
-            cgroup_root=str(tree.top),
-            state_dir=tmp_path / "state",
-            metrics_address="127.0.0.1:0",
-            **extra,
-        )
-        return RunningAgent(Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig)))
-
-    yield make
 
 
 class PassCounter:

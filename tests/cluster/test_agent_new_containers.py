@@ -17,24 +17,19 @@ import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from oomguard.agent import Agent
 from oomguard.cgroups.hierarchy import MemoryHierarchy
 from oomguard.cgroups.scratch import ScratchTree
-from oomguard.k8s.client import KubeApi
-from oomguard.settings import load_settings
 from oomguard.steer.new_containers import NewContainerSteering
 from tests.cluster.apiserver import ApiServer
 from tests.cluster.test_agent import (
     KUBELET_VALUE,
     NODE,
     PassCounter,
-    RunningAgent,
     app_pod,
     get_adj,
     wait_for,
@@ -64,23 +59,6 @@ os.execvp("sleep", ["sleep", "600"])
 @pytest.fixture
 def hierarchy() -> MemoryHierarchy:
     return lane1_hierarchy()
-
-
-@pytest.fixture
-def make_agent(kubeconfig: Path, tmp_path: Path, tree: ScratchTree) -> Callable[..., RunningAgent]:
-    def make(**extra: Any) -> RunningAgent:
-        settings = load_settings(
-            node_name=NODE,
-            kubeconfig=str(kubeconfig),
-            cgroup_root=str(tree.top),
-            state_dir=tmp_path / "state",
-            metrics_address="127.0.0.1:0",
-            policy_file=tmp_path / "no-policy.yaml",  # absent: the default policy
-            **extra,
-        )
-        return RunningAgent(Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig)))
-
-    return make
 
 
 class Node:

@@ -114,7 +114,7 @@ def test_an_unreadable_policy_keeps_the_last_good_one_and_says_so_once(
 
 
 def test_a_kill_mode_on_cgroup_v1_is_an_unsupported_warning_on_the_pod(
-    apiserver: ApiServer, kubeconfig: Path, tree: ScratchTree, tmp_path: Path
+    apiserver: ApiServer, make_agent: Any, tree: ScratchTree
 ) -> None:
     """End to end on this host's cgroup v1 (lane 2 has the v2 path, the file written):
     the annotation, a real pass over a real container cgroup, one Warning on the pod."""
@@ -128,21 +128,12 @@ def test_a_kill_mode_on_cgroup_v1_is_an_unsupported_warning_on_the_pod(
     cid = pod["status"]["containerStatuses"][0]["containerID"].split("//")[1]
     container = tree.make(f"kubepods/burstable/pod{uid}/{cid}")
     tree.start_sleeper(container, "app")
-    settings = load_settings(
-        node_name=NODE,
-        kubeconfig=str(kubeconfig),
-        cgroup_root=str(tree.top),
-        state_dir=tmp_path / "state",
-        metrics_address="127.0.0.1:0",
-        reconcile_interval_s=0.2,
-        policy_file=tmp_path / "no-policy.yaml",
-    )
-    agent = Agent(settings, tree.hierarchy, KubeApi.from_kubeconfig(kubeconfig))
+    agent = make_agent(reconcile_interval_s=0.2)
 
     def kill_mode_events() -> list[dict[str, Any]]:
         return [e for e in apiserver.objects(EVENTS, namespace) if "KillMode" in e["reason"]]
 
-    with RunningAgent(agent) as running:
+    with agent as running:
         passes = PassCounter(running)
         (event,) = wait_for(kill_mode_events)
         passes.wait_for_more(5)

@@ -25,11 +25,11 @@ import pytest
 
 from oomguard.cgroups.scratch import MIB, ScratchTree
 from tests.cluster.apiserver import EVENTS, ApiServer
-from tests.cluster.test_agent import NS, app_pod, hierarchy, make_agent, wait_for
+from tests.cluster.test_agent import NS, app_pod, hierarchy, wait_for
 
 pytestmark = pytest.mark.system
 
-__all__ = ["hierarchy", "make_agent"]  # fixtures used here
+__all__ = ["hierarchy"]  # a fixture used here (make_agent comes from conftest)
 
 
 @pytest.fixture
