@@ -41,7 +41,6 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -118,9 +117,8 @@ class Agent:
             saved_path=state_dir / SAVED_POLICY_FILE,
         )
         self.policy_events = PolicyEvents(api, lambda: self.sender.builder, settings.policy_file)
-        namespace_labels = one_at_a_time(
-            NamespaceLabels(api, observe_latency=self.metrics.observe_api_request)
-        )
+        # One cache for the reconcile pass and the new-container steering (thread-safe).
+        namespace_labels = NamespaceLabels(api, observe_latency=self.metrics.observe_api_request)
         self.reconciler = Reconciler(
             hierarchy,
             root,
@@ -337,18 +335,6 @@ class Agent:
         if self._server is not None:
             self._server.stop()
         self.api.close()
-
-
-def one_at_a_time(lookup: Callable[[str], Mapping[str, str]]) -> Callable[[str], Mapping[str, str]]:
-    """A lookup that is not thread-safe (`NamespaceLabels`), callable from two threads:
-    one call at a time (a call that waits for the API makes the other thread wait)."""
-    lock = threading.Lock()
-
-    def call(key: str) -> Mapping[str, str]:
-        with lock:
-            return lookup(key)
-
-    return call
 
 
 def install_signal_handlers(agent: Agent) -> None:

@@ -25,6 +25,7 @@ while the policy in force has a selector (`AdminPolicy.uses_namespace_selector`)
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -75,7 +76,9 @@ class NamespaceLabels:
     """`labels(namespace)`: the namespace's labels as of at most `ttl_s` ago, or none.
 
     Callable as `namespace_labels(namespace)` (what `Reconciler` takes). Never raises
-    for an API failure. Not thread-safe: call it from the reconcile loop's thread.
+    for an API failure. Thread-safe, one call at a time: the reconcile pass and the new
+    container steering share one cache (a call that waits for the API makes the other
+    thread wait, which is what sharing the cache costs).
     """
 
     def __init__(
@@ -96,11 +99,16 @@ class NamespaceLabels:
         self._failing = False  # a read failed since the last that worked ("works again")
         self.requests = 0  # requests sent since start
         self.failures = 0  # of which failed (any error status or no answer)
+        self._lock = threading.Lock()
 
     def __call__(self, namespace: str) -> Mapping[str, str]:
         return self.labels(namespace)
 
     def labels(self, namespace: str) -> Mapping[str, str]:
+        with self._lock:
+            return self._labels(namespace)
+
+    def _labels(self, namespace: str) -> Mapping[str, str]:
         now = self._clock()
         read = self._reads.get(namespace)
         if read is not None and now - read.at < self.settings.ttl_s:
