@@ -7,15 +7,35 @@ does well is everything around the call: kubeconfig and in-cluster loading (exec
 token refresh, TLS) and the urllib3 pool. So this module keeps that and talks to the
 API by path, returning plain dicts. The heavy modules load on first use, so importing
 oomguard stays cheap for `oomguard watch` on hosts with no cluster at all.
+
+The API server's flow control (API Priority and Fairness) answers an overloaded flow
+with 429 and `Retry-After: N` (N from 1 to 32 s, growing while requests keep being
+dropped: apiserver's dropped_requests_tracker). client-go waits exactly N before it
+tries again (rest/with_retry.go: `checkWait` takes Retry-After on a 429 or any 5xx).
+Here the wait is the caller's, not a sleep inside the request: the pod cache and the
+namespace watch sleep it interruptibly on their own threads, and the Event sender
+schedules its next round without blocking the agent's loop. So:
+
+- `ApiStatusError.retry_after_s` carries the server's Retry-After (429 and 5xx only,
+  as client-go), capped at `MAX_RETRY_AFTER_S`;
+- urllib3's own retry on Retry-After is turned off (by default it sleeps, uncapped and
+  uninterruptibly, and retries GETs up to three times: a second wait on top of the
+  caller's); connect and read failures are still retried by urllib3 as before;
+- until that time has passed, a request to the same path is not sent at all: it fails
+  at once with the same 429 and the time left, so no caller, present or future, can
+  send before the server said it may.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from oomguard import __version__
@@ -27,6 +47,12 @@ if TYPE_CHECKING:
 
 JSON = dict[str, Any]
 Query = Sequence[tuple[str, str]]
+
+# The longest Retry-After obeyed. APF never asks for more than 32 s; a larger value comes
+# from something else in front of the API (a proxy, a misconfiguration), and waiting
+# longer than a minute would leave kills undelivered and the pod cache stale for longer
+# than any backoff of the agent's own.
+MAX_RETRY_AFTER_S = 60.0
 
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -51,29 +77,79 @@ class ApiConnectionError(KubeApiError):
 
 
 class ApiStatusError(KubeApiError):
-    """The server answered with an error status (its `Status` body, when it sent one)."""
+    """The server answered with an error status (its `Status` body, when it sent one).
 
-    def __init__(self, status: int, reason: str, message: str, body: JSON | None = None) -> None:
-        super().__init__(f"{status} {reason}: {message}")
+    `retry_after_s`: how long the server asked the client to wait before trying again
+    (Retry-After on a 429 or 5xx, capped at MAX_RETRY_AFTER_S), or None.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        body: JSON | None = None,
+        *,
+        retry_after_s: float | None = None,
+    ) -> None:
+        text = f"{status} {reason}: {message}"
+        if retry_after_s is not None:
+            text += f" (Retry-After {retry_after_s:.1f} s)"
+        super().__init__(text)
         self.status = status
         self.reason = reason
         self.message = message
         self.body = body
+        self.retry_after_s = retry_after_s
 
     @classmethod
-    def from_status(cls, status: int, body: object) -> ApiStatusError:
+    def from_status(
+        cls, status: int, body: object, *, retry_after_s: float | None = None
+    ) -> ApiStatusError:
+        if retry_after_s is None and (status == 429 or status >= 500) and isinstance(body, dict):
+            # A Status may say it in its details too (apimachinery NewTooManyRequests).
+            details = body.get("details")
+            seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+            if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds > 0:
+                retry_after_s = min(float(seconds), MAX_RETRY_AFTER_S)
         if isinstance(body, dict):
             return cls(
                 int(body.get("code") or status),
                 str(body.get("reason") or ""),
                 str(body.get("message") or ""),
                 body,
+                retry_after_s=retry_after_s,
             )
-        return cls(status, "", str(body)[:500])
+        return cls(status, "", str(body).strip()[:500], retry_after_s=retry_after_s)
 
     @property
     def is_gone(self) -> bool:
         return self.status == 410
+
+
+def retry_after_s(exc: BaseException | None) -> float | None:
+    """The wait the API server asked for with this failure, if it asked for one."""
+    return exc.retry_after_s if isinstance(exc, ApiStatusError) else None
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Retry-After as seconds from now, capped at MAX_RETRY_AFTER_S; None if absent or
+    unreadable. RFC 9110 allows delay-seconds or an HTTP-date; the API server sends
+    seconds (client-go reads only those), proxies may send a date."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        seconds = float(int(text))
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return min(seconds, MAX_RETRY_AFTER_S)
 
 
 def load_configuration(
@@ -155,6 +231,7 @@ class KubeApi:
     """Requests by path with JSON in and out; errors become KubeApiError subclasses.
 
     Thread-safe: the pod cache's watch and the event sender share one connection pool.
+    Owns its configuration: its retry settings are set here (module docstring).
     """
 
     def __init__(
@@ -166,11 +243,21 @@ class KubeApi:
         user_agent: str = f"oomguard/{__version__}",
     ) -> None:
         from kubernetes.client.api_client import ApiClient
+        from urllib3.util.retry import Retry
 
+        # Connect and read failures: retried by urllib3 three times, as its default does.
+        # A status with Retry-After: never retried here; the caller waits (see above).
+        configuration.retries = Retry(total=3, respect_retry_after_header=False)
+        if hasattr(configuration, "client_go_retries"):  # kubernetes >= 35: off by default
+            configuration.client_go_retries = False
         self._client: ApiClient = ApiClient(configuration)
         self._client.user_agent = user_agent
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
+        self._clock = time.monotonic
+        # path -> clock time before which the server asked not to be sent it again.
+        self._held: dict[str, float] = {}
+        self._held_lock = threading.Lock()
 
     @classmethod
     def from_kubeconfig(
@@ -194,6 +281,7 @@ class KubeApi:
         import urllib3
         from kubernetes.client.exceptions import ApiException, ApiValueError
 
+        self._check_held(method, path)
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -226,8 +314,38 @@ class KubeApi:
                 parsed = data.decode("utf-8", "replace")
             finally:
                 raw.release_conn()
-            raise ApiStatusError.from_status(raw.status, parsed)
+            wait_s = None
+            if raw.status == 429 or raw.status >= 500:  # client-go's checkWait
+                wait_s = parse_retry_after(raw.headers.get("Retry-After"))
+            error = ApiStatusError.from_status(raw.status, parsed, retry_after_s=wait_s)
+            if error.retry_after_s:
+                self._hold(path, error.retry_after_s)
+            raise error
         return raw
+
+    def _hold(self, path: str, seconds: float) -> None:
+        with self._held_lock:
+            now = self._clock()
+            for other in [p for p, until in self._held.items() if until <= now]:
+                del self._held[other]  # bounded: only paths still held stay
+            self._held[path] = max(self._held.get(path, now), now + seconds)
+
+    def _check_held(self, method: str, path: str) -> None:
+        """A request the server said not to send yet fails here, unsent."""
+        with self._held_lock:
+            until = self._held.get(path)
+            if until is None:
+                return
+            left = until - self._clock()
+            if left <= 0:
+                del self._held[path]
+                return
+        raise ApiStatusError(
+            429,
+            "TooManyRequests",
+            f"{method} {path} not sent: the API server asked to wait before trying again",
+            retry_after_s=left,
+        )
 
     def request(
         self,

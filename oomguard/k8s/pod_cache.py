@@ -5,14 +5,12 @@ static pod, its config hash) and a container ID. Asking the API at kill time wou
 slow and would fail exactly when it matters (an outage, a storm of kills), so the agent
 keeps a small projection of every pod on its node and looks kills up locally.
 
-Why a hand-written list -> watch loop and not the client's Watch or SharedInformer: on an
-in-stream 410 the client's Watch retries once with the same stale version and then
-raises; its `deserialize=False` mode crashes on ERROR events; SharedInformer relists on
-410 with no backoff (56 relists in 2 s against a permanent 410). Here: one list, then a
-watch that follows resourceVersion with bookmarks and a server-side timeout; a 410 in
-either form relists; errors and outages back off with jittered exponential waits so a
-fleet of agents does not stampede a recovering apiserver; a stream that ends or drops
-after delivering events is normal and just reconnects.
+The list -> watch loop is `list_watch.ListWatch` (shared with the namespace labels): one
+list, then a watch that follows resourceVersion with bookmarks and a server-side
+timeout, resuming from the last version after a watch ends, drops or meets a restarted
+API server; a 410 in either form relists; errors and outages back off with jittered
+exponential waits, or for as long as the server said (Retry-After), so a fleet of agents
+does not stampede a recovering apiserver.
 
 Only projections are kept (ECOSYSTEM.md: raw JSON plus a small projection is what keeps
 the agent near 85 MiB instead of 107+ with typed models), and a projection keeps only what
@@ -65,15 +63,8 @@ from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
-import tenacity
-
-from oomguard.k8s.client import (
-    ApiConnectionError,
-    ApiStatusError,
-    KubeApi,
-    KubeApiError,
-    WatchStream,
-)
+from oomguard.k8s.client import ApiStatusError, KubeApi
+from oomguard.k8s.list_watch import ListWatch, ListWatchSettings, StreamEndedEarly
 
 log = logging.getLogger(__name__)
 
@@ -461,18 +452,6 @@ class PodCacheCounters:
     last_error: str | None = None
 
 
-class _Gone(Exception):
-    """The watch's resourceVersion is too old (410): relist."""
-
-    def __init__(self, message: object = "", *, after_events: bool = False) -> None:
-        super().__init__(message)
-        self.after_events = after_events
-
-
-class _StreamEndedEarly(Exception):
-    """The watch ended before delivering anything: back off instead of spinning."""
-
-
 class PodCache:
     """This node's pods, from one thread that lists and watches; lookups from any thread."""
 
@@ -486,13 +465,9 @@ class PodCache:
     ) -> None:
         if not node_name:
             raise ValueError("node_name is required: the cache watches only this node's pods")
-        self._api = api
         self.node_name = node_name
         self.settings = settings or PodCacheSettings()
         self._clock = clock
-        self.synced = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self._changed = threading.Condition()
         self._pods: dict[str, PodView] = {}  # normalized uid -> view
         # normalized config hash -> normalized uids of the live mirror pods claiming it
@@ -504,37 +479,45 @@ class PodCache:
         )
         self._deleted_containers: dict[str, tuple[PodView, ContainerView]] = {}
         self._deleted_hashes: dict[str, str] = {}
-        self._counters = PodCacheCounters()
-        self._resource_version: str | None = None
-        self._gone_streak = 0
-        self._stream_lock = threading.Lock()
-        self._stream: WatchStream | None = None
+        self._malformed = 0
+        s = self.settings
+        self._list_watch = ListWatch(
+            api,
+            PODS_PATH,
+            name="pod",
+            query=[("fieldSelector", f"spec.nodeName={node_name}")],
+            settings=ListWatchSettings(
+                watch_timeout_s=s.watch_timeout_s,
+                watch_read_slack_s=s.watch_read_slack_s,
+                list_timeout_s=s.list_timeout_s,
+                backoff_initial_s=s.backoff_initial_s,
+                backoff_max_s=s.backoff_max_s,
+            ),
+            replace=self._replace_all,
+            apply=self._apply,
+            on_failure=self._note_failure,
+            on_malformed=self._skipped,
+        )
+        self.synced = self._list_watch.synced
 
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("PodCache.start() called twice")
-        self._thread = threading.Thread(target=self._run, name="pod-cache", daemon=True)
-        self._thread.start()
+        self._list_watch.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ends the watch at once (shutting its socket down) and waits for the thread.
 
         A list request in flight is not interrupted: it ends by its own timeout, on a
         daemon thread, after this returns."""
-        self._stopping.set()
-        with self._stream_lock:
-            if self._stream is not None:
-                self._stream.close()
+        self._list_watch.stop(0)
         with self._changed:
             self._changed.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        self._list_watch.stop(timeout_s)
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._list_watch.running
 
     # -- lookups ----------------------------------------------------------------------
 
@@ -563,7 +546,7 @@ class PodCache:
             while True:
                 hit = self._by_container.get(bare) or self._deleted_containers.get(bare)
                 remaining = deadline - self._clock()
-                if hit is not None or remaining <= 0 or self._stopping.is_set():
+                if hit is not None or remaining <= 0 or self._list_watch.stopping:
                     return hit
                 self._changed.wait(remaining)
 
@@ -574,18 +557,27 @@ class PodCache:
             while True:
                 hit = self._lookup_pod(key)
                 remaining = deadline - self._clock()
-                if hit is not None or remaining <= 0 or self._stopping.is_set():
+                if hit is not None or remaining <= 0 or self._list_watch.stopping:
                     return hit
                 self._changed.wait(remaining)
 
     @property
     def counters(self) -> PodCacheCounters:
+        loop = self._list_watch.counters
         with self._changed:
-            return self._counters
+            malformed = self._malformed
+        return PodCacheCounters(
+            relists=loop.relists,
+            watch_restarts=loop.watch_restarts,
+            errors=loop.errors,
+            malformed_objects=malformed,
+            events=loop.events,
+            last_error=loop.last_error,
+        )
 
     @property
     def resource_version(self) -> str | None:
-        return self._resource_version
+        return self._list_watch.resource_version
 
     def _lookup_pod(self, key: str) -> PodView | None:
         """A UID (live, then recently deleted) before any hash; a hash only when exactly
@@ -620,10 +612,6 @@ class PodCache:
                 "deleted_containers": len(self._deleted_containers),
                 "deleted_hashes": len(self._deleted_hashes),
             }
-
-    def _count(self, **deltas: int) -> None:
-        values = {k: getattr(self._counters, k) + v for k, v in deltas.items()}
-        self._counters = dataclasses.replace(self._counters, **values)
 
     # -- index maintenance (callers hold self._changed) --------------------------------
 
@@ -735,136 +723,35 @@ class PodCache:
                     self._bury(old)
             for view in views.values():
                 self._index(view)
-            self._count(relists=1, malformed_objects=malformed)
+            self._malformed += malformed
             self._changed.notify_all()
 
-    # -- the list -> watch loop -------------------------------------------------------
+    # -- the list -> watch loop's hooks ----------------------------------------------
 
-    def _run(self) -> None:
-        settings = self.settings
-        retrying = tenacity.Retrying(
-            wait=tenacity.wait_random_exponential(
-                multiplier=settings.backoff_initial_s, max=settings.backoff_max_s
-            ),
-            stop=lambda _: self._stopping.is_set(),
-            sleep=self._sleep,
-            before_sleep=self._note_failure,
-            reraise=True,
-        )
-        while not self._stopping.is_set():
-            try:
-                retrying(self._round)
-            except Exception:  # only when stopping: tenacity re-raises the last failure
-                if not self._stopping.is_set():
-                    log.exception("pod cache loop failed; restarting it")
-        log.debug("pod cache stopped")
+    def _apply(self, kind: str, obj: Mapping[str, Any]) -> None:
+        if kind == "DELETED":
+            self._delete(obj)
+        else:
+            self._upsert(obj)
 
-    def _sleep(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
+    def _skipped(self, kind: str, exc: BaseException | None) -> None:
+        if exc is not None:
+            log.warning("skipping a pod %s event: %r", kind, exc)
+        with self._changed:
+            self._malformed += 1
 
-    def _note_failure(self, retry_state: tenacity.RetryCallState) -> None:
-        exc = retry_state.outcome.exception() if retry_state.outcome else None
-        wait_s = retry_state.next_action.sleep if retry_state.next_action else 0.0
-        if isinstance(exc, _StreamEndedEarly):
+    def _note_failure(self, exc: BaseException, attempt: int, wait_s: float) -> None:
+        if isinstance(exc, StreamEndedEarly):
             log.info("pod watch ended before any event; reconnecting in %.1fs", wait_s)
             return
-        with self._changed:
-            self._count(errors=1)
-            self._counters = dataclasses.replace(self._counters, last_error=repr(exc))
         level = (
             logging.ERROR
             if isinstance(exc, ApiStatusError) and exc.status in (401, 403)
             else logging.WARNING
         )
         log.log(
-            level,
-            "pod list/watch failed (attempt %d): %s; retrying in %.1fs",
-            retry_state.attempt_number,
-            exc,
-            wait_s,
+            level, "pod list/watch failed (attempt %d): %s; retrying in %.1fs", attempt, exc, wait_s
         )
-
-    def _round(self) -> None:
-        """One list (when needed) and one watch. Returns when the watch ended normally;
-        raises to make tenacity back off."""
-        if self._stopping.is_set():
-            return
-        listed = False
-        if self._resource_version is None:
-            self._relist()
-            listed = True
-        try:
-            self._watch()
-        except _Gone as gone:
-            self._resource_version = None
-            log.info("pod watch expired (410): %s; relisting", gone)
-            # One 410 is routine: relist at once. A second with no event in between means
-            # the server keeps expiring fresh versions: back off rather than spin.
-            self._gone_streak = 0 if gone.after_events else self._gone_streak + 1
-            if listed and self._gone_streak >= 2:
-                raise
-
-    def _relist(self) -> None:
-        # "0" lets the apiserver answer from its watch cache (cheap, for a DaemonSet on
-        # every node); after a 410, "" asks for a consistent read.
-        since = "0" if not self.synced.is_set() else ""
-        body = self._api.get(
-            PODS_PATH,
-            [("fieldSelector", f"spec.nodeName={self.node_name}"), ("resourceVersion", since)],
-            timeout_s=self.settings.list_timeout_s,
-        )
-        items = body.get("items")
-        version = _str(_dict(body.get("metadata")).get("resourceVersion"))
-        if not isinstance(items, list) or version is None:
-            raise KubeApiError("pod list without items or resourceVersion")
-        self._replace_all(items)
-        self._resource_version = version
-        self.synced.set()
-        log.debug("listed %d pods at resourceVersion %s", len(items), version)
-
-    def _watch(self) -> None:
-        settings = self.settings
-        assert self._resource_version is not None
-        query = [
-            ("fieldSelector", f"spec.nodeName={self.node_name}"),
-            ("resourceVersion", self._resource_version),
-            ("allowWatchBookmarks", "true"),
-            ("timeoutSeconds", str(max(1, round(settings.watch_timeout_s)))),
-        ]
-        try:
-            stream = self._api.watch(
-                PODS_PATH,
-                query,
-                read_timeout_s=settings.watch_timeout_s + settings.watch_read_slack_s,
-            )
-        except ApiStatusError as exc:
-            if exc.is_gone:
-                raise _Gone from exc
-            raise
-        with self._stream_lock:
-            self._stream = stream
-            if self._stopping.is_set():
-                stream.close()
-        received = 0
-        try:
-            for event in stream:
-                try:
-                    self.apply_event(event)
-                except _Gone as gone:
-                    raise _Gone(str(gone), after_events=received > 0) from None
-                received += 1
-        except ApiConnectionError:
-            if self._stopping.is_set():
-                return
-            if not received:
-                raise _StreamEndedEarly from None
-            log.debug("pod watch dropped after %d events; resuming", received)
-        finally:
-            with self._stream_lock:
-                self._stream = None
-            stream.close()
-        with self._changed:
-            self._count(watch_restarts=1)
 
     def apply_event(self, event: Mapping[str, Any]) -> None:
         """One watch event as the server streamed it (the cache's input boundary).
@@ -872,31 +759,4 @@ class PodCache:
         Any ADDED/MODIFIED/DELETED/BOOKMARK event, however malformed its object, is
         applied or counted as malformed and never raises; an ERROR event raises (410:
         relist; others: back off), as the watch loop expects."""
-        kind, obj = event.get("type"), event.get("object")
-        if kind == "ERROR":
-            status = _dict(obj)
-            code = _int(status.get("code")) or 0
-            if code == 410:
-                raise _Gone(status.get("message"))
-            raise ApiStatusError.from_status(code or 500, dict(status))
-        if not isinstance(obj, Mapping):
-            with self._changed:
-                self._count(malformed_objects=1)
-            return
-        version = _str(_dict(obj.get("metadata")).get("resourceVersion"))
-        try:
-            if kind in ("ADDED", "MODIFIED"):
-                self._upsert(obj)
-            elif kind == "DELETED":
-                self._delete(obj)
-            elif kind != "BOOKMARK":
-                raise MalformedPod(f"unknown watch event type {kind!r}")
-        except Exception as exc:  # one odd object must not stop the watch
-            log.warning("skipping a pod %s event: %r", kind, exc)
-            with self._changed:
-                self._count(malformed_objects=1)
-        if version is not None:
-            self._resource_version = version
-        if kind != "BOOKMARK":
-            with self._changed:
-                self._count(events=1)
+        self._list_watch.apply_event(event)
