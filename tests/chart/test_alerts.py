@@ -1226,11 +1226,56 @@ def test_queries_read_only_metrics_that_exist(monitoring: Rendered) -> None:
         assert not unknown, f"{name} reads {unknown}, which no agent exposes"
 
 
-def _concrete(expr: str) -> str:
-    """A dashboard query with Grafana's variables replaced, as Grafana sends it."""
-    for name, value in GRAFANA_BUILTINS.items():
-        expr = expr.replace(f"${name}", value)
-    return re.sub(r"\$(\w+)|\$\{(\w+)\}", "x", expr)
+def _concrete(expr: str, values: dict[str, str] | None = None) -> str:
+    """A dashboard query with Grafana's variables replaced, as Grafana sends it: the
+    builtins by `GRAFANA_BUILTINS` or `values`, the dashboard's by `values` or "x"."""
+    chosen = {**GRAFANA_BUILTINS, **(values or {})}
+    return re.sub(
+        r"\$\{?(\w+)\}?",
+        lambda match: chosen.get(match.group(1), "x"),
+        expr,
+    )
+
+
+def _panel_expr(panel_id: int) -> str:
+    (panel,) = [p for p in _panels(_dashboard()) if p["id"] == panel_id]
+    (target,) = panel["targets"]
+    return str(target["expr"])
+
+
+def test_dashboard_counts_a_pods_first_kill(promtool: Path, tmp_path: Path) -> None:
+    """The kills table (panel 8) over the alerts' unit-test data, a 10 minute range and
+    every namespace and pod: cart-1's first kill counts, old-0's old count does not."""
+    chosen = {"__range": "10m", "job": JOB, "namespace": ".*", "pod": ".*"}
+    expr = _concrete(_panel_expr(8), chosen)
+    (kills,) = [group for group in _unit_tests() if group["name"].startswith("kills")]
+    labels = '{constraint="container",container="app",namespace="shop",pod="cart-1"}'
+    tests = {
+        "evaluation_interval": "30s",
+        "tests": [
+            {
+                "interval": "30s",
+                "input_series": kills["input_series"],
+                "promql_expr_test": [
+                    {"expr": expr, "eval_time": "4m", "exp_samples": []},
+                    {
+                        "expr": expr,
+                        "eval_time": "6m",
+                        "exp_samples": [{"labels": labels, "value": 1}],
+                    },
+                    {
+                        "expr": expr,
+                        "eval_time": "12m",
+                        "exp_samples": [{"labels": labels, "value": 2}],
+                    },
+                    {"expr": expr, "eval_time": "41m", "exp_samples": []},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests, sort_keys=False, width=1000))
+    done = _run_promtool(promtool, "test", "rules", "tests.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_dashboard_queries_parse(promtool: Path, tmp_path: Path) -> None:
