@@ -153,6 +153,7 @@ class ListWatch:
         self._resource_version: str | None = None
         self._gone_streak = 0
         self._failing = False
+        self._relist_wanted = False
         self._watching = False
         self._current_at: float | None = None
 
@@ -207,9 +208,10 @@ class ListWatch:
         before the first list."""
         return self._current_at
 
-    def forget_version(self) -> None:
-        """Relist at the next round (say, after the owner dropped what it kept)."""
-        self._resource_version = None
+    def relist_next_round(self) -> None:
+        """List again when the current watch ends (say, after the owner dropped what it
+        kept); from any thread."""
+        self._relist_wanted = True
 
     def _count(self, **deltas: int) -> None:
         with self._counters_lock:
@@ -280,6 +282,9 @@ class ListWatch:
         if self._stopping.is_set():
             return
         listed = False
+        if self._relist_wanted:
+            self._relist_wanted = False
+            self._resource_version = None
         if self._resource_version is None:
             self._relist()
             listed = True

@@ -11,8 +11,9 @@ fail.
   list and watch alone, and a kill whose pod is not cached yet waits for the watch.
 - events create, patch: OOM kill and policy Events; patch aggregates repeats.
 - nodes get: this node's uid, for Events on the Node.
-- namespaces get: namespace labels, only while the admin policy chooses namespaces by
-  label selector.
+- namespaces list, watch: namespace labels, one list and one watch of all namespaces
+  per node, only while the admin policy chooses namespaces by label selector (no get:
+  the labels are fed by list and watch alone, k8s/namespace_labels.py).
 """
 
 from __future__ import annotations
@@ -21,5 +22,5 @@ RBAC: dict[tuple[str, str], frozenset[str]] = {
     ("", "pods"): frozenset({"list", "watch"}),
     ("", "events"): frozenset({"create", "patch"}),
     ("", "nodes"): frozenset({"get"}),
-    ("", "namespaces"): frozenset({"get"}),
+    ("", "namespaces"): frozenset({"list", "watch"}),
 }

@@ -66,7 +66,7 @@ EXPECTED_RBAC: dict[tuple[str, str], frozenset[str]] = {
     ("", "nodes"): frozenset({"get"}),
     # Namespace labels for the policy's selectors: granted whatever the policy says, so a
     # policy edit never needs a chart upgrade (the agent reads them only while it has one).
-    ("", "namespaces"): frozenset({"get"}),
+    ("", "namespaces"): frozenset({"list", "watch"}),
 }
 ADDED_CAPABILITIES = ("SYS_RESOURCE", "DAC_OVERRIDE", "SYSLOG")
 

@@ -19,10 +19,18 @@ the resources oomguard uses from them:
 - Event create/patch with the apiserver's decoding and validation rules (source:
   pkg/apis/core/validation/events.go, apiserver registry/rest/create.go), Status bodies
   for 400/403/404/409/410/422;
-- Namespaces by name (`GET /api/v1/namespaces/NAME`), labelled `kubernetes.io/metadata.name`
-  as the real server does; listing them is not served (kmock cannot parse that path);
+- Namespaces by name (`GET /api/v1/namespaces/NAME`), listed and watched
+  (`GET /api/v1/namespaces[?watch=true]`, which kmock cannot parse: rewritten before it
+  does), labelled `kubernetes.io/metadata.name` as the real server does;
 - RBAC as a set of (verb, resource) pairs, and faults: 5xx for the next N requests,
-  dropped streams, outages that refuse connections or answer 503.
+  dropped streams, outages that refuse connections or answer 503; API Priority and
+  Fairness' 429 with `Retry-After` (and its plain-text body, as the real filter sends);
+- a restart of the HTTP side with the same store and port (`restart`), as a
+  kube-apiserver restart looks to a client: on a graceful shutdown each watcher that
+  asked for bookmarks gets one at the current version (KEP-1904), then the streams end
+  and the port refuses; the watch cache comes back with no history, so a watch may
+  resume from the version it was restarted at or later, and older gets 410;
+- every request recorded with its arrival time, for "no retry before Retry-After".
 
 The server runs on its own event loop thread, so the agent's threads and the official
 (sync) client talk to it exactly as they would to a remote server.
@@ -41,6 +49,7 @@ import json
 import random
 import re
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -140,6 +149,12 @@ RESOURCE_TYPES = (PODS, EVENTS, EVENTS_V1, NODES, NAMESPACES)
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # kmock reads /api/v1/namespaces/NAME as "namespace NAME, no resource": a Namespace.
 _NAMESPACE_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/?")
+# kmock fails to parse /api/v1/namespaces (a collection whose plural is its own scope
+# keyword): such requests reach it under this path and are mapped back in _handle.
+_NAMESPACES_COLLECTION = re.compile(r"/api/v1/namespaces/?")
+_NAMESPACES_STAND_IN = "/api/v1/oomguard-test-namespaces"
+# What APF's filter answers when it drops a request (http.Error: plain text, not Status).
+APF_BODY = "Too many requests, please try again later.\n"
 _FIELD_ALIASES = {"source": "source.component"}
 
 
@@ -182,6 +197,9 @@ class RequestRecord:
     namespace: str | None
     name: str | None
     params: Mapping[str, str]
+    at: float = dataclasses.field(default_factory=time.monotonic)  # arrival, monotonic
+    # The status a fault rule answered it with (None: served normally).
+    faulted: int | None = None
 
 
 @dataclasses.dataclass
@@ -190,6 +208,16 @@ class _FailureRule:
     status: int
     verb: str | None
     resource: str | None
+    retry_after_s: int | None = None
+
+
+class _Throttled(Exception):
+    """A fault answered with a Retry-After header: APF's 429 (plain text), or a Status."""
+
+    def __init__(self, status: int, retry_after_s: int) -> None:
+        super().__init__(status, retry_after_s)
+        self.status = status
+        self.retry_after_s = retry_after_s
 
 
 def _now() -> str:
@@ -552,6 +580,7 @@ class KubernetesApi(kmock.KubernetesScaffold):
     _rv: int = attrs.field(default=1000, init=False)
     _floor: int = attrs.field(default=0, init=False)  # oldest version a watch may resume from
     _epoch: int = attrs.field(default=0, init=False)  # bumped to expire every open watch
+    _shutting_down: bool = attrs.field(default=False, init=False)  # streams: bookmark, end
     _tick: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)  # set on each change
     _closing: bool = attrs.field(default=False, init=False)
     _streams: dict[int, aiohttp.web.BaseRequest] = attrs.field(factory=dict, init=False)
@@ -580,6 +609,11 @@ class KubernetesApi(kmock.KubernetesScaffold):
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         token = _HTTP_REQUEST.set(raw_request)
         try:
+            if _NAMESPACES_COLLECTION.fullmatch(raw_request.path):
+                stand_in = raw_request.rel_url.with_path(_NAMESPACES_STAND_IN).with_query(
+                    raw_request.rel_url.query
+                )
+                return await super().__call__(raw_request.clone(rel_url=stand_in))
             return await super().__call__(raw_request)
         finally:
             _HTTP_REQUEST.reset(token)
@@ -594,11 +628,11 @@ class KubernetesApi(kmock.KubernetesScaffold):
                 namespace=None,
                 name=match.group(1),
             )
-            # kmock finds a request's reactions by identity in the requests it recorded.
-            for index in range(len(self._requests) - 1, -1, -1):  # it is the last, or near
-                if self._requests[index] is parsed:
-                    self._requests[index] = request
-                    break
+            self._replace_recorded(parsed, request)
+        elif request.url.path == _NAMESPACES_STAND_IN:
+            parsed = request
+            request = attrs.evolve(parsed, resource=kmock.resource("", "v1", "namespaces"))
+            self._replace_recorded(parsed, request)
         if self.outage_503:
             raise _error(503, "ServiceUnavailable", "the server is currently unable to handle it")
         if self.token is not None:
@@ -610,10 +644,15 @@ class KubernetesApi(kmock.KubernetesScaffold):
             rtype = self._rtype(request)
             plural = rtype.group_resource if rtype else str(resource.plural)
             verb = _verb(request)
-            self.records.append(
-                RequestRecord(verb, plural, request.namespace, request.name, dict(request.params))
+            record = RequestRecord(
+                verb, plural, request.namespace, request.name, dict(request.params)
             )
-            self._inject_failure(verb, plural)
+            self.records.append(record)
+            try:
+                self._inject_failure(verb, plural)
+            except (kmock.KubernetesError, _Throttled) as fault:
+                self.records[-1] = dataclasses.replace(record, faulted=fault.status)
+                raise
             self._authorize(verb, plural, request)
             delay = max(
                 (
@@ -627,7 +666,29 @@ class KubernetesApi(kmock.KubernetesScaffold):
                 await asyncio.sleep(delay)  # a slow apiserver: the answer comes, late
         return await super()._handle(request)
 
+    def _replace_recorded(self, parsed: kmock.Request, request: kmock.Request) -> None:
+        # kmock finds a request's reactions by identity in the requests it recorded.
+        for index in range(len(self._requests) - 1, -1, -1):  # it is the last, or near
+            if self._requests[index] is parsed:
+                self._requests[index] = request
+                break
+
     async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        if isinstance(exc, _Throttled):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            if exc.status == 429:  # APF's filter: tooManyRequests(), http.Error
+                headers["X-Kubernetes-PF-FlowSchema-UID"] = "test-flowschema-uid"
+                headers["X-Kubernetes-PF-PriorityLevel-UID"] = "test-prioritylevel-uid"
+                return aiohttp.web.Response(
+                    status=429,
+                    text=APF_BODY,
+                    content_type="text/plain",
+                    charset="utf-8",
+                    headers=headers,
+                )
+            body = status_body(exc.status, "ServiceUnavailable", "injected fault")
+            body["details"] = {"retryAfterSeconds": exc.retry_after_s}
+            return aiohttp.web.json_response(body, status=exc.status, headers=headers)
         if isinstance(exc, kmock.KubernetesError):
             body = status_body(exc.status, exc.reason or "", exc.message or "", exc.details)
             return aiohttp.web.json_response(body, status=exc.status)
@@ -651,6 +712,8 @@ class KubernetesApi(kmock.KubernetesScaffold):
             if rule.verb not in (None, verb) or rule.resource not in (None, resource):
                 continue
             rule.remaining -= 1
+            if rule.retry_after_s is not None:
+                raise _Throttled(rule.status, rule.retry_after_s)
             reasons = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
             raise _error(rule.status, reasons.get(rule.status, "InternalError"), "injected fault")
 
@@ -789,8 +852,33 @@ class KubernetesApi(kmock.KubernetesScaffold):
         self._wake()
         return dropped
 
-    def add_failures(self, count: int, status: int, verb: str | None, resource: str | None) -> None:
-        self._failures.append(_FailureRule(count, status, verb, resource))
+    def add_failures(
+        self,
+        count: int,
+        status: int,
+        verb: str | None,
+        resource: str | None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        self._failures.append(_FailureRule(count, status, verb, resource, retry_after_s))
+
+    async def shut_down_watches(self, graceful: bool) -> None:
+        """As kube-apiserver stopping: (graceful) a bookmark at the current version to
+        each watcher that asked for bookmarks, then every stream ends."""
+        if graceful:
+            self._shutting_down = True
+            self._wake()
+            for _ in range(100):  # the streams notice at once; a bound, not a pause
+                if not self._streams:
+                    break
+                await asyncio.sleep(0.01)
+            self._shutting_down = False
+
+    def restarted(self) -> None:
+        """The watch cache is rebuilt from storage: no history before now (410 for a
+        watch from an older version), every open watch gone."""
+        self.compact()
+        self._epoch += 1
 
     def set_delay(self, seconds: float, verb: str | None, resource: str | None) -> None:
         self._delays[(verb, resource)] = seconds
@@ -856,6 +944,17 @@ class KubernetesApi(kmock.KubernetesScaffold):
             stream = self._stream(selection, since, bookmarks, timeout_s)
         return Response(status=200, headers={"Content-Type": "application/json"}, payload=stream)
 
+    @staticmethod
+    def _bookmark(selection: _Selection, position: int) -> JSON:
+        return {
+            "type": "BOOKMARK",
+            "object": {
+                "kind": selection.rtype.kind,
+                "apiVersion": selection.rtype.api_version,
+                "metadata": {"resourceVersion": str(position)},
+            },
+        }
+
     async def _gone_stream(self, since: int) -> AsyncIterator[kmock.Payload]:
         yield {"type": "ERROR", "object": _expired(since, self._rv)}
 
@@ -895,6 +994,17 @@ class KubernetesApi(kmock.KubernetesScaffold):
                 if epoch != self._epoch or position < self._floor:
                     yield {"type": "ERROR", "object": _expired(position, self._rv)}
                     return
+                if self._shutting_down:
+                    for change in self._log[
+                        bisect.bisect_right(self._log, position, key=lambda c: c.rv) :
+                    ]:
+                        position = change.rv
+                        event = self._event_for(change, selection)
+                        if event is not None:
+                            yield event
+                    if bookmarks:  # KEP-1904: clients resume from here after the restart
+                        yield self._bookmark(selection, self._rv)
+                    return
                 start = bisect.bisect_right(self._log, position, key=lambda c: c.rv)
                 for change in self._log[start:]:
                     position = change.rv
@@ -905,14 +1015,7 @@ class KubernetesApi(kmock.KubernetesScaffold):
                 if deadline is not None and now >= deadline:
                     return
                 if bookmarks and now >= next_bookmark:
-                    yield {
-                        "type": "BOOKMARK",
-                        "object": {
-                            "kind": selection.rtype.kind,
-                            "apiVersion": selection.rtype.api_version,
-                            "metadata": {"resourceVersion": str(position)},
-                        },
-                    }
+                    yield self._bookmark(selection, position)
                     next_bookmark = now + self.bookmark_interval_s
                 waits = [0.5]
                 if deadline is not None:
@@ -1245,9 +1348,23 @@ class ApiServer:
         *,
         verb: str | None = None,
         resource: str | None = None,
+        retry_after_s: int | None = None,
     ) -> None:
-        """Answer the next `count` matching resource requests with this status."""
-        self.run(lambda: self.handler.add_failures(count, status, verb, resource))
+        """Answer the next `count` matching resource requests with this status; with
+        `retry_after_s`, a `Retry-After` header too (a 429 then as APF answers it)."""
+        self.run(lambda: self.handler.add_failures(count, status, verb, resource, retry_after_s))
+
+    def throttle_next(
+        self,
+        count: int,
+        retry_after_s: int,
+        *,
+        verb: str | None = None,
+        resource: str | None = None,
+    ) -> None:
+        """API Priority and Fairness drops the next `count` matching requests: 429 with
+        `Retry-After: retry_after_s`."""
+        self.fail_next(count, 429, verb=verb, resource=resource, retry_after_s=retry_after_s)
 
     def slow_down(
         self, seconds: float, *, verb: str | None = None, resource: str | None = None
@@ -1279,6 +1396,31 @@ class ApiServer:
             )
 
         self.run(schedule)
+
+    def stop_serving(self, *, graceful: bool = True) -> None:
+        """The API server process goes away (see `restart`): the store stays."""
+        asyncio.run_coroutine_threadsafe(self._stop_serving(graceful), self._loop).result(10)
+
+    def serve_again(self) -> None:
+        """The API server is back on the same port, its watch cache without history."""
+        asyncio.run_coroutine_threadsafe(self._serve_again(), self._loop).result(10)
+
+    def restart(self, *, down_s: float = 0.0, graceful: bool = True) -> None:
+        """Stop serving and serve again, on the same port with the same objects and
+        resourceVersion, as a kube-apiserver restart looks to its clients. Anything a
+        test changes in between is what another API server wrote meanwhile."""
+        self.stop_serving(graceful=graceful)
+        if down_s > 0:
+            time.sleep(down_s)
+        self.serve_again()
+
+    async def _stop_serving(self, graceful: bool) -> None:
+        await self.handler.shut_down_watches(graceful)
+        await self._begin_outage(refuse=True)
+
+    async def _serve_again(self) -> None:
+        self.handler.restarted()
+        await self._end_outage()
 
     async def _begin_outage(self, refuse: bool) -> None:
         handler = self.handler
