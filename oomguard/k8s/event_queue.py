@@ -58,6 +58,7 @@ from oomguard.k8s.client import (
     ApiStatusError,
     KubeApi,
     KubeApiError,
+    retry_after_s,
 )
 from oomguard.k8s.events import (
     DEFAULT_EVENT_WINDOW_S,
@@ -681,7 +682,10 @@ class EventSender:
         """Send every pending batch, unless backing off. Returns kills delivered.
 
         A connection error or a 5xx ends the round and backs off the whole sender: the
-        API is unwell, and trying each Event in turn would only hammer it."""
+        API is unwell, and trying each Event in turn would only hammer it. When the
+        server said how long to wait (Retry-After on API Priority and Fairness' 429, or
+        on a 5xx), the next round comes exactly then instead, as client-go's would
+        (capped at client.MAX_RETRY_AFTER_S, 60 s); the batch stays queued meanwhile."""
         now = self._clock() if now is None else now
         if now < self._retry_at:
             return 0
@@ -705,8 +709,10 @@ class EventSender:
                 continue
             except KubeApiError as exc:
                 self._attempt += 1
-                wait_s = self._backoff(self._attempt)
-                self._retry_at = now + wait_s
+                told = retry_after_s(exc)
+                wait_s = told or self._backoff(self._attempt)
+                # Told: counted from the answer, not from the start of the round.
+                self._retry_at = (self._clock() if told else now) + wait_s
                 self._count(retried=1, last_error=str(exc))
                 log.warning(
                     "delivering Events failed (attempt %d): %s; %d kill(s) pending, "

@@ -239,6 +239,39 @@ def test_transient_5xx_is_retried(apiserver: ApiServer, sender: EventSender) -> 
     assert [e["count"] for e in events(apiserver)] == [1]
 
 
+def test_a_429_with_retry_after_waits_as_told_and_loses_nothing(
+    apiserver: ApiServer, sender: EventSender
+) -> None:
+    """API Priority and Fairness drops the create (429, Retry-After: 1): the sender's
+    own backoff (a tenth of a second here) gives way to the server's word."""
+    apiserver.throttle_next(1, 1, verb="create", resource="events")
+    sender.submit(kill(1), target())
+    assert sender.deliver_once() == 0
+    assert sender.seconds_until_due() > FAST.backoff_max_s  # the server's wait, not ours
+    sender.submit(kill(2), target())  # another kill meanwhile: merged, not lost
+    drive(sender, lambda: len(sender.queue) == 0)
+    first, second = apiserver.requests("create", "events")
+    assert first.faulted == 429 and second.faulted is None
+    assert second.at - first.at >= 1.0  # not before the server said
+    assert [e["count"] for e in events(apiserver)] == [2]
+    assert sender.counters.retried == 1 and sender.counters.sent == 2
+
+
+def test_a_patch_throttled_for_long_waits_at_most_a_minute(
+    apiserver: ApiServer, sender: EventSender
+) -> None:
+    """A Retry-After of an hour (not APF: it asks 32 s at most) is capped at 60 s."""
+    sender.submit(kill(1), target())
+    assert sender.deliver_once() == 1
+    apiserver.fail_next(1, 503, verb="patch", resource="events", retry_after_s=3600)
+    sender.submit(kill(2), target())
+    assert sender.deliver_once() == 0
+    assert 50 < sender.seconds_until_due() <= 60
+    assert sender.counters.retried == 1 and "Retry-After 60.0 s" in (
+        sender.counters.last_error or ""
+    )
+
+
 def test_forbidden_is_a_clear_failure_not_a_crash(
     apiserver: ApiServer, sender: EventSender, caplog: pytest.LogCaptureFixture
 ) -> None:
