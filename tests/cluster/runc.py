@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oomguard.cgroups.hierarchy import parse_mountinfo
+from oomguard.cgroups.hierarchy import CgroupVersion, parse_mountinfo
 from oomguard.cgroups.scratch import ScratchTree, remove_tree
 from oomguard.closing import Closing
 
@@ -105,15 +105,22 @@ class RuncContainer:
 class Runc(Closing):
     """Starts and removes containers whose cgroups are in `tree` (see the module
     docstring). `close()` removes every container it started (`runc delete -f`) and
-    the scratch devices cgroup, also after a failure."""
+    the scratch devices cgroup, also after a failure.
+
+    On cgroup v2 (lane 2's VM) there is one hierarchy and no devices controller (runc
+    filters devices with eBPF there): runc runs as it is, with `cgroupsPath` the full
+    path of the container's cgroup in the scratch tree."""
 
     def __init__(self, tree: ScratchTree, work: Path) -> None:
         self.tree = tree
-        devices = devices_hierarchy_dir()
-        if devices is None:
-            raise RuntimeError("no cgroup v1 devices hierarchy: runc will not start here")
-        self.devices = devices / tree.top.name
-        self.devices.mkdir()
+        self.v1 = tree.hierarchy.version is CgroupVersion.V1
+        self.devices: Path | None = None
+        if self.v1:
+            devices = devices_hierarchy_dir()
+            if devices is None:
+                raise RuntimeError("no cgroup v1 devices hierarchy: runc will not start here")
+            self.devices = devices / tree.top.name
+            self.devices.mkdir()
         self.state = work / "runc-state"
         self.stage = work / "runc-stage"
         self.rootfs = work / "rootfs"
@@ -143,24 +150,14 @@ class Runc(Closing):
         return spec
 
     def command(self, *args: str) -> list[str]:
-        """A runc command line that sees only the scratch hierarchies."""
-        memory = str(self.tree.top)
-        return [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            IN_SCRATCH_CGROUPS,
-            "sh",
-            str(self.stage),
-            memory,
-            str(self.devices),
-            "--root",
-            str(self.state),
-            *args,
-        ]
+        """A runc command line; on v1 one that sees only the scratch hierarchies."""
+        runc = ["--root", str(self.state), *args]
+        if not self.v1:
+            return ["runc", *runc]
+        assert self.devices is not None
+        wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c"]
+        scratch = [str(self.stage), str(self.tree.top), str(self.devices)]
+        return [*wrapper, IN_SCRATCH_CGROUPS, "sh", *scratch, *runc]
 
     def _runc(self, *args: str) -> str:
         # Files, not pipes: a detached container inherits runc's stdout and stderr, and
@@ -181,34 +178,55 @@ class Runc(Closing):
                 raise RuntimeError(f"runc {' '.join(args)}: exit {proc.returncode}: {why}")
             return out.read().decode()
 
-    def config(self, cgroups_path: str, oom_score_adj: int, limit_bytes: int) -> dict[str, Any]:
-        """The container's config.json: runc's default with what the kubelet sets."""
+    def cgroups_path(self, relative: str) -> str:
+        """`linux.cgroupsPath` for a cgroup `relative` to the scratch tree's top."""
+        relative = relative.strip("/")
+        return f"/{relative}" if self.v1 else f"{self.tree.top_cgroup}/{relative}"
+
+    def config(
+        self,
+        relative: str,
+        oom_score_adj: int,
+        limit_bytes: int,
+        unified: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The container's config.json: runc's default with what the kubelet sets
+        (`unified`: cgroup v2 files, as the kubelet's memory.oom.group)."""
         spec = json.loads(json.dumps(self._spec))
         process = spec["process"]
         process["terminal"] = False
         process["args"] = ["/bin/sleep", "600"]
         process["oomScoreAdj"] = oom_score_adj
         spec["root"] = {"path": str(self.rootfs), "readonly": True}
-        # No cgroup file system inside: the container needs none, and this namespace's
+        # No cgroup file system inside: the container needs none, and on v1 the wrapper's
         # view of the hierarchies is the test's business.
         spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/sys/fs/cgroup"]
         linux = spec["linux"]
-        linux["cgroupsPath"] = cgroups_path
-        linux.setdefault("resources", {})["memory"] = {"limit": limit_bytes}
+        linux["cgroupsPath"] = self.cgroups_path(relative)
+        resources = linux.setdefault("resources", {})
+        resources["memory"] = {"limit": limit_bytes}
+        if unified:
+            resources["unified"] = unified
         return spec  # type: ignore[no-any-return]
 
     def run(
-        self, container_id: str, cgroups_path: str, oom_score_adj: int, limit_bytes: int
+        self,
+        container_id: str,
+        relative: str,
+        oom_score_adj: int,
+        limit_bytes: int,
+        unified: dict[str, str] | None = None,
     ) -> RuncContainer:
-        """`runc run -d`: returns once runc has started the container."""
+        """`runc run --detach` a container whose cgroup is `relative` to the scratch
+        tree's top; returns once runc has started it."""
         bundle = self._bundles / container_id
         bundle.mkdir()
-        config = self.config(cgroups_path, oom_score_adj, limit_bytes)
+        config = self.config(relative, oom_score_adj, limit_bytes, unified)
         (bundle / "config.json").write_text(json.dumps(config))
         self.started.append(container_id)
         self._runc("run", "--detach", "--bundle", str(bundle), container_id)
         state = json.loads(self._runc("state", container_id))
-        cgroup = self.tree.top_cgroup + cgroups_path
+        cgroup = f"{self.tree.top_cgroup}/{relative.strip('/')}"
         return RuncContainer(container_id, int(state["pid"]), cgroup)
 
     def delete(self, container_id: str) -> None:
@@ -222,5 +240,6 @@ class Runc(Closing):
                 self.delete(container_id)
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 failed.append(str(exc))
-        remove_tree(self.devices)  # emptied by `delete`; a leftover is killed here
+        if self.devices is not None:
+            remove_tree(self.devices)  # emptied by `delete`; a leftover is killed here
         assert not failed, failed

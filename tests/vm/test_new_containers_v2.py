@@ -42,6 +42,7 @@ from oomguard.proc.handle import read_cgroup_procs
 from oomguard.settings import load_settings
 from oomguard.steer.new_containers import NewContainerSteering
 from tests.cluster.apiserver import ApiServer
+from tests.cluster.runc import Runc, missing_tools
 from tests.cluster.test_agent import (
     KUBELET_VALUE,
     NODE,
@@ -285,5 +286,92 @@ def test_a_restarted_container_gets_the_policy_value_and_its_kill_mode_without_a
     # The inits at least; a worker forked before its init's write is written too.
     assert counters.written >= 2
     assert counters.kill_modes_written >= 1  # db's, after the runtime's write at least
+    assert (counters.left_to_pass, counters.unknown_pod, counters.dropped) == (0, 0, 0)
+    assert (counters.refused, counters.errors) == (0, 0)
+
+
+# ------------------------------------------------------------------ with runc itself
+# The same restart with the real runtime: runc makes the cgroup, puts its init in, the
+# init writes the kubelet's oom_score_adj (`process.oomScoreAdj`), runc writes the
+# kubelet's memory.oom.group=1 (`linux.resources.unified`, as the kubelet asks on
+# cgroup v2) once its init is set up, and the init execs the entrypoint.
+
+KUBELET_UNIFIED = {"memory.oom.group": str(KUBELET_OOM_GROUP)}
+
+
+@pytest.fixture
+def runc(tree: ScratchTree, tmp_path: Path) -> Iterator[Runc]:
+    missing = missing_tools()
+    if missing:  # lane 2 counts this skip as a failure: run_lane2 installs busybox-static
+        pytest.skip(f"starting real containers needs {', '.join(missing)}")
+    r = Runc(tree, tmp_path)
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def runc_pod(apiserver: ApiServer, tree: ScratchTree, name: str, annotations: Any) -> Any:
+    """A Running pod whose app container's ID is yet to be started by runc and whose
+    sidecar runs (a live cgroup); returns the pod."""
+    uid, app, sidecar = str(uuid.uuid4()), secrets.token_hex(32), secrets.token_hex(32)
+    pod = app_pod(uid, app)
+    pod["metadata"]["name"] = name
+    pod["metadata"]["annotations"] = annotations
+    pod["status"]["containerStatuses"][1]["containerID"] = f"containerd://{sidecar}"
+    apiserver.apply(pod)
+    tree.make(f"kubepods/burstable/pod{uid}/{sidecar}")
+    return pod
+
+
+def runs_sleep(pid: int) -> bool:
+    return Path(f"/proc/{pid}/comm").read_text().strip() == "sleep"
+
+
+def test_a_container_runc_restarts_keeps_its_kill_mode_without_a_pass(
+    apiserver: ApiServer, tree: ScratchTree, tmp_path: Path, runc: Runc
+) -> None:
+    apiserver.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    sacrifice = {"oomguard.io/sacrifice": "true"}
+    pods = {
+        "db": runc_pod(apiserver, tree, "db-0", {**sacrifice, "oomguard.io/oom-kill": "process"}),
+        "web": runc_pod(apiserver, tree, "web-0", sacrifice),  # no kill mode asked for
+    }
+
+    def start(pod: Any, cid: str) -> Any:
+        relative = f"kubepods/burstable/pod{pod['metadata']['uid']}/{cid}"
+        return runc.run(cid, relative, KUBELET_VALUE, LIMIT, KUBELET_UNIFIED)
+
+    def oom_group(container: Any) -> int | None:
+        return read_oom_group(tree.hierarchy.fs_path(container.cgroup))
+
+    def first_id(pod: Any) -> str:
+        return str(pod["status"]["containerStatuses"][0]["containerID"]).split("//")[1]
+
+    first = {name: start(pod, first_id(pod)) for name, pod in pods.items()}
+    assert [oom_group(c) for c in first.values()] == [KUBELET_OOM_GROUP] * 2  # runc's write
+    running = agent_with_long_passes(apiserver, tree, tmp_path)
+    passes = PassCounter(running.agent)
+    with running as agent:
+        wait_for(lambda: agent.ready()[0] and passes.passes == 1, WAIT_S)
+        assert (oom_group(first["db"]), oom_group(first["web"])) == (0, KUBELET_OOM_GROUP)
+        # The app containers restart: runc removes the old one, starts a new one (the
+        # pods' statuses keep naming the old IDs).
+        restarted = {}
+        for name, pod in pods.items():
+            runc.delete(first[name].id)
+            restarted[name] = start(pod, secrets.token_hex(32))
+        for container in restarted.values():
+            wait_for(lambda c=container: runs_sleep(c.pid), WAIT_S)
+        steering = agent.new_containers
+        assert isinstance(steering, NewContainerSteering)
+        wait_for(lambda: steering.following == 0, WAIT_S)  # every window over
+        assert [get_adj(c.pid) for c in restarted.values()] == [SACRIFICED] * 2
+        assert oom_group(restarted["db"]) == 0  # through runc's write of the kubelet's 1
+        assert oom_group(restarted["web"]) == KUBELET_OOM_GROUP
+        assert passes.passes == 1  # only the pass at start: the new path did it all
+        counters = dataclasses.replace(steering.counters)
+    assert (counters.noticed, counters.followed) == (2, 2)
+    assert counters.written >= 2 and counters.kill_modes_written >= 1
     assert (counters.left_to_pass, counters.unknown_pod, counters.dropped) == (0, 0, 0)
     assert (counters.refused, counters.errors) == (0, 0)
