@@ -181,6 +181,140 @@ def test_namespaces_are_read_by_name_with_the_name_label(apiserver: ApiServer, r
     assert raw.call("GET", "/api/v1/namespaces/db")[0] == 200
 
 
+def namespace(name: str, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def test_namespaces_are_listed_and_watched(apiserver: ApiServer, raw: Raw) -> None:
+    apiserver.apply(namespace("db", t="1"))
+    status, body = raw.call("GET", "/api/v1/namespaces", query=[("resourceVersion", "0")])
+    assert status == 200, body
+    assert (body["kind"], body["apiVersion"]) == ("NamespaceList", "v1")
+    (item,) = body["items"]
+    assert "kind" not in item and item["metadata"]["labels"]["kubernetes.io/metadata.name"] == "db"
+    rv = body["metadata"]["resourceVersion"]
+    stream = raw.watch(
+        "/api/v1/namespaces", [("resourceVersion", rv), ("allowWatchBookmarks", "true")]
+    )
+    apiserver.apply(namespace("shop"))
+    apiserver.apply(namespace("db", t="2"))
+    apiserver.delete(NAMESPACES, None, "shop")
+    events: list[tuple[str, str]] = []
+    for e in stream:
+        if e["type"] != "BOOKMARK":
+            events.append((e["type"], e["object"]["metadata"]["name"]))
+        if len(events) == 3:
+            break
+    assert events == [("ADDED", "shop"), ("MODIFIED", "db"), ("DELETED", "shop")]
+    assert [(r.verb, r.resource, r.name) for r in apiserver.requests()] == [
+        ("list", "namespaces", None),
+        ("watch", "namespaces", None),
+    ]
+    apiserver.allow({("list", "namespaces")})
+    status, body = raw.call("GET", "/api/v1/namespaces", query=[("watch", "true")])
+    assert (status, body["message"]) == (
+        403,
+        'namespaces is forbidden: User "system:serviceaccount:kube-system:oomguard" '
+        'cannot watch resource "namespaces" in API group "" at the cluster scope',
+    )
+
+
+# -- flow control (API Priority and Fairness) ------------------------------------------
+
+
+def test_a_throttled_request_is_a_429_with_retry_after_in_plain_text(
+    apiserver: ApiServer, raw: Raw
+) -> None:
+    """As APF's filter answers (apiserver filters/priority-and-fairness.go,
+    tooManyRequests: the header and http.Error's text, no Status)."""
+    apiserver.throttle_next(1, 3, verb="create", resource="events")
+    response = raw._send("POST", EVENTS_PATH, body=event("e1"))
+    assert response.status == 429
+    assert response.headers["Retry-After"] == "3"
+    assert response.headers["Content-Type"].startswith("text/plain")
+    assert "X-Kubernetes-PF-FlowSchema-UID" in response.headers
+    assert response.read() == b"Too many requests, please try again later.\n"
+    assert raw.call("POST", EVENTS_PATH, body=event("e1"))[0] == 201  # one dropped, then in
+    assert [r.faulted for r in apiserver.requests("create", "events")] == [429, None]
+
+
+def test_the_official_client_retries_a_throttled_get_by_itself(
+    apiserver: ApiServer, raw: Raw
+) -> None:
+    """Left to its defaults, the official client's urllib3 (Retry.DEFAULT: Retry-After
+    respected for 429/503 on GET, three times, uncapped) waits inside the request: a
+    caller with a backoff of its own would wait twice. oomguard's client turns it off."""
+    apiserver.throttle_next(1, 1, verb="list", resource="pods")
+    status, _ = raw.call("GET", "/api/v1/pods")
+    assert status == 200
+    first, second = apiserver.requests("list", "pods")
+    assert first.faulted == 429 and second.at - first.at >= 1.0
+
+
+# -- restarts ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quiet_server() -> Iterator[ApiServer]:
+    """Periodic bookmarks a minute apart: any bookmark a test sees is a shutdown's."""
+    with ApiServer(bookmark_interval_s=60) as server:
+        yield server
+
+
+def test_a_restart_keeps_the_store_and_port_and_bookmarks_its_watchers(
+    quiet_server: ApiServer,
+) -> None:
+    server, raw = quiet_server, Raw(quiet_server.client_configuration())
+    server.apply(pod("a"))
+    url, rv = server.url, str(server.resource_version)
+    response = raw._send(  # open now (a generator would send on its first read)
+        "GET",
+        "/api/v1/pods",
+        [
+            ("fieldSelector", "spec.nodeName=node-1"),
+            ("resourceVersion", rv),
+            ("allowWatchBookmarks", "true"),
+            ("watch", "true"),
+        ],
+    )
+    assert response.status == 200
+    server.apply(pod("b", node="node-2"))  # not this watcher's: the version moves on
+    latest = str(server.resource_version)
+    server.stop_serving()
+    # On the way down: a bookmark at the current version, then the stream ends cleanly.
+    events = [json.loads(line) for line in response if line.strip()]
+    assert events == [
+        {
+            "type": "BOOKMARK",
+            "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": latest}},
+        }
+    ]
+    with pytest.raises(urllib3.exceptions.NewConnectionError, match="refused"):
+        urllib3.PoolManager(retries=False).request("GET", url + "/api/v1/pods")
+    server.serve_again()
+    assert server.url == url and str(server.resource_version) == latest
+    assert [o["metadata"]["name"] for o in server.objects(PODS)] == ["a", "b"]
+    # The watch cache comes back without history: from the bookmark's version a watch
+    # resumes, from an older one it is told 410 (and must relist).
+    resumed = raw.watch("/api/v1/pods", [("resourceVersion", latest), ("timeoutSeconds", "5")])
+    server.apply(pod("c"))
+    assert take(resumed, 1) == [("ADDED", "c")]
+    (gone,) = raw.watch("/api/v1/pods", [("resourceVersion", rv)])
+    assert (gone["type"], gone["object"]["code"]) == ("ERROR", 410)
+
+
+def test_a_crash_sends_no_bookmark(quiet_server: ApiServer) -> None:
+    server, raw = quiet_server, Raw(quiet_server.client_configuration())
+    server.apply(pod("a"))
+    stream = raw.watch("/api/v1/pods", [("allowWatchBookmarks", "true")])
+    assert take(stream, 1) == [("ADDED", "a")]
+    server.stop_serving(graceful=False)
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        next(stream)  # cut, with nothing more
+    server.serve_again()
+    assert raw.call("GET", "/api/v1/pods")[0] == 200
+
+
 # -- watch ----------------------------------------------------------------------------
 
 

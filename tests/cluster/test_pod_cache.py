@@ -23,6 +23,7 @@ from oomguard.k8s import (
     project_pod,
 )
 from oomguard.k8s.attribution import attribute
+from oomguard.k8s.client import MAX_RETRY_AFTER_S, parse_retry_after
 from oomguard.records import OomKill
 from tests.cluster.apiserver import PODS, ApiServer
 from tests.unit.test_events import make_kill
@@ -689,6 +690,96 @@ def test_server_errors_back_off_and_recover(apiserver: ApiServer) -> None:
         cache.stop()
 
 
+# -- API server restarts and flow control ------------------------------------------------
+
+
+@pytest.fixture
+def quiet_server() -> Iterator[ApiServer]:
+    """Periodic bookmarks a minute apart: the version a watch has is from its events, or
+    from the bookmark a shutting-down server sends."""
+    with ApiServer(bookmark_interval_s=60) as server:
+        yield server
+
+
+def lists(server: ApiServer) -> int:
+    return len(server.requests("list", "pods"))
+
+
+def test_an_api_server_restart_is_resumed_without_a_relist(quiet_server: ApiServer) -> None:
+    server = quiet_server
+    server.apply(pod("a"))
+    cache = start_cache(server)
+    try:
+        wait_until(lambda: names(cache) == ["a"] and server.active_watches() == 1)
+        assert lists(server) == 1
+        server.apply(pod("elsewhere", node="node-2"))  # moves the version, not our pod
+        latest = str(server.resource_version)
+        server.restart(down_s=0.3)  # its watch cache comes back without history
+        server.apply(pod("b"))
+        wait_until(lambda: names(cache) == ["a", "b"])
+        assert lists(server) == 1  # the first: resumed, not relisted
+        assert cache.counters.relists == 1
+        resumed = server.requests("watch", "pods")[1]
+        assert resumed.params["resourceVersion"] == latest  # from the shutdown bookmark
+    finally:
+        cache.stop()
+
+
+@pytest.mark.parametrize("when", ["before-a-crash", "while-down"])
+def test_a_restart_that_lost_the_version_costs_one_relist(
+    quiet_server: ApiServer, when: str
+) -> None:
+    """No bookmark on the way down (a crash), or writes through another API server while
+    this one was down: the restarted watch cache cannot resume the version (410), and
+    the cache lists again, once."""
+    server = quiet_server
+    server.apply(pod("a"))
+    cache = start_cache(server)
+    try:
+        wait_until(lambda: names(cache) == ["a"] and server.active_watches() == 1)
+        if when == "before-a-crash":
+            server.apply(pod("elsewhere", node="node-2"))
+            server.stop_serving(graceful=False)
+        else:
+            server.stop_serving()
+            server.apply(pod("elsewhere", node="node-2"))
+        server.delete(PODS, NS, "a")
+        server.serve_again()
+        wait_until(lambda: names(cache) == [] and cache.counters.relists == 2)
+        server.apply(pod("b"))
+        wait_until(lambda: names(cache) == ["b"])
+        assert lists(server) == 2
+        assert cache.lookup_pod("uid-a") is not None  # deleted meanwhile: still findable
+    finally:
+        cache.stop()
+
+
+def test_a_throttled_list_and_watch_wait_as_told(apiserver: ApiServer) -> None:
+    """API Priority and Fairness drops the first list and the first watch (429,
+    Retry-After: 1): each is tried again no earlier than told, the watch from the same
+    version (no relist), and nothing is lost. The backoff alone would be 0.05 s."""
+    apiserver.throttle_next(1, 1, verb="list", resource="pods")
+    apiserver.throttle_next(1, 1, verb="watch", resource="pods")
+    apiserver.apply(pod("a"))
+    cache = start_cache(apiserver)
+    try:
+        assert cache.synced.wait(10)
+        wait_until(lambda: len(apiserver.requests("watch", "pods")) == 2)
+        apiserver.apply(pod("b"))
+        wait_until(lambda: names(cache) == ["a", "b"])
+        for verb in ("list", "watch"):
+            first, second = apiserver.requests(verb, "pods")
+            assert (first.faulted, second.faulted) == (429, None)
+            assert second.at - first.at >= 1.0, verb
+        first, second = apiserver.requests("watch", "pods")
+        assert first.params["resourceVersion"] == second.params["resourceVersion"]
+        counters = cache.counters
+        assert counters.relists == 1 and counters.errors == 2
+        assert "Retry-After 1.0 s" in (counters.last_error or "")
+    finally:
+        cache.stop()
+
+
 # -- the client layer -----------------------------------------------------------------
 
 
@@ -706,6 +797,58 @@ def test_kubeconfig_loading_and_error_types(apiserver: ApiServer, kubeconfig: Pa
     apiserver.end_outage()
     assert api.get("/api/v1/pods")["items"]
     api.close()
+
+
+def test_the_client_leaves_the_wait_to_its_caller(apiserver: ApiServer) -> None:
+    """A 429 with Retry-After comes back at once with the wait on it: urllib3 does not
+    retry it by itself (its default would sleep inside the request, uncapped), and the
+    same path is not sent again before that time."""
+    api = KubeApi(apiserver.client_configuration())
+
+    def cluster_lists() -> list[Any]:
+        return [r for r in apiserver.requests("list", "pods") if r.namespace is None]
+
+    apiserver.throttle_next(1, 1, verb="list", resource="pods")
+    with pytest.raises(ApiStatusError) as throttled:
+        api.get("/api/v1/pods")
+    assert (throttled.value.status, throttled.value.retry_after_s) == (429, 1.0)
+    assert "Too many requests" in str(throttled.value)
+    assert len(cluster_lists()) == 1
+    with pytest.raises(ApiStatusError) as held:
+        api.get("/api/v1/pods")  # too early: refused here, never sent
+    assert held.value.status == 429 and "not sent" in str(held.value)
+    left = held.value.retry_after_s
+    assert left is not None and 0 < left <= 1.0
+    assert len(cluster_lists()) == 1
+    assert api.get(f"/api/v1/namespaces/{NS}/pods")["items"] == []  # another path: sent
+    time.sleep(left)
+    assert api.get("/api/v1/pods")["items"] == []
+    assert len(cluster_lists()) == 2
+    api.close()
+
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("1", 1.0),
+        (" 32 ", 32.0),  # APF's largest
+        ("0", 0.0),
+        ("3600", MAX_RETRY_AFTER_S),  # capped
+        ("Thu, 01 Jan 2026 12:00:30 GMT", 30.0),  # an HTTP-date (a proxy's)
+        ("Thu, 01 Jan 2026 11:00:00 GMT", 0.0),  # in the past: now
+        ("Fri, 02 Jan 2026 12:00:00 GMT", MAX_RETRY_AFTER_S),
+        ("-1", None),
+        ("1.5", None),  # not delay-seconds (client-go ignores it too)
+        ("soon", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_parsing(header: str | None, seconds: float | None) -> None:
+    assert parse_retry_after(header, now=NOW) == seconds
 
 
 def test_a_permanent_410_backs_off_instead_of_spinning(apiserver: ApiServer) -> None:
