@@ -34,6 +34,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -258,6 +259,8 @@ class KubeApi:
         # path -> clock time before which the server asked not to be sent it again.
         self._held: dict[str, float] = {}
         self._held_lock = threading.Lock()
+        self._closed = False
+        self._streams: weakref.WeakSet[WatchStream] = weakref.WeakSet()
 
     @classmethod
     def from_kubeconfig(
@@ -266,7 +269,17 @@ class KubeApi:
         return cls(load_configuration(kubeconfig), **kwargs)
 
     def close(self) -> None:
+        """Closes the connections and every watch still open; later requests fail with
+        ApiConnectionError, so a list/watch loop still running on it ends
+        (list_watch.ListWatch checks `closed`)."""
+        self._closed = True
+        for stream in list(self._streams):
+            stream.close()
         self._client.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _send(
         self,
@@ -281,6 +294,8 @@ class KubeApi:
         import urllib3
         from kubernetes.client.exceptions import ApiException, ApiValueError
 
+        if self._closed:
+            raise ApiConnectionError(f"{method} {path}: the client was closed")
         self._check_held(method, path)
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -399,4 +414,8 @@ class KubeApi:
         """Open a watch. `read_timeout_s` bounds the silence between two events: set it
         above the server-side `timeoutSeconds` so only a dead connection trips it."""
         params = [(k, v) for k, v in query if k != "watch"] + [("watch", "true")]
-        return WatchStream(self._send("GET", path, query=params, read_timeout_s=read_timeout_s))
+        stream = WatchStream(self._send("GET", path, query=params, read_timeout_s=read_timeout_s))
+        self._streams.add(stream)
+        if self._closed:  # closed while this one was being opened
+            stream.close()
+        return stream

@@ -167,6 +167,7 @@ class ListWatch:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ends the watch at once (shutting its socket down) and waits for the thread.
+        (Closing the KubeApi it runs on ends it too, for an owner nobody closes.)
 
         A list request in flight is not interrupted: it ends by its own timeout, on a
         daemon thread, after this returns."""
@@ -227,16 +228,16 @@ class ListWatch:
     def _run(self) -> None:
         retrying = tenacity.Retrying(
             wait=self._wait,
-            stop=lambda _: self._stopping.is_set(),
+            stop=lambda _: self._stopping.is_set() or self._api.closed,
             sleep=self._sleep,
             before_sleep=self._note_failure,
             reraise=True,
         )
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._api.closed:
             try:
                 retrying(self._round)
             except Exception:  # only when stopping: tenacity re-raises the last failure
-                if not self._stopping.is_set():
+                if not self._stopping.is_set() and not self._api.closed:
                     log.exception("%s list/watch loop failed; restarting it", self.name)
         log.debug("%s list/watch stopped", self.name)
 
@@ -277,7 +278,7 @@ class ListWatch:
     def _round(self) -> None:
         """One list (when needed) and one watch. Returns when the watch ended normally;
         raises to make tenacity back off."""
-        if self._keep_going is not None and not self._keep_going():
+        if self._api.closed or (self._keep_going is not None and not self._keep_going()):
             self._stopping.set()
         if self._stopping.is_set():
             return
@@ -359,7 +360,7 @@ class ListWatch:
                     raise WatchExpired(str(gone), after_events=received > 0) from None
                 received += 1
         except ApiConnectionError:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self._api.closed:
                 return
             if not received:
                 raise StreamEndedEarly(f"{self.name} watch dropped before any event") from None

@@ -126,7 +126,7 @@ class NamespaceLabels:
     Callable as `namespace_labels(namespace)` (what `Reconciler` and the new-container
     steering take; one object serves both). Never raises for an API failure.
     Thread-safe; a call never waits for the API except the first list's bounded wait.
-    `close()` ends the watch (the agent's shutdown).
+    `close()` ends the watch (the agent's shutdown); so does closing the KubeApi.
     """
 
     def __init__(
@@ -160,7 +160,7 @@ class NamespaceLabels:
 
     def labels(self, namespace: str) -> Mapping[str, str]:
         with self._lock:
-            if self._closed:
+            if self._closed or self._api.closed:  # closed, or the agent's client is
                 return NO_LABELS
             now = self._clock()
             self._last_call = now

@@ -289,6 +289,21 @@ def test_lazy_start_idle_stop_and_close(
     assert verbs(apiserver).count("list") == 2
 
 
+def test_closing_the_client_ends_the_watch(apiserver: ApiServer) -> None:
+    """The agent's shutdown closes its KubeApi last: a namespace watch nobody closed
+    ends with it, promptly, and asks for nothing more."""
+    namespace(apiserver, "db", trusted="true")
+    api = KubeApi(apiserver.client_configuration())
+    labels = NamespaceLabels(api, SETTINGS)
+    assert labels("db")["trusted"] == "true"
+    wait_until(lambda: apiserver.active_watches() == 1)
+    api.close()
+    wait_until(lambda: not labels.watching)
+    wait_until(lambda: apiserver.active_watches() == 0)
+    assert labels("db") is NO_LABELS
+    assert verbs(apiserver) == ["list", "watch"]
+
+
 def test_beyond_the_bound_the_namespaces_asked_for_are_kept(
     apiserver: ApiServer,
     make_labels: Callable[..., NamespaceLabels],
