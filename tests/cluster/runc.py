@@ -1,8 +1,9 @@
-"""Real containers started by runc, their cgroups inside a test's scratch tree (cgroup v1).
+"""Real containers started by runc, their cgroups inside a test's scratch tree.
 
-runc's cgroupfs driver puts a container into `linux.cgroupsPath` in every v1 hierarchy
-it finds mounted (cpu, pids, freezer, ...), below each hierarchy's root: on this host
-that would be cgroups beside everything else, outside the test's own memory cgroup.
+On cgroup v1 (lane 1), runc's cgroupfs driver puts a container into `linux.cgroupsPath`
+in every v1 hierarchy it finds mounted (cpu, pids, freezer, ...), below each
+hierarchy's root: on this host that would be cgroups beside everything else, outside
+the test's own memory cgroup.
 So every runc command runs in a mount namespace of its own in which /sys/fs/cgroup
 holds only two hierarchies, each a bind of a scratch directory:
 
@@ -18,6 +19,9 @@ Other hierarchies are not mounted there, so runc skips them (the container stays
 the test's own cgroup of each). The namespace's mounts go with it when runc exits;
 runc's state (`--root`) records the paths as that namespace shows them, which is why
 `delete` runs in the same kind of namespace.
+
+On cgroup v2 (lane 2's VM, whose root cgroup the test runs in) runc runs as it is:
+one hierarchy, the scratch tree below the test's own cgroup, `cgroupsPath` its full path.
 
 The rootfs is a static busybox, read-only; the container runs `sleep` with the
 kubelet's oom_score_adj (OCI `process.oomScoreAdj`), as the kubelet asks runc to.
