@@ -104,8 +104,8 @@ def test_a_container_runc_starts_gets_the_policy_value_without_a_pass(
         started = {}
         for uid in (governed, plain):
             cid = secrets.token_hex(32)  # containerd's IDs are runc's container IDs
-            path = f"/kubepods/burstable/pod{uid}/{cid}"
-            started[uid] = runc.run(cid, path, KUBELET_VALUE, LIMIT)
+            relative = f"kubepods/burstable/pod{uid}/{cid}"
+            started[uid] = runc.run(cid, relative, KUBELET_VALUE, LIMIT)
         for container in started.values():
             wait_for(lambda c=container: runs_sleep(c.pid))  # the entrypoint runs
         wait_for(lambda: get_adj(started[governed].pid) == SACRIFICED, 10)
