@@ -13,6 +13,21 @@ Metrics (all names start with `oomguard_`; counters end in `_total`)
         a kill the cache could not attribute) are counted with namespace="" pod=""
         container=""; those five series exist from the start. A pod's series appear
         with its first kill.
+    oom_warnings_total{namespace,pod,container,constraint,signal}
+        OOMImminent warnings given (one per episode, `oomguard.warn`): `constraint` the
+        limit that binds (container, pod, node-allocatable; off Kubernetes other),
+        `signal` what fired (threshold, pressure, reclaim). The node-allocatable
+        cgroup's with namespace="" pod="" container="". A pod's series appear with its
+        first warning.
+    memory_headroom_bytes{namespace,pod,container} (gauge)
+        Bytes between a container's working set and the limit that binds it (its own,
+        or its pod's when closer), for containers with such a limit and a pod in the
+        cache, as of the warning watcher's last look (near the limit a few times a
+        second; far from it, usage stands in for the working set, so it may read low
+        there). Gone with the container.
+    ready (gauge)
+        1 while /readyz says ready, else 0: alert on it, a Pod's readiness is not in
+        Prometheus without kube-state-metrics.
     events_sent_total, events_retried_total, events_failed_total, events_dropped_total
         Kubernetes Events: accepted by the API; attempts retried after an error; given
         up on (a permanent error such as 403 or 422); aggregated away or discarded
@@ -63,10 +78,12 @@ Metrics (all names start with `oomguard_`; counters end in `_total`)
     build_info{version} (gauge, always 1)
     process_* (resident memory, CPU, open fds; Linux only)
 
-Cardinality: only `oom_kills_total` carries pod labels, and only for pods that had a
-kill. Pods come and go, so their series must go too: call `Metrics.forget_pod` when a
-deleted pod leaves the pod cache (after its retention, not at the DELETED event, since a
-kill is often reported after its pod is gone). Everything else has a fixed label set.
+Cardinality: `oom_kills_total` and `oom_warnings_total` carry pod labels only for pods
+that had a kill or a warning, `memory_headroom_bytes` for running containers with a
+limit. Pods come and go, so their series must go too: `Metrics.forget_pods_except` is
+called with the pods the cache still knows (deleted ones are kept for a retention,
+since a kill is often reported after its pod is gone), and the headroom gauge is set
+whole each time (`set_headrooms`). Everything else has a fixed label set.
 
 Endpoints (`serve`)
 -------------------
@@ -169,6 +186,17 @@ class Metrics:
             "and the limit that was hit.",
             ("namespace", "pod", "container", "constraint"),
         )
+        self.oom_warnings = counter(
+            "oom_warnings_total",
+            "OOMImminent warnings, by container and the limit that binds it, and what fired.",
+            ("namespace", "pod", "container", "constraint", "signal"),
+        )
+        self.memory_headroom = gauge(
+            "memory_headroom_bytes",
+            "Bytes between a container's working set and the limit that binds it.",
+            ("namespace", "pod", "container"),
+        )
+        self.ready = gauge("ready", "1 while the agent is ready (/readyz), else 0.")
         self.events_sent = counter("events_sent_total", "Kubernetes Events the API accepted.")
         self.events_retried = counter(
             "events_retried_total", "Kubernetes Event requests retried after an error."
@@ -253,6 +281,9 @@ class Metrics:
         self._lock = threading.Lock()
         # (namespace, pod) -> {(container, constraint)}: the series forget_pod removes.
         self._pod_series: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        # The same for warnings: (namespace, pod) -> {(container, constraint, signal)}.
+        self._warning_series: dict[tuple[str, str], set[tuple[str, str, str]]] = {}
+        self._headroom_series: set[tuple[str, str, str]] = set()
         self._pod_cache_seen = (0, 0)  # relists, watch_restarts at the last observation
 
     def oom_kill(self, namespace: str, pod: str, container: str, constraint: Constraint) -> None:
@@ -283,6 +314,38 @@ class Metrics:
         with self._lock:
             for container, constraint in self._pod_series.pop((namespace, pod), ()):
                 self.oom_kills.remove(namespace, pod, container, constraint)
+            for container, constraint, signal in self._warning_series.pop((namespace, pod), ()):
+                self.oom_warnings.remove(namespace, pod, container, constraint, signal)
+
+    def forget_pods_except(self, keep: set[tuple[str, str]]) -> int:
+        """Remove the kill and warning series of every pod not in `keep` ((namespace,
+        name) pairs); returns how many pods were forgotten."""
+        with self._lock:
+            gone = [key for key in {*self._pod_series, *self._warning_series} if key not in keep]
+        for namespace, pod in gone:
+            self.forget_pod(namespace, pod)
+        return len(gone)
+
+    def oom_warning(
+        self, namespace: str, pod: str, container: str, constraint: Constraint, signal: str
+    ) -> None:
+        """Count a warning ("" names for the node-allocatable cgroup's)."""
+        value = Constraint(constraint).value
+        with self._lock:
+            if namespace and pod:
+                self._warning_series.setdefault((namespace, pod), set()).add(
+                    (container, value, signal)
+                )
+            self.oom_warnings.labels(namespace, pod, container, value, signal).inc()
+
+    def set_headrooms(self, headrooms: dict[tuple[str, str, str], int]) -> None:
+        """Set the headroom gauge to exactly these (namespace, pod, container) series."""
+        with self._lock:
+            for labels in self._headroom_series - headrooms.keys():
+                self.memory_headroom.remove(*labels)
+            for labels, value in headrooms.items():
+                self.memory_headroom.labels(*labels).set(value)
+            self._headroom_series = set(headrooms)
 
     def score_adjustment(self, result: ScoreAdjustmentResult) -> None:
         """Count one oom_score_adj adjustment by its result."""

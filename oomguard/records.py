@@ -235,3 +235,56 @@ class ContainerCgroupCreated(BaseModel):
     pod_uid: str
     container_id: str
     seen_mono: float  # CLOCK_MONOTONIC when the watch woke for it
+
+
+class OomWarning(BaseModel):
+    """An OOM kill is near in one cgroup (`warn.rule`): one per episode.
+
+    The JSON form (`to_json_dict`, `"kind": "oom_warning"`) is a public contract for
+    `oomguard watch --json`, like `OomKill`'s.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    time: datetime  # wall clock, UTC
+    cgroup: str  # the cgroup whose limit binds, relative to the hierarchy root
+    identity: CgroupIdentity
+    # Whose limit it is: container (its own), pod (the pod-level cgroup),
+    # node-allocatable (kubepods, all pods), other (off Kubernetes: any limited cgroup).
+    constraint: Constraint
+    signal: str  # warn.rule.Signal: threshold, pressure, reclaim
+    limit_bytes: int
+    working_set_bytes: int
+    usage_bytes: int
+    warn_at_percent: int
+    pressure_some_avg10: float | None = None  # percent of the last 10 s (v2 PSI)
+    reclaims_10s: int | None = None  # limit hits in the last 10 s (v2 max+high, v1 failcnt)
+    growth_bytes_per_s: float | None = None
+    seconds_to_limit: float | None = None
+
+    def to_json_dict(self) -> dict[str, object]:
+        ident = self.identity
+        return {
+            "kind": "oom_warning",
+            "time": self.time.isoformat().replace("+00:00", "Z"),
+            "cgroup": self.cgroup,
+            "constraint": self.constraint.value,
+            "container_id": ident.container_id,
+            "pod_uid": ident.pod_uid,
+            "qos": ident.qos,
+            "runtime": ident.runtime,
+            "unit": ident.unit,
+            "signal": self.signal,
+            "limit_bytes": self.limit_bytes,
+            "working_set_bytes": self.working_set_bytes,
+            "usage_bytes": self.usage_bytes,
+            "warn_at_percent": self.warn_at_percent,
+            "pressure_some_avg10": self.pressure_some_avg10,
+            "reclaims_10s": self.reclaims_10s,
+            "growth_bytes_per_s": (
+                None if self.growth_bytes_per_s is None else round(self.growth_bytes_per_s)
+            ),
+            "seconds_to_limit": (
+                None if self.seconds_to_limit is None else round(self.seconds_to_limit, 1)
+            ),
+        }

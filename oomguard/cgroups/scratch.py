@@ -41,6 +41,54 @@ while True:
     hoard.append(chunk)
 """
 
+# Grows at a steady pace (argv: name, MiB/s, MiB to reach or 0 for "until killed",
+# seconds to hold there, then frees it all and sleeps): a leak, or a spike that
+# recovers. Touches every page, so what it holds is anonymous memory the kernel cannot
+# drop. Waits for a line on stdin first, like the hog; prints "freed" when it let go.
+GROWER_SOURCE = r"""
+import sys, time
+name, rate, top, hold = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+try:
+    with open("/proc/self/comm", "w") as f:
+        f.write(name)
+except OSError:
+    pass
+sys.stdin.readline()
+hoard = []
+start = time.monotonic()
+while top == 0 or len(hoard) < top:
+    due = start + len(hoard) / rate
+    pause = due - time.monotonic()
+    if pause > 0:
+        time.sleep(pause)
+    chunk = bytearray(1 << 20)
+    for i in range(0, len(chunk), 4096):
+        chunk[i] = 1
+    hoard.append(chunk)
+time.sleep(hold)
+hoard.clear()
+sys.stdout.write("freed\n"); sys.stdout.flush()
+while True:
+    time.sleep(3600)
+"""
+
+# Reads a file (argv: name, path) from start to end, over and over: its page cache
+# fills the cgroup's limit and the kernel reclaims it, which is no danger to anyone.
+READER_SOURCE = r"""
+import os, sys
+name, path = sys.argv[1], sys.argv[2]
+try:
+    with open("/proc/self/comm", "w") as f:
+        f.write(name)
+except OSError:
+    pass
+sys.stdin.readline()
+while True:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+"""
+
 SLEEPER_SOURCE = r"""
 import sys, time
 name = sys.argv[1] if len(sys.argv) > 1 else "sleeper"
@@ -127,10 +175,10 @@ class ScratchTree(Closing):
                 with contextlib.suppress(OSError):
                     memsw.write_text(str(limit_bytes))
 
-    def spawn(self, cgroup: str, source: str, name: str) -> subprocess.Popen[bytes]:
+    def spawn(self, cgroup: str, source: str, name: str, *args: str) -> subprocess.Popen[bytes]:
         """Start a Python child and move it into `cgroup` before it does anything."""
         proc = subprocess.Popen(
-            [sys.executable, "-c", source, name],
+            [sys.executable, "-c", source, name, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -142,6 +190,33 @@ class ScratchTree(Closing):
     def start_hog(self, cgroup: str, name: str = "memhog") -> subprocess.Popen[bytes]:
         """A process that grows until killed; it starts growing at once."""
         proc = self.spawn(cgroup, HOG_SOURCE, name)
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        return proc
+
+    def start_grower(
+        self,
+        cgroup: str,
+        rate_mib_s: float,
+        *,
+        top_mib: int = 0,
+        hold_s: float = 0.0,
+        name: str = "grower",
+    ) -> subprocess.Popen[bytes]:
+        """A process growing at `rate_mib_s` (to `top_mib`, held `hold_s`, then freed;
+        0: until killed); it starts growing at once."""
+        proc = self.spawn(cgroup, GROWER_SOURCE, name, str(rate_mib_s), str(top_mib), str(hold_s))
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        return proc
+
+    def start_reader(
+        self, cgroup: str, path: Path, name: str = "reader"
+    ) -> subprocess.Popen[bytes]:
+        """A process reading `path` over and over (page cache, no danger)."""
+        proc = self.spawn(cgroup, READER_SOURCE, name, str(path))
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         proc.stdin.flush()

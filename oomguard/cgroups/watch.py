@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from inotify_simple import INotify, flags
 
@@ -120,6 +121,10 @@ class CgroupWatch:
         # cgroup mount, out of watches): their counters are read at each resync only.
         self._unpushed: set[str] = set()
         self.rescans = 0
+        # The watched set as another thread may read it (`published`): replaced whole
+        # by `publish` at the end of a turn that changed it, never changed in place.
+        self.published: Mapping[str, str] = MappingProxyType({})
+        self._published_stale = False
 
     # ----- the watched set -------------------------------------------------------
 
@@ -199,6 +204,15 @@ class CgroupWatch:
     def cgroups(self) -> list[str]:
         return list(self._watched)
 
+    def publish(self) -> None:
+        """Make the watched set as it is now `published` (cgroup -> directory), for the
+        warning thread: a new object only when it changed, so a reader compares identity."""
+        if self._published_stale:
+            self._published_stale = False
+            self.published = MappingProxyType(
+                {cgroup: w.directory for cgroup, w in self._watched.items()}
+            )
+
     def is_watched(self, cgroup: str) -> bool:
         return cgroup in self._watched
 
@@ -265,6 +279,7 @@ class CgroupWatch:
         # it started).
         w = _Watched(directory=directory, counters=MemoryCounters(oom_kill=0, limit_hits=0))
         self._watched[cgroup] = w
+        self._published_stale = True
         if self.push:
             # Before the baseline is read: v1's eventfd signals only OOMs after its
             # registration, so a kill is either in the read or signalled after it.
@@ -321,6 +336,7 @@ class CgroupWatch:
         self._unpushed.discard(cgroup)
         if w is None:
             return
+        self._published_stale = True
         if gone:
             self._removed.append(cgroup)
         if w.eventfd >= 0:

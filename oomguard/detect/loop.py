@@ -191,6 +191,7 @@ class OomWatcher:
         if self._log_fd is not None:
             self._poll.register(self._log_fd, select.POLLIN)
         self._sync_registrations()
+        self.watch.publish()
         self._next_resync = self._clock() + self.resync_interval_s
 
     def stop(self) -> None:
@@ -245,6 +246,7 @@ class OomWatcher:
         )
         self._sync_registrations()
         self._report_handed_on()
+        self.watch.publish()
 
     def _wait(self, max_wait_s: float | None) -> list[tuple[int, int]]:
         """poll() until the first thing the loop has to do, or a kernel signal."""

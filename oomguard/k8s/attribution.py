@@ -29,7 +29,7 @@ import enum
 from typing import Protocol, runtime_checkable
 
 from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView
-from oomguard.records import Constraint, OomKill
+from oomguard.records import Constraint, OomKill, OomWarning
 
 
 class PodLookup(Protocol):
@@ -124,5 +124,40 @@ def attribute(kill: OomKill, lookup: PodLookup) -> Target:
     if ident.container_id:
         return Target.node(f"container {ident.container_id[:12]} is not in this node's pods")
     if ident.pod_uid and kill.constraint is not Constraint.SYSTEM:
+        return Target.node(f"pod {ident.pod_uid} is not in this node's pods")
+    return Target.node()
+
+
+def attribute_warning(warning: OomWarning, lookup: PodLookup) -> Target:
+    """The object a warning goes on: the container, else the pod, else the Node.
+
+    A pod-level cgroup's warning goes on the pod (no fieldPath: no single container's
+    limit binds); the node-allocatable cgroup's, and a container of no cached pod, on
+    the Node, as for kills.
+    """
+    ident = warning.identity
+    if warning.constraint is Constraint.CONTAINER and ident.container_id:
+        hit = lookup.lookup_container(ident.container_id)
+        if hit is not None:
+            pod, container = hit
+            return Target(
+                kind=TargetKind.POD,
+                namespace=pod.namespace,
+                name=pod.name,
+                uid=pod.uid,
+                container=container.name,
+                container_kind=container.kind,
+                field_path=container.field_path,
+                container_limit_bytes=container.memory_limit_bytes,
+            )
+    if ident.pod_uid and warning.constraint in (Constraint.CONTAINER, Constraint.POD):
+        pod_view = lookup.lookup_pod(ident.pod_uid)
+        if pod_view is not None:
+            return Target(
+                kind=TargetKind.POD,
+                namespace=pod_view.namespace,
+                name=pod_view.name,
+                uid=pod_view.uid,
+            )
         return Target.node(f"pod {ident.pod_uid} is not in this node's pods")
     return Target.node()

@@ -67,7 +67,7 @@ from oomguard.k8s.events import (
     Occurrence,
     aggregate_patch,
 )
-from oomguard.records import OomKill
+from oomguard.records import OomKill, OomWarning
 from oomguard.state.files import StateFile, StateWrites, parse_versioned, read_boot_id
 
 log = logging.getLogger(__name__)
@@ -667,6 +667,13 @@ class EventSender:
         """Queue one attributed kill; False if this kill was queued before."""
         kid = kill_id or _make_kill_id(kill, boot_id=self.boot_id, counter_value=counter_value)
         return self.queue.offer(kid, self.builder.occurrence(kill, target))
+
+    def submit_warning(self, warning: OomWarning, target: Target) -> bool:
+        """Queue an OOMImminent warning: persisted, retried and aggregated like a kill
+        (its id is its cgroup and time, so it is never taken for a kill)."""
+        stamp = warning.time.isoformat()
+        kid = f"warning/{self.boot_id or '-'}/{warning.cgroup}/{stamp}"
+        return self.queue.offer(kid, self.builder.warning_occurrence(warning, target))
 
     @property
     def counters(self) -> SenderCounters:

@@ -11,6 +11,11 @@ Reasons (a public contract: users filter on them with
   machine (`system`), or another ancestor limit, cpuset or mempolicy (`other`). The node
   is overcommitted: look at its other pods and its reservations, not at this container.
 
+- `OOMImminent` (before the kill, `oomguard.warn`): the container's working set is near
+  the limit that binds it, or the kernel is reclaiming hard to keep it under; one per
+  episode, aggregated like the kills. On the pod (fieldPath of the container) for a
+  container or pod-level limit, on the Node for the node-allocatable one.
+
 Kills that cannot be put on a pod go on the Node (kind Node, Event in namespace
 `default`, as the kubelet does for its node events) with the same two reasons.
 
@@ -40,10 +45,11 @@ from typing import Any
 
 from oomguard import safe_text
 from oomguard.k8s.attribution import Target, TargetKind
-from oomguard.records import Constraint, OomKill
+from oomguard.records import Constraint, OomKill, OomWarning
 
 REASON_LIMIT = "OOMKilled"
 REASON_NODE_PRESSURE = "OOMKilledNodePressure"
+REASON_IMMINENT = "OOMImminent"
 REPORTING_COMPONENT = "oomguard"
 # Set by the sender on every create/patch: the delivery batch the Event last absorbed,
 # so a retried delivery whose first try reached the server is recognised, not counted twice.
@@ -203,6 +209,63 @@ def format_message(kill: OomKill, target: Target) -> str:
     return truncate_utf8(" ".join(parts))
 
 
+_LIMIT_NAMES = {
+    Constraint.CONTAINER: "its memory limit",
+    Constraint.POD: "the pod's memory limit",
+    Constraint.NODE_ALLOCATABLE: "the node-allocatable limit of all pods",
+}
+
+
+def _whose(warning: OomWarning, target: Target) -> str:
+    if target.kind is TargetKind.POD and target.container:
+        return f"Container {_quote(target.container)}"
+    if target.kind is TargetKind.POD:
+        return "The pod"
+    if warning.constraint is Constraint.NODE_ALLOCATABLE:
+        return "The node's pods"
+    return f"Cgroup {safe_text.escape(warning.cgroup)}"
+
+
+def _kernel_doing(warning: OomWarning) -> str:
+    """What the kernel is doing about it, in words."""
+    said: list[str] = []
+    if warning.reclaims_10s:
+        said.append(
+            "the kernel is reclaiming to stay under the limit "
+            f"({warning.reclaims_10s} times in 10 s)"
+        )
+    if warning.pressure_some_avg10 is not None and warning.pressure_some_avg10 >= 1.0:
+        said.append(f"tasks waited for memory {warning.pressure_some_avg10:.0f}% of the last 10 s")
+    if warning.growth_bytes_per_s and warning.seconds_to_limit is not None:
+        said.append(
+            f"it grows {_mib(int(warning.growth_bytes_per_s))}/s, the limit in about "
+            f"{max(1, round(warning.seconds_to_limit))} s"
+        )
+    if not said:
+        return "The kernel has not had to reclaim yet."
+    text = "; ".join(said)
+    return text[0].upper() + text[1:] + "."
+
+
+def format_warning_message(warning: OomWarning, target: Target) -> str:
+    """One read tells who, how close, to which limit, and what the kernel is doing."""
+    limit_name = _LIMIT_NAMES.get(warning.constraint, "its memory limit")
+    percent = (
+        100.0 * warning.working_set_bytes / warning.limit_bytes if warning.limit_bytes else 0.0
+    )
+    parts = [
+        f"{_whose(warning, target)} is close to an OOM kill: working set "
+        f"{_mib(warning.working_set_bytes)} of {limit_name} ({_mib(warning.limit_bytes)}), "
+        f"{percent:.0f}% (warns at {warning.warn_at_percent}%).",
+        _kernel_doing(warning),
+    ]
+    if warning.usage_bytes > warning.working_set_bytes:
+        parts.append(f"Usage with page cache: {_mib(warning.usage_bytes)}.")
+    if target.unresolved:
+        parts.append(f"Reported on the node: {safe_text.escape(target.unresolved)}.")
+    return truncate_utf8(" ".join(parts))
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Occurrence:
     """One kill, ready for the API: everything an Event needs except its count."""
@@ -272,6 +335,23 @@ class EventBuilder:
             reason=reason,
             message=format_message(kill, target),
             time=kill.time,
+            window_start=start,
+            window_end=start + timedelta(seconds=self.event_window_s),
+        )
+
+    def warning_occurrence(self, warning: OomWarning, target: Target) -> Occurrence:
+        """An OOMImminent Event's occurrence, aggregated by the same key and window."""
+        key = self.aggregation_key(target, REASON_IMMINENT)
+        start = window_start(warning.time, self.event_window_s)
+        object_name = self.node_name if target.kind is TargetKind.NODE else target.name or ""
+        return Occurrence(
+            key=key,
+            namespace=key.namespace,
+            name=event_name(key, object_name, start),
+            involved_object=self.involved_object(target),
+            reason=REASON_IMMINENT,
+            message=format_warning_message(warning, target),
+            time=warning.time,
             window_start=start,
             window_end=start + timedelta(seconds=self.event_window_s),
         )

@@ -22,6 +22,15 @@ The admin policy file (YAML or JSON, from a ConfigMap; every key optional)
       defaults:                    # for containers that ask for no kill mode
         - namespaces: {names: [ci]}
           mode: process            # container | process; first match wins
+    warnings:                      # OOMImminent warnings before a kill (oomguard.warn)
+      enabled: true
+      warn_at: 90                  # percent of the limit the working set may reach
+      min_warn_at: 50              # what oomguard.io/warn-at may ask for: min..max
+      max_warn_at: 99
+      horizon_s: 30                # warn when growth reaches the limit within this
+      pressure_percent: 10         # PSI some avg10 that counts as reclaim not keeping up
+      namespaces: {names: [...]}   # whose pods are watched; absent: every namespace
+      node_allocatable: true       # also the node-allocatable cgroup (Events on the Node)
 
 A selector is matched against the namespace's labels, which the agent reads from the
 API only while some rule has a selector (`k8s/namespace_labels.py`: cached for a
@@ -65,6 +74,12 @@ namespaces names the ones that may choose it (`process: {names: [ci]}`; `process
 none may); a request for a mode the namespace may not choose is refused and the
 baseline stands. `defaults` are the admin's own choice and apply whatever the
 `process`/`container` rules say (first match wins, as for the oom_score_adj defaults).
+
+Warnings (`warnings`), and why on by default: a warning changes nothing on the node; it
+is one Event per episode, aggregated. 90 % of the working set (not usage: page cache is
+no danger) is where the kubernetes-mixin alerts too. A pod may move its own threshold
+within `min_warn_at`..`max_warn_at` or opt out (`oomguard.io/warn-at: "off"`); below 50
+a pod would mostly be warned about its normal size, Events nobody reads.
 """
 
 from __future__ import annotations
@@ -377,6 +392,47 @@ class KillModeRules(BaseModel):
         return (*choosers, *(rule.namespaces for rule in self.defaults))
 
 
+class WarningRules(BaseModel):
+    """When OOMImminent warnings are given (`oomguard.warn.rule`), and to whom."""
+
+    model_config = _MODEL_CONFIG
+
+    enabled: StrictBool = True
+    warn_at: StrictInt = Field(default=90, ge=1, le=99)
+    min_warn_at: StrictInt = Field(default=50, ge=1, le=99)
+    max_warn_at: StrictInt = Field(default=99, ge=1, le=99)
+    horizon_s: float = Field(default=30.0, ge=0.0, le=3600.0)
+    pressure_percent: float = Field(default=10.0, gt=0.0, le=100.0)
+    # None (the key left out): every namespace is watched; {}: none is.
+    namespaces: NamespaceSelector | None = Field(default=None, json_schema_extra=_never_null)
+    node_allocatable: StrictBool = True
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError(
+                "has no value; list the namespaces whose pods are watched ({} for none), "
+                "or leave the key out to watch every namespace"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WarningRules:
+        if not self.min_warn_at <= self.warn_at <= self.max_warn_at:
+            raise ValueError(
+                f"warn_at ({self.warn_at}) must lie within min_warn_at ({self.min_warn_at}) "
+                f"and max_warn_at ({self.max_warn_at})"
+            )
+        return self
+
+    def watches(self, namespace: str, labels: Mapping[str, str]) -> bool:
+        """Whether pods of this namespace are watched for warnings."""
+        return self.enabled and (
+            self.namespaces is None or self.namespaces.matches(namespace, labels)
+        )
+
+
 class AdminPolicy(BaseModel):
     """The admin's bounds on what pod annotations may achieve (see the module docstring)."""
 
@@ -387,6 +443,7 @@ class AdminPolicy(BaseModel):
     qos: QosRules = Field(default_factory=QosRules)
     defaults: tuple[DefaultRule, ...] = ()
     oom_kill: KillModeRules = Field(default_factory=KillModeRules)
+    warnings: WarningRules = Field(default_factory=WarningRules)
 
     @model_validator(mode="after")
     def _safe(self) -> AdminPolicy:
@@ -424,6 +481,7 @@ class AdminPolicy(BaseModel):
             self.trusted_namespaces,
             *(rule.namespaces for rule in self.defaults),
             *self.oom_kill.selectors,
+            *((self.warnings.namespaces,) if self.warnings.namespaces is not None else ()),
         )
         return any(chooser.selector is not None for chooser in selectors)
 

@@ -17,6 +17,8 @@ Annotations (all keys are the public contract)
     oomguard.io/sacrifice.<container>
     oomguard.io/oom-score-adj.<container>
     oomguard.io/oom-kill.<container>
+    oomguard.io/warn-at: "85%" | "off"     OOMImminent warnings' threshold (read by
+    oomguard.io/warn-at.<container>        `oomguard.warn.policy`, not here)
 
 - Booleans are exactly "true" or "false", lower case (as Kubernetes writes them);
   "false" is the same as leaving the key out, except that a container-form "false"
@@ -83,6 +85,7 @@ class Word(enum.StrEnum):
     SACRIFICE = "sacrifice"
     OOM_SCORE_ADJ = "oom-score-adj"
     OOM_KILL = "oom-kill"
+    WARN_AT = "warn-at"  # read by oomguard.warn.policy, not here
 
 
 _SWITCH_WORDS = frozenset({Word.PROTECT, Word.SACRIFICE})
@@ -331,6 +334,8 @@ def read_annotations(
             continue
         if word is Word.OOM_KILL:  # read apart: its problems are the kill mode's alone
             kill_mode_keys[key] = value
+            continue
+        if word is Word.WARN_AT:  # the warnings' key: oomguard.warn.policy reads it
             continue
         target: str | None = None
         if separator:

@@ -279,12 +279,6 @@ def test_rules_select_the_agents_by_their_scrape_job(helm3: Helm, tmp_path: Path
         assert set(re.findall(r'job="([^"]*)"', alert["expr"])) <= {"oomguard-pods"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="servicemonitor.yaml must set honorLabels: true (issue 11 part 4 report): "
-    "without it the Operator renames the agent's namespace/pod/container labels to "
-    "exported_*, and the alerts and the dashboard name the agent instead of the victim",
-)
 def test_service_monitor_keeps_the_victims_labels(monitoring: Rendered) -> None:
     (endpoint,) = monitoring.one("ServiceMonitor")["spec"]["endpoints"]
     assert endpoint.get("honorLabels") is True

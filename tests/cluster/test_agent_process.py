@@ -404,7 +404,7 @@ def test_documented_rbac_is_enough_for_the_full_path(
     cart.oom_kill()
     cart.oom_kill()
     wait_for(lambda: counts(apiserver) == {cart.uid: [2]}, 30, "one Event, count 2")
-    wait_for(lambda: apiserver.requests("get", "namespaces"), 30, "namespace labels read")
+    wait_for(lambda: apiserver.requests("watch", "namespaces"), 30, "namespace labels watched")
     stop(agent)
     assert "forbidden" not in agent.log().lower()
     # Enough (nothing was refused) and each grant used: exactly what the agent needs.

@@ -1,0 +1,62 @@
+"""Asking the kernel to wake the watcher: v1 usage thresholds, v2 PSI triggers.
+
+- cgroup v1: `cgroup.event_control` takes "<eventfd> <fd of memory.usage_in_bytes>
+  <bytes>" and signals the eventfd whenever usage crosses that many bytes, either way
+  (checked every ~128 page charges, so within ~0.5 MiB). Registered at the early level,
+  it replaces the cheap looks below it: nothing is read until usage gets there.
+- cgroup v2: a trigger written to `memory.pressure` ("some 150000 1000000": tasks
+  stalled 150 ms within 1 s) makes the file poll with POLLPRI when reclaim stalls the
+  cgroup's tasks; the watcher then looks at once. There is no usage threshold on v2
+  (memory.high would throttle, not notify), so below the early level it samples.
+
+Both need write access to the cgroup's files. On a read-only cgroup mount (EROFS), or
+where the kernel has no PSI, registration fails and the watcher samples instead: said
+once, not per cgroup. Closing the descriptor unregisters (both kernels drop the
+registration when its file is released).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+
+PSI_TRIGGER = b"some 150000 1000000"
+
+
+def register_usage_threshold(directory: str, threshold_bytes: int) -> int:
+    """A v1 eventfd signalled when the cgroup's usage crosses `threshold_bytes`."""
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        ufd = os.open(directory + "/memory.usage_in_bytes", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ctl = os.open(directory + "/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(ctl, f"{efd} {ufd} {threshold_bytes}".encode())
+            finally:
+                os.close(ctl)
+        finally:
+            os.close(ufd)
+    except OSError as exc:
+        os.close(efd)
+        if exc.errno == errno.ENOENT:
+            raise FileNotFoundError(directory) from exc
+        raise
+    return efd
+
+
+def register_psi_trigger(directory: str) -> int:
+    """A v2 memory.pressure descriptor that polls POLLPRI when the cgroup stalls."""
+    fd = os.open(directory + "/memory.pressure", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.write(fd, PSI_TRIGGER)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def drain_eventfd(fd: int) -> None:
+    """Reset a signalled eventfd (its counter) so poll() blocks again."""
+    with contextlib.suppress(BlockingIOError):
+        os.eventfd_read(fd)

@@ -1,0 +1,164 @@
+"""What a cgroup's memory looks like now: usage, working set, limit, reclaim, pressure.
+
+The working set is the kubelet's (`cadvisor`'s `WorkingSet`): usage minus inactive file
+pages, floored at 0. It is what the kubelet evicts on and what the kernel cannot simply
+drop: page cache read once and not touched again sits on the inactive file list and is
+reclaimed at the limit without harm, so a container streaming a big file through a
+small limit sits at 100 % usage all day and is in no danger. A warning resting on usage
+alone would fire for it forever; one resting on the working set does not.
+
+Two reads: `read_usage` is the cheap one (one small file), taken on every look;
+`read_sample` adds memory.stat (inactive file), the reclaim count and the pressure, and
+is taken only when usage alone is close enough to the limit that the working set
+matters (usage >= working set, so a usage below the early level means a working set
+below it too).
+
+- Reclaim forced by the limit: v2 `memory.events` `max` (+ `high`), the times usage was
+  about to pass the limit; v1 `memory.failcnt`, the times a charge failed. Both count up
+  while the kernel reclaims to keep the cgroup under its limit.
+- Pressure: v2 `memory.pressure` `some avg10`, the share of the last 10 s in which some
+  task of the cgroup waited for memory (PSI). v1 has none (None).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from oomguard.cgroups.counters import parse_flat_keyed, parse_single_int
+from oomguard.cgroups.hierarchy import CgroupVersion
+
+# v1 prints PAGE_COUNTER_MAX * PAGE_SIZE (rounded) for "no limit"; v2 prints "max".
+_NO_LIMIT_V1 = 1 << 62
+_MAX_READ = 8192  # memory.stat is ~1.5 KiB on v1, ~1 KiB on v2
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySample:
+    """One look at a cgroup (bytes; None: not readable or not known on this version)."""
+
+    at: float  # monotonic seconds
+    usage_bytes: int
+    limit_bytes: int | None
+    working_set_bytes: int | None = None  # None: only usage was read
+    limit_hits: int | None = None  # cumulative: v2 memory.events max+high, v1 failcnt
+    pressure_some_avg10: float | None = None  # percent, v2 only
+
+
+def parse_limit(version: CgroupVersion, text: str) -> int | None:
+    """memory.max / memory.limit_in_bytes; None for no limit or an unreadable value."""
+    value = parse_single_int(text)
+    if value is None or (version is CgroupVersion.V1 and value >= _NO_LIMIT_V1):
+        return None
+    return value
+
+
+def inactive_file(version: CgroupVersion, stat_text: str) -> int | None:
+    """The inactive file pages of memory.stat (v1: the hierarchical total, as cAdvisor)."""
+    key = "inactive_file" if version is CgroupVersion.V2 else "total_inactive_file"
+    return parse_flat_keyed(stat_text).get(key)
+
+
+def working_set(usage_bytes: int, inactive_file_bytes: int | None) -> int:
+    """cAdvisor's working set: usage minus inactive file, never below 0."""
+    if inactive_file_bytes is None or inactive_file_bytes > usage_bytes:
+        return usage_bytes if inactive_file_bytes is None else 0
+    return usage_bytes - inactive_file_bytes
+
+
+def limit_hits_v2(events_text: str) -> int | None:
+    """memory.events' max + high: each a time usage was about to pass a boundary."""
+    events = parse_flat_keyed(events_text)
+    if "max" not in events:
+        return None
+    return events["max"] + events.get("high", 0)
+
+
+def pressure_some_avg10(text: str) -> float | None:
+    """The `some avg10=` figure of a PSI file, in percent; None when absent or odd."""
+    for line in text.splitlines():
+        if not line.startswith("some "):
+            continue
+        for field in line.split()[1:]:
+            name, _, value = field.partition("=")
+            if name == "avg10":
+                try:
+                    figure = float(value)
+                except ValueError:
+                    return None
+                return figure if 0.0 <= figure <= 100.0 else None
+    return None
+
+
+class CgroupFiles:
+    """The files of one cgroup a watcher looks at, opened once and read with pread.
+
+    Opened once because a node watches hundreds of cgroups and the cheap look runs
+    every few seconds for each: an open/read/close costs three system calls and a path
+    walk, a pread one. A cgroup removed makes the reads fail (ENODEV/ENOENT): OSError
+    goes to the caller, which drops the cgroup.
+    """
+
+    def __init__(self, version: CgroupVersion, directory: str) -> None:
+        self.version = version
+        self.directory = directory
+        v2 = version is CgroupVersion.V2
+        self._usage = self._open("memory.current" if v2 else "memory.usage_in_bytes")
+        self._fds: list[int] = [self._usage]
+        self._limit = self._optional("memory.max" if v2 else "memory.limit_in_bytes")
+        self._stat = self._optional("memory.stat")
+        self._hits = self._optional("memory.events" if v2 else "memory.failcnt")
+        self._pressure = self._optional("memory.pressure") if v2 else -1
+
+    def _open(self, name: str) -> int:
+        return os.open(os.path.join(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)
+
+    def _optional(self, name: str) -> int:
+        try:
+            fd = self._open(name)
+        except FileNotFoundError:
+            return -1
+        self._fds.append(fd)
+        return fd
+
+    @staticmethod
+    def _text(fd: int) -> str:
+        return os.pread(fd, _MAX_READ, 0).decode("ascii", "replace")
+
+    def usage(self) -> int:
+        value = parse_single_int(self._text(self._usage))
+        if value is None:
+            raise OSError(f"unreadable usage in {self.directory}")
+        return value
+
+    def limit(self) -> int | None:
+        return None if self._limit < 0 else parse_limit(self.version, self._text(self._limit))
+
+    def read_usage(self, at: float, limit_bytes: int | None) -> MemorySample:
+        """The cheap look: usage only (the limit as last read)."""
+        return MemorySample(at=at, usage_bytes=self.usage(), limit_bytes=limit_bytes)
+
+    def read_sample(self, at: float, limit_bytes: int | None) -> MemorySample:
+        """The full look: usage, working set, reclaim count, pressure."""
+        usage = self.usage()
+        inactive = None if self._stat < 0 else inactive_file(self.version, self._text(self._stat))
+        hits: int | None = None
+        if self._hits >= 0:
+            text = self._text(self._hits)
+            hits = (
+                limit_hits_v2(text) if self.version is CgroupVersion.V2 else parse_single_int(text)
+            )
+        pressure = None if self._pressure < 0 else pressure_some_avg10(self._text(self._pressure))
+        return MemorySample(
+            at=at,
+            usage_bytes=usage,
+            limit_bytes=limit_bytes,
+            working_set_bytes=working_set(usage, inactive),
+            limit_hits=hits,
+            pressure_some_avg10=pressure,
+        )
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
