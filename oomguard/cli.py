@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -25,8 +26,8 @@ from oomguard.cgroups.hierarchy import (
 )
 from oomguard.cgroups.scratch import ScratchError
 from oomguard.detect.loop import OomWatcher
-from oomguard.output import human_line, json_line
-from oomguard.records import OomKill
+from oomguard.output import human_line, json_line, warning_human_line
+from oomguard.records import CgroupIdentity, ContainerCgroupCreated, OomKill, OomWarning
 from oomguard.safe_text import EscapingFormatter, escape
 from oomguard.settings import RunSettings
 from oomguard.settings_flags import add_flags, given_flags
@@ -63,14 +64,49 @@ def _root_dir(hierarchy: MemoryHierarchy, given: str | None) -> Path:
     return root
 
 
+def warn_at_flag(value: str) -> int | None:
+    """`--warn-at`: "90", "90%" or "off" (no warnings)."""
+    if value.strip().lower() == "off":
+        return None
+    text = value.strip().removesuffix("%")
+    if not text.isdigit() or not 1 <= int(text) <= 99:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a percent from 1 to 99 or 'off'")
+    return int(text)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     hierarchy = detect_memory_hierarchy()
     root = _root_dir(hierarchy, args.cgroup_root)
+    out = threading.Lock()  # kills (detector thread) and warnings (warning thread)
+
+    def write(line: str) -> None:
+        with out:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
     def emit(kill: OomKill) -> None:
-        line = json_line(kill) if args.json else human_line(kill)
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
+        write(json_line(kill) if args.json else human_line(kill))
+
+    def emit_warning(warning: OomWarning) -> None:
+        write(json_line(warning) if args.json else warning_human_line(warning))
+
+    warner = None
+    if args.warn_at is not None:
+        from oomguard.warn.rule import WarnRule
+        from oomguard.warn.watcher import RuleAnswer, WarningWatcher
+
+        answer = RuleAnswer(WarnRule(warn_at_percent=args.warn_at))
+
+        def rule_for(identity: CgroupIdentity) -> RuleAnswer:
+            return answer
+
+        warner = WarningWatcher(
+            hierarchy, lambda: watcher.watch.published, rule_for, emit_warning, push=not args.poll
+        )
+
+    def new_container(created: ContainerCgroupCreated) -> None:
+        if warner is not None:
+            warner.notice(created.cgroup, created.directory)
 
     watcher = OomWatcher(
         hierarchy,
@@ -79,23 +115,31 @@ def cmd_watch(args: argparse.Namespace) -> int:
         resync_interval_s=args.resync_interval_s,
         push=not args.poll,
         kmsg_path=args.kmsg_path or None,
+        on_new_container=None if warner is None else new_container,
     )
     watcher.start()
+    if warner is not None:
+        warner.start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         watcher.stop()
+        if warner is not None:
+            warner.stop(timeout_s=0)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(
         f"oomguard {__version__}: watching {len(watcher.watch.cgroups())} memory cgroups "
-        f"below {root} (cgroup v{hierarchy.version.value}); {watcher.kernel_log_status}",
+        f"below {root} (cgroup v{hierarchy.version.value}); {watcher.kernel_log_status}; "
+        + ("no warnings" if warner is None else f"warnings at {args.warn_at}% of a limit"),
         file=sys.stderr,
         flush=True,
     )
     try:
         watcher.run()
     finally:
+        if warner is not None:
+            warner.close()
         watcher.close()
     return 0
 
@@ -185,7 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="watch memory cgroups below DIR (default: the kubepods hierarchy if there "
         "is one, else the whole memory hierarchy)",
     )
-    watch.add_argument("--json", action="store_true", help="one JSON object per kill per line")
+    watch.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per line: "kind" "oom_kill" per kill, "oom_warning" per warning',
+    )
+    watch.add_argument(
+        "--warn-at",
+        metavar="PERCENT|off",
+        type=warn_at_flag,
+        default=90,
+        help="warn once per episode when a limited cgroup's working set (usage minus "
+        "inactive page cache) reaches PERCENT of its limit, or reclaim/pressure/growth "
+        'say a kill is near (default 90; "off": kills only)',
+    )
     watch.add_argument(
         "--resync-interval-s",
         type=float,
