@@ -51,13 +51,11 @@ from oomguard.k8s.list_watch import (
     StreamEndedEarly,
 )
 from oomguard.say_once import SaidOnce
+from oomguard.steer.admin import NO_LABELS
 
 log = logging.getLogger(__name__)
 
 NAMESPACES_PATH = "/api/v1/namespaces"
-# Unknown labels. This very object is returned whenever the labels are not known, so a
-# caller can tell "unknown" (`labels is NO_LABELS`) from a namespace with no labels.
-NO_LABELS: Mapping[str, str] = MappingProxyType({})
 # Distinct causes remembered for logging once each.
 _MAX_LOGGED_CAUSES = 256
 # What the API validates for labels (a longer one is not a label a real server sends):

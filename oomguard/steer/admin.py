@@ -32,10 +32,11 @@ The admin policy file (YAML or JSON, from a ConfigMap; every key optional)
       namespaces: {names: [...]}   # whose pods are watched; absent: every namespace
       node_allocatable: true       # also the node-allocatable cgroup (Events on the Node)
 
-A selector is matched against the namespace's labels, which the agent reads from the
-API only while some rule has a selector (`k8s/namespace_labels.py`: cached for a
-minute; labels it cannot read count as none, after a bounded grace on transient API
-errors, so the namespace then matches no selector and only `names` can choose it).
+A selector is matched against the namespace's labels, which the agent lists and
+watches only while some rule has a selector (`k8s/namespace_labels.py`). Labels it
+cannot know (namespaces forbidden, the API down before the first list) are
+`NO_LABELS`: the namespace then matches no selector, not even `NotIn` or
+`DoesNotExist`, and only `names` can choose it.
 
 Defaults, and why: nothing is trusted (only raising works until the admin says
 otherwise). Each class's `lowest` keeps it inside the band the kubelet itself uses
@@ -87,6 +88,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
@@ -141,6 +143,11 @@ SAFEST_WITHOUT_NEVER_KILL = KUBELET_OOM_SCORE_ADJ
 # A Burstable or BestEffort pod must stay strictly above this: an unannotated
 # Guaranteed pod's value.
 NON_GUARANTEED_FLOOR_EXCLUSIVE = GUARANTEED_OOM_SCORE_ADJ
+
+# Labels that are not known (the API could not be read). This very object stands for
+# "unknown" (`labels is NO_LABELS`), apart from a namespace that has no labels: an
+# unknown namespace matches no selector, not even `NotIn` or `DoesNotExist` ones.
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
 Score = Annotated[StrictInt, Field(ge=OOM_SCORE_ADJ_MIN, le=OOM_SCORE_ADJ_MAX)]
@@ -219,7 +226,10 @@ class NamespaceSelector(BaseModel):
     def matches(self, namespace: str, labels: Mapping[str, str]) -> bool:
         if namespace in self.names:
             return True
-        return self.selector is not None and self.selector.matches(labels)
+        # Fail safe: labels not known match no selector (`NotIn` would match them).
+        return (
+            self.selector is not None and labels is not NO_LABELS and self.selector.matches(labels)
+        )
 
     @property
     def is_empty(self) -> bool:

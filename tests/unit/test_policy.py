@@ -19,7 +19,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from oomguard.steer.admin import AdminPolicy, PolicyError, load_policy
+from oomguard.steer.admin import NO_LABELS, AdminPolicy, PolicyError, load_policy
 from oomguard.steer.annotations import (
     AnnotationError,
     Word,
@@ -240,6 +240,22 @@ def test_label_selector_operators(
 ) -> None:
     document = {"trusted_namespaces": {"selector": {"matchExpressions": [expression]}}}
     assert load_policy(json.dumps(document)).trusts("ns", labels) is trusted
+
+
+@pytest.mark.parametrize("operator", ["NotIn", "DoesNotExist"])
+def test_unknown_namespace_labels_match_no_selector(operator: str) -> None:
+    """Labels the agent could not read are not "no labels": a `NotIn` selector must
+    not trust a namespace because the API was down (only `names` still choose)."""
+    expression: dict[str, Any] = {"key": "tier", "operator": operator}
+    if operator == "NotIn":
+        expression["values"] = ["untrusted"]
+    document = {
+        "trusted_namespaces": {"names": ["db"], "selector": {"matchExpressions": [expression]}}
+    }
+    policy = load_policy(json.dumps(document))
+    assert policy.trusts("ns", {})  # known, and without the label: chosen
+    assert not policy.trusts("ns", NO_LABELS)  # not known: not chosen
+    assert policy.trusts("db", NO_LABELS)  # by name: chosen whatever the labels
 
 
 USES_SELECTOR_CASES = {
