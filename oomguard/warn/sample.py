@@ -25,12 +25,39 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from oomguard.cgroups.counters import parse_flat_keyed, parse_single_int
 from oomguard.cgroups.hierarchy import CgroupVersion
 
 # v1 prints PAGE_COUNTER_MAX * PAGE_SIZE (rounded) for "no limit"; v2 prints "max".
 _NO_LIMIT_V1 = 1 << 62
 _MAX_READ = 8192  # memory.stat is ~1.5 KiB on v1, ~1 KiB on v2
+# A counter of the kernel's is at most 2**64 - 1 (20 digits). A longer run of digits is
+# not the kernel's and is refused before int() sees it: Python raises ValueError on
+# more than 4300 digits, which would end a look with an error instead of a None.
+_MAX_DIGITS = 20
+
+
+def _number(text: str) -> int | None:
+    """A kernel counter's text as a number; None for anything else."""
+    if 0 < len(text) <= _MAX_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def parse_single_int(text: str) -> int | None:
+    """A file holding one number (memory.usage_in_bytes); "max" and garbage give None."""
+    return _number(text.strip())
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """`key value` lines (memory.stat, memory.events); odd lines are skipped."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            value = _number(parts[1])
+            if value is not None:
+                out[parts[0]] = value
+    return out
 
 
 @dataclass(frozen=True, slots=True)
