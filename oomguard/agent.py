@@ -8,6 +8,9 @@ Threads and what flows between them, in one direction:
     detector thread --ContainerCgroupCreated--> steering thread (NewContainerSteering):
                a new container of a governed pod gets the policy's oom_score_adj at
                once, not at the next pass (not in a dry run)
+               --> warning thread (WarningWatcher), which also reads the detector's
+               published set of cgroups: an OomWarning per episode of a cgroup nearing
+               its limit --> the same queue --> main loop: an OOMImminent Event
     pod cache thread: list + watch this node's pods
     metrics thread: /metrics, /healthz, /readyz
 
@@ -47,7 +50,7 @@ from types import FrameType
 from oomguard import __version__
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy, default_cgroup_root
 from oomguard.detect.loop import OomWatcher
-from oomguard.k8s.attribution import attribute
+from oomguard.k8s.attribution import attribute, attribute_warning
 from oomguard.k8s.client import KubeApi, KubeApiError
 from oomguard.k8s.event_queue import (
     EventQueue,
@@ -58,15 +61,17 @@ from oomguard.k8s.event_queue import (
 from oomguard.k8s.namespace_labels import NamespaceLabels
 from oomguard.k8s.pod_cache import PodCache
 from oomguard.k8s.policy_events import PolicyEvents
+from oomguard.k8s.warning_rules import WARN_AT_REFUSED_REASON, WarningRulesFromPods
 from oomguard.metrics import Metrics, Server, serve
 from oomguard.output import json_line
-from oomguard.records import HandedOn, OomKill
+from oomguard.records import ContainerCgroupCreated, HandedOn, OomKill, OomWarning
 from oomguard.settings import RunSettings
 from oomguard.state.checkpoints import Checkpoints
 from oomguard.state.files import StateWrites
 from oomguard.steer.new_containers import NewContainerPlanner, NewContainerSteering
 from oomguard.steer.policy_file import PolicySource
 from oomguard.steer.reconciler import Reconciler
+from oomguard.warn.watcher import WarningWatcher
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,8 @@ log = logging.getLogger(__name__)
 SAVED_POLICY_FILE = "policy-in-force.yaml"
 
 NODE_UID_RETRY_S = 30.0
+HEADROOM_EVERY_S = 5.0  # the headroom gauges, from the warning thread's last looks
+FORGET_PODS_EVERY_S = 60.0  # deleted pods' kill and warning series leave /metrics
 STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
 
 
@@ -142,7 +149,18 @@ class Agent:
                 kill_mode_remembered=self.reconciler.kill_mode_remembered,
             )
             self.new_containers = NewContainerSteering(hierarchy, planner, metrics=self.metrics)
-        self._kills: queue.Queue[OomKill | HandedOn] = queue.Queue()
+        self._kills: queue.Queue[OomKill | HandedOn | OomWarning] = queue.Queue()
+        # Warnings before a kill: the rules from the policy, the pod cache and the
+        # namespace labels (no API call on the warning thread), the cgroups from the
+        # detector's published set; each warning joins the kills' queue.
+        self.namespace_labels = namespace_labels
+        self.warning_rules = WarningRulesFromPods(self.cache, self.policy.current, namespace_labels)
+        self.warnings = WarningWatcher(
+            hierarchy,
+            lambda: self.watcher.watch.published,
+            self.warning_rules,
+            self._kills.put,
+        )
         self.watcher = OomWatcher(
             hierarchy,
             root,
@@ -151,7 +169,7 @@ class Agent:
             resync_interval_s=settings.resync_interval_s,
             resume=self.checkpoints.load(),
             on_handed_on=self._kills.put,
-            on_new_container=None if self.new_containers is None else self.new_containers.notice,
+            on_new_container=self._new_container,
         )
         self._next_reconcile = 0.0
         self._stop = threading.Event()
@@ -160,6 +178,15 @@ class Agent:
         self._waited: set[str] = set()
         self._node_uid_due = 0.0  # monotonic time of the next try; inf once known
         self._seen_totals: dict[int, int] = {}
+        self._headrooms_due = 0.0
+        self._forget_due = 0.0
+
+    def _new_container(self, created: ContainerCgroupCreated) -> None:
+        """From the detector thread: steering first (its first process is waiting),
+        then the warning thread (looks at the new cgroup's limit at once)."""
+        if self.new_containers is not None:
+            self.new_containers.notice(created)
+        self.warnings.notice(created.cgroup, created.directory)
 
     # ----- health -----------------------------------------------------------------------
 
@@ -189,6 +216,8 @@ class Agent:
             self.new_containers.start()
         self._detector = threading.Thread(target=self.watcher.run, name="detector", daemon=True)
         self._detector.start()
+        self.warnings.start()
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready()[0] else 0.0)
         log.info(
             "oomguard %s on node %s: watching %d cgroups below %s",
             __version__,
@@ -227,6 +256,7 @@ class Agent:
         self._learn_node_uid()
         self.sender.deliver_once()
         self._reconcile()
+        self._say_warning_problems()
         self._refresh_gauges()
 
     def _learn_node_uid(self) -> None:
@@ -262,11 +292,32 @@ class Agent:
         self.reconciler.pass_once(self.cache.pods())
         self.policy_events.policy_checked(self.policy.last_error, self.policy.kept)
 
-    def _take(self, item: OomKill | HandedOn) -> None:
+    def _take(self, item: OomKill | HandedOn | OomWarning) -> None:
         if isinstance(item, HandedOn):
             self.checkpoints.take(item)
+        elif isinstance(item, OomWarning):
+            self._handle_warning(item)
         else:
             self._handle(item)
+
+    def _handle_warning(self, warning: OomWarning) -> None:
+        """An OOMImminent Event on the container (the pod, the Node), queued and
+        aggregated like a kill's; counted by its pod's labels."""
+        target = attribute_warning(warning, self.cache)
+        self.sender.submit_warning(warning, target)
+        if target.is_node:
+            namespace, pod = "", ""
+        else:
+            namespace, pod = target.namespace or "", target.name or ""
+        self.metrics.oom_warning(
+            namespace, pod, target.container or "", warning.constraint, warning.signal
+        )
+        log.info("oom kill near: %s", json_line(warning))
+
+    def _say_warning_problems(self) -> None:
+        """A refused `oomguard.io/warn-at`, once per pod and message, on the pod."""
+        for pod, message in self.warning_rules.take_problems():
+            self.policy_events.pod_event(pod, "Warning", WARN_AT_REFUSED_REASON, message)
 
     def _handle(self, kill: OomKill) -> None:
         cid = kill.identity.container_id
@@ -294,6 +345,13 @@ class Agent:
             relists=c.relists, watch_restarts=c.watch_restarts, pods_cached=len(self.cache.pods())
         )
         self.metrics.cgroups_watched.set(len(self.watcher.watch.cgroups()))
+        now = time.monotonic()
+        if now >= self._headrooms_due:
+            self._headrooms_due = now + HEADROOM_EVERY_S
+            self._set_headrooms()
+        if now >= self._forget_due and self.cache.synced.is_set():
+            self._forget_due = now + FORGET_PODS_EVERY_S
+            self.metrics.forget_pods_except({(p.namespace, p.name) for p in self.cache.pods()})
         # Counters kept by the parts, turned into Prometheus counters by their growth.
         sc = self.sender.counters
         totals = {
@@ -311,7 +369,19 @@ class Agent:
                 counter.inc(total - seen)
             self._seen_totals[id(counter)] = total
 
+    def _set_headrooms(self) -> None:
+        """Headroom of each limited container of a cached pod: one series per container
+        with a limit (no limit, no series), gone with the container."""
+        headrooms: dict[tuple[str, str, str], int] = {}
+        for identity, headroom in self.warnings.headrooms().values():
+            hit = self.cache.lookup_container(identity.container_id or "")
+            if hit is not None:
+                pod, container = hit
+                headrooms[(pod.namespace, pod.name, container.name)] = headroom
+        self.metrics.set_headrooms(headrooms)
+
     def shutdown(self) -> None:
+        self.warnings.close()
         self.watcher.stop()
         if self._detector is not None:
             self._detector.join(timeout=5)
@@ -332,6 +402,7 @@ class Agent:
                 time.sleep(min(0.2, self.sender.seconds_until_due() or 0.2))
         self.events.flush()
         self.cache.stop()
+        self.namespace_labels.close()
         if self._server is not None:
             self._server.stop()
         self.api.close()

@@ -1,0 +1,112 @@
+"""`oomguard run` warns before the kill: an OOMImminent Event on the right pod and
+container while the container still lives, then the OOMKilled one (lane 1).
+
+Real cgroups (kubepods-shaped, below our own), a real process growing into its real
+limit until the kernel kills it, the agent as `run` wires it, the real `kubernetes`
+client over HTTP to the test API server.
+"""
+
+from __future__ import annotations
+
+import secrets
+import urllib.request
+import uuid
+from typing import Any
+
+import pytest
+
+from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.cgroups.scratch import MIB, ScratchTree
+from tests.cluster.apiserver import EVENTS, ApiServer
+from tests.cluster.test_agent import NS, app_pod, wait_for
+from tests.system.conftest import lane1_hierarchy
+
+pytestmark = pytest.mark.system
+
+LIMIT_MIB = 256
+RATE_MIB_S = 30.0  # early level (75 %) after ~6 s, the limit ~2 s later
+
+
+@pytest.fixture
+def hierarchy() -> MemoryHierarchy:
+    return lane1_hierarchy()
+
+
+def growing_pod(
+    apiserver: ApiServer,
+    tree: ScratchTree,
+    annotations: dict[str, str] | None = None,
+    name: str = "cart-7d9f",
+) -> tuple[str, str]:
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    pod = app_pod(uid, cid)
+    pod["metadata"]["name"] = name
+    pod["status"]["containerStatuses"][1]["containerID"] = "containerd://" + secrets.token_hex(32)
+    pod["spec"]["containers"][0]["resources"]["limits"]["memory"] = f"{LIMIT_MIB}Mi"
+    if annotations:
+        pod["metadata"]["annotations"] = annotations
+    apiserver.apply(pod)
+    cgroup = tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=LIMIT_MIB * MIB)
+    return uid, cgroup
+
+
+def by_reason(apiserver: ApiServer, reason: str) -> list[dict[str, Any]]:
+    return [e for e in apiserver.objects(EVENTS, NS) if e["reason"] == reason]
+
+
+def scrape(port: int) -> str:
+    text: str = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    return text
+
+
+def test_growing_container_gets_oom_imminent_before_oom_killed(
+    apiserver: ApiServer, make_agent: Any, tree: ScratchTree
+) -> None:
+    uid, cgroup = growing_pod(apiserver, tree)
+    with make_agent() as agent:
+        wait_for(lambda: agent.ready()[0])
+        port = agent._server.port if agent._server else 0
+        grower = tree.start_grower(cgroup, RATE_MIB_S, name="leaky")
+        (warning,) = wait_for(lambda: by_reason(apiserver, "OOMImminent"), 60)
+        alive_when_warned = grower.poll() is None
+        headroom_seen = 'oomguard_memory_headroom_bytes{container="app"' in scrape(port)
+        assert grower.wait(timeout=60) == -9
+        (kill,) = wait_for(lambda: by_reason(apiserver, "OOMKilled"), 30)
+        metrics = wait_for(lambda: "oom_warnings_total{" in (text := scrape(port)) and text)
+    assert alive_when_warned, "the warning came after the kill"
+    assert warning["type"] == "Warning"
+    obj = warning["involvedObject"]
+    assert (obj["kind"], obj["name"], obj["uid"]) == ("Pod", "cart-7d9f", uid)
+    assert obj["fieldPath"] == "spec.containers{app}"
+    assert warning["count"] == 1  # one episode, one warning
+    message = warning["message"]
+    assert message.startswith('Container "app" is close to an OOM kill: working set'), message
+    assert "(256.0 MiB)" in message, message
+    assert kill["involvedObject"]["fieldPath"] == "spec.containers{app}"
+    assert headroom_seen
+    assert 'namespace="shop",pod="cart-7d9f"' in metrics
+    assert 'oomguard_oom_warnings_total{constraint="container",container="app"' in metrics
+
+
+def test_warn_at_off_and_refused_values(
+    apiserver: ApiServer, make_agent: Any, tree: ScratchTree
+) -> None:
+    """`off` silences the pod's warnings (the kill is still reported); a value outside
+    the policy (default 50..99 %) is refused once, on the pod, and the default applies."""
+    _, quiet = growing_pod(apiserver, tree, {"oomguard.io/warn-at": "off"}, "cart-quiet")
+    uid, refused = growing_pod(apiserver, tree, {"oomguard.io/warn-at": "20%"}, "cart-refused")
+    with make_agent() as agent:
+        wait_for(lambda: agent.ready()[0])
+        (said,) = wait_for(lambda: by_reason(apiserver, "OOMWarnAtRefused"), 30)
+        quiet_grower = tree.start_grower(quiet, RATE_MIB_S, name="quiet")
+        assert quiet_grower.wait(timeout=60) == -9
+        wait_for(lambda: by_reason(apiserver, "OOMKilled"), 30)
+        refused_grower = tree.start_grower(refused, RATE_MIB_S, name="refused")
+        (warning,) = wait_for(lambda: by_reason(apiserver, "OOMImminent"), 60)
+        assert refused_grower.wait(timeout=60) == -9
+        wait_for(lambda: len(by_reason(apiserver, "OOMKilled")) == 2, 30)
+    assert warning["involvedObject"]["uid"] == uid  # the quiet pod got none
+    assert said["involvedObject"]["uid"] == uid and said["type"] == "Warning"
+    assert "20%" in said["message"] and "50%..99%" in said["message"]
+    assert "warns at 90%" in warning["message"]
+    assert len(by_reason(apiserver, "OOMWarnAtRefused")) == 1
