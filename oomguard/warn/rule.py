@@ -63,8 +63,10 @@ class WarnRule:
         return max(1, self.warn_at_percent - EARLY_MARGIN_PERCENT)
 
     @property
-    def rearm_percent(self) -> int:
-        return max(0, self.early_percent - self.rearm_margin_percent)
+    def rearm_percent(self) -> float:
+        """Below this an episode may end. Never 0 (nothing is below 0 %, so an episode
+        of a low `warn_at` would never end): at least half the early level."""
+        return max(self.early_percent - self.rearm_margin_percent, self.early_percent / 2)
 
     def early_bytes(self, limit_bytes: int) -> int:
         return limit_bytes * self.early_percent // 100
