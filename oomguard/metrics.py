@@ -29,9 +29,10 @@ Metrics (all names start with `oomguard_`; counters end in `_total`)
         1 while /readyz says ready, else 0: alert on it, a Pod's readiness is not in
         Prometheus without kube-state-metrics.
     events_sent_total, events_retried_total, events_failed_total, events_dropped_total
-        Kubernetes Events: accepted by the API; attempts retried after an error; given
-        up on (a permanent error such as 403 or 422); aggregated away or discarded
-        because the queue was full.
+        Kubernetes Events: kills accepted by the API; attempts retried after an error;
+        kills given up on (a permanent error such as 403 or 422); kills discarded
+        because the queue was full (merged into an aggregated Event is not dropped:
+        its count says it).
     watch_restarts_total, pod_relists_total
         The pod cache's watch reopened; full lists (the first one included).
     api_request_duration_seconds{verb} (histogram)
@@ -206,7 +207,7 @@ class Metrics:
         )
         self.events_dropped = counter(
             "events_dropped_total",
-            "Kubernetes Events aggregated away or discarded because the queue was full.",
+            "Kills discarded because the Event queue was full.",
         )
         self.watch_restarts = counter(
             "watch_restarts_total", "Pod watches that ended or dropped and were reopened."

@@ -34,12 +34,6 @@ README = CHART / "README.md"
 RUNBOOK = "https://github.com/oomguard/oomguard/blob/main/charts/oomguard/README.md"
 JOB = RELEASE  # the ServiceMonitor's job: the Service's name, the release's full name
 
-# Metrics issue 11 adds to the agent (warnings, headroom, readiness). The rules and the
-# dashboard use them already; once oomguard.metrics registers them this set is redundant
-# (test_expected_new_metrics_are_the_agents_own says which are still missing).
-EXPECTED_NEW_METRICS = frozenset(
-    {"oomguard_oom_warnings_total", "oomguard_memory_headroom_bytes", "oomguard_ready"}
-)
 # Not the agent's: Prometheus' own scrape health, and kube-state-metrics' (only in
 # OomguardAgentsMissing and OomguardMemoryHeadroomLow, which say they need it).
 PROMETHEUS_METRICS = frozenset({"up"})
@@ -1177,21 +1171,13 @@ def exposed_metric_names() -> set[str]:
     return names
 
 
-def test_expected_new_metrics_are_the_agents_own() -> None:
-    """Names the rules and dashboard use ahead of the agent (see EXPECTED_NEW_METRICS)."""
-    exposed = exposed_metric_names()
-    missing = sorted(EXPECTED_NEW_METRICS - exposed)
-    if missing:
-        pytest.skip(f"oomguard.metrics does not register {missing} yet (issue 11)")
-
-
 def _rule_exprs(rendered: Rendered) -> Iterable[tuple[str, str]]:
     for name, alert in _alerts(_rule(rendered)).items():
         yield name, alert["expr"]
 
 
 def test_queries_read_only_metrics_that_exist(monitoring: Rendered) -> None:
-    exposed = exposed_metric_names() | EXPECTED_NEW_METRICS | PROMETHEUS_METRICS
+    exposed = exposed_metric_names() | PROMETHEUS_METRICS
     dashboard = _dashboard()
     used: set[str] = set()
     for where, expr in _queries(dashboard):
