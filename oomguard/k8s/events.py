@@ -216,13 +216,16 @@ _LIMIT_NAMES = {
 }
 
 
+_NODE_PODS = "The node's pods"
+
+
 def _whose(warning: OomWarning, target: Target) -> str:
     if target.kind is TargetKind.POD and target.container:
         return f"Container {_quote(target.container)}"
     if target.kind is TargetKind.POD:
         return "The pod"
     if warning.constraint is Constraint.NODE_ALLOCATABLE:
-        return "The node's pods"
+        return _NODE_PODS
     return f"Cgroup {safe_text.escape(warning.cgroup)}"
 
 
@@ -250,11 +253,12 @@ def _kernel_doing(warning: OomWarning) -> str:
 def format_warning_message(warning: OomWarning, target: Target) -> str:
     """One read tells who, how close, to which limit, and what the kernel is doing."""
     limit_name = _LIMIT_NAMES.get(warning.constraint, "its memory limit")
+    whose = _whose(warning, target)
     percent = (
         100.0 * warning.working_set_bytes / warning.limit_bytes if warning.limit_bytes else 0.0
     )
     parts = [
-        f"{_whose(warning, target)} is close to an OOM kill: working set "
+        f"{whose} {'are' if whose == _NODE_PODS else 'is'} close to an OOM kill: working set "
         f"{_mib(warning.working_set_bytes)} of {limit_name} ({_mib(warning.limit_bytes)}), "
         f"{percent:.0f}% (warns at {warning.warn_at_percent}%).",
         _kernel_doing(warning),

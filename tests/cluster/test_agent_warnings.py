@@ -110,3 +110,34 @@ def test_warn_at_off_and_refused_values(
     assert "20%" in said["message"] and "50%..99%" in said["message"]
     assert "warns at 90%" in warning["message"]
     assert len(by_reason(apiserver, "OOMWarnAtRefused")) == 1
+
+
+def test_node_allocatable_warning_goes_on_the_node(
+    apiserver: ApiServer, make_agent: Any, tree: ScratchTree
+) -> None:
+    """A container with no limit of its own, bound by the limit of all pods: the
+    warning is about the node-allocatable cgroup, on the Node."""
+    uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
+    pod = app_pod(uid, cid)
+    del pod["spec"]["containers"][0]["resources"]
+    apiserver.apply(pod)
+    cgroup = tree.make(f"kubepods/burstable/pod{uid}/{cid}")
+    tree.set_limit(tree.top / "kubepods", LIMIT_MIB * MIB)
+    with make_agent() as agent:
+        wait_for(lambda: agent.ready()[0])
+        grower = tree.start_grower(cgroup, RATE_MIB_S, name="unbounded")
+
+        def on_node() -> list[dict[str, Any]]:
+            return [
+                e
+                for e in apiserver.objects(EVENTS, "default")
+                if e["reason"] == "OOMImminent" and e["involvedObject"]["kind"] == "Node"
+            ]
+
+        (warning,) = wait_for(on_node, 60)
+        assert grower.wait(timeout=60) == -9
+    assert warning["involvedObject"]["name"] == "node-a"
+    assert warning["message"].startswith("The node's pods are close to an OOM kill"), warning[
+        "message"
+    ]
+    assert not by_reason(apiserver, "OOMImminent")  # nothing on the pod: no limit of its own
