@@ -63,6 +63,28 @@ class RunSettings(BaseSettings):
     event_window_s: float = Field(
         default=600.0, gt=0, description="repeats within it update one Event"
     )
+    # The write budget: why these defaults is in oomguard/k8s/write_budget.py, whose
+    # DEFAULT_* are the same numbers (a test holds them equal); not imported from there,
+    # as that would load the Kubernetes side into every command that parses flags.
+    event_update_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="an Event is updated at most once per this; repeats in between are "
+        "counted into the next update (its first occurrence is sent at once)",
+    )
+    api_qps: float = Field(
+        default=5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="API writes per second (Events), on average: a token bucket; writes "
+        "over it wait, none is dropped",
+    )
+    api_burst: int = Field(
+        default=25,
+        ge=1,
+        description="API writes allowed at once before --api-qps paces them",
+    )
     reconcile_interval_s: float = Field(
         default=5.0, gt=0, description="time between oom_score_adj passes"
     )

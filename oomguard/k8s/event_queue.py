@@ -2,9 +2,14 @@
 
 The queue sits between the detector and the API. A kill is accepted once, under a
 stable kill id; accepted kills wait as pending deliveries, persisted in `state_dir`,
-until the API has them. A full queue first merges pending kills of the same Event
-(their counts add up) and only then drops the oldest, counting and logging them: memory
-stays bounded in a storm, and what is dropped is said.
+until the API has them. A kill for an Event that already has kills waiting (not yet
+sent) merges into them: their count adds up, the newest message stands, so what waits
+is one entry per Event however many kills come, and the next write carries them all.
+The sender writes each Event at most once per update interval and within the agent's
+write budget (`write_budget`), so in a storm kills wait here, merged, and are delivered
+later: never lost to the budget. A full queue (more Events waiting than `max_pending`)
+first merges what it can and only then drops the oldest, counting and logging them:
+memory stays bounded, and what is dropped is said.
 
 Kill ids (`kill_id`), stable across agent restarts, so a kill recovered a second time
 (kmsg replayed after a restart, a counter re-read) is recognised:
@@ -45,7 +50,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -66,6 +71,13 @@ from oomguard.k8s.events import (
     EventBuilder,
     Occurrence,
     aggregate_patch,
+)
+from oomguard.k8s.write_budget import (
+    DEFAULT_API_BURST,
+    DEFAULT_API_QPS,
+    DEFAULT_EVENT_UPDATE_INTERVAL_S,
+    UpdateSchedule,
+    WriteBudget,
 )
 from oomguard.records import OomKill, OomWarning
 from oomguard.state.files import StateFile, StateWrites, parse_versioned, read_boot_id
@@ -302,10 +314,18 @@ class EventQueue:
                         reason=occ.reason,
                         window_end=occ.window_end,
                     )
+                accepted += 1
+                open_entry = self._open_entry(ref)
+                if open_entry is not None:
+                    # Not sent yet: it goes with the next update, counted.
+                    open_entry.count += 1
+                    open_entry.first = min(open_entry.first, occ.time)
+                    if occ.time >= open_entry.last:
+                        open_entry.last, open_entry.message = occ.time, occ.message
+                    continue
                 if len(self._pending) >= self.settings.max_pending:
                     self._make_room()
                 self._pending.append(_Pending(kid, ref, occ.time, occ.time, 1, occ.message))
-                accepted += 1
             if accepted:
                 self._count(accepted=accepted)
                 self._persist()
@@ -313,18 +333,27 @@ class EventQueue:
 
     # -- the sender side --------------------------------------------------------------
 
-    def take_batches(self) -> list[Batch]:
-        """One batch per Event with pending kills, oldest first.
+    def pending_events(self) -> list[tuple[str, bool]]:
+        """The Events with pending kills, oldest first: (ref, created on the server)."""
+        with self._lock:
+            refs = dict.fromkeys(e.ref for e in self._pending)
+            return [(ref, self._events[ref].delivered_count > 0) for ref in refs]
+
+    def take_batches(self, refs: Collection[str] | None = None) -> list[Batch]:
+        """One batch per Event with pending kills (only those of `refs` if given),
+        oldest first.
 
         A batch that was sent before (and may have reached the server) is offered again
         exactly as it was, so its id still matches what the Event records; kills that
-        arrived since wait for the next batch.
+        arrived since wait for the next batch. An Event left out keeps its kills
+        unassigned, so later kills still merge into them.
         """
         batches: list[Batch] = []
         with self._lock:
             by_ref: dict[str, list[_Pending]] = {}
             for entry in self._pending:
-                by_ref.setdefault(entry.ref, []).append(entry)
+                if refs is None or entry.ref in refs:
+                    by_ref.setdefault(entry.ref, []).append(entry)
             assigned = False
             for ref, entries in by_ref.items():
                 in_flight = next((e.batch for e in entries if e.batch), None)
@@ -423,6 +452,13 @@ class EventQueue:
     def _count(self, **deltas: int) -> None:
         values = {k: getattr(self._counters, k) + v for k, v in deltas.items()}
         self._counters = dataclasses.replace(self._counters, **values)
+
+    def _open_entry(self, ref: str) -> _Pending | None:
+        """The Event's pending kills not yet in a batch, if any (newest last)."""
+        for entry in reversed(self._pending):
+            if entry.ref == ref and entry.batch is None:
+                return entry
+        return None
 
     def _remember(self, kid: str) -> None:
         self._seen[kid] = None
@@ -602,6 +638,13 @@ class EventSenderSettings:
     backoff_jitter_s: float = 1.0
     event_window_s: float = DEFAULT_EVENT_WINDOW_S
     latency_samples: int = 1024  # recent API call latencies kept for metrics
+    # An Event is updated at most once per this; kills between merge into the next
+    # update (`write_budget` says why 10 s). Its create is never held back. 0: every round.
+    event_update_interval_s: float = DEFAULT_EVENT_UPDATE_INTERVAL_S
+    # The agent's write budget (all its writes), made by the sender unless one is given;
+    # the policy side's Events take `EventSender.budget` too.
+    api_qps: float = DEFAULT_API_QPS
+    api_burst: int = DEFAULT_API_BURST
 
 
 @dataclasses.dataclass(frozen=True)
@@ -614,6 +657,9 @@ class SenderCounters:
     retried: int = 0  # attempts that failed and will be retried (per attempt)
     failed: int = 0  # kills refused for good (403, 422, ...)
     dropped: int = 0  # kills dropped by the full queue
+    # Rounds that left due Events for later because the write budget was spent (their
+    # kills stay queued and persisted: delayed, never lost).
+    throttled: int = 0
     last_error: str | None = None
 
 
@@ -622,7 +668,14 @@ class _Refused(Exception):
 
 
 class EventSender:
-    """Sends what the queue holds; one thread calls `deliver_once`, any may `submit`."""
+    """Sends what the queue holds; one thread calls `deliver_once`, any may `submit`.
+
+    Writes are paced twice (`write_budget`): each Event at most once per
+    `event_update_interval_s` after its create, and every write takes a token of the
+    agent's `WriteBudget` (shared with the policy side's Events). An Event that is not
+    due, or finds no token, keeps its kills in the queue, where later ones merge into
+    them: the next write carries them all, with the exact count.
+    """
 
     def __init__(
         self,
@@ -635,8 +688,16 @@ class EventSender:
         settings: EventSenderSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         observe_latency: Callable[[str, float], None] | None = None,
+        budget: WriteBudget | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings or EventSenderSettings()
+        # The agent's one bucket for all its writes (PolicyEvents takes it from here).
+        self.budget = budget or WriteBudget(
+            self.settings.api_qps, self.settings.api_burst, clock=clock
+        )
+        self.schedule = UpdateSchedule(self.settings.event_update_interval_s)
+        self._sleep = sleep
         self.builder = EventBuilder(node_name, node_uid, self.settings.event_window_s)
         self._api = api
         self.queue = queue
@@ -681,12 +742,33 @@ class EventSender:
             return dataclasses.replace(self._counters, dropped=self.queue.counters.dropped)
 
     def seconds_until_due(self, now: float | None = None) -> float:
-        """How long the caller's loop may sleep before the next attempt is due (0: now)."""
+        """How long the caller's loop may sleep before the next write is due: the
+        backoff, the soonest Event's update interval, the write budget (0: now, or
+        nothing is pending)."""
         now = self._clock() if now is None else now
-        return max(0.0, self._retry_at - now)
+        backoff = max(0.0, self._retry_at - now)
+        pending = self.queue.pending_events()
+        if not pending:
+            return backoff
+        soonest = min(self.schedule.wait_s(ref, created=c, now=now) for ref, c in pending)
+        return max(backoff, soonest, self.budget.seconds_until_available(now))
+
+    def _due(self, now: float) -> list[str]:
+        """The Events to write this round, oldest first: past their update interval,
+        and no more than the budget has tokens for."""
+        due = [
+            ref
+            for ref, created in self.queue.pending_events()
+            if self.schedule.wait_s(ref, created=created, now=now) == 0.0
+        ]
+        tokens = self.budget.available(now)
+        if len(due) > tokens:
+            self._count(throttled=1)
+            log.debug("write budget: %d Event(s) due, %d token(s)", len(due), tokens)
+        return due[:tokens]
 
     def deliver_once(self, now: float | None = None) -> int:
-        """Send every pending batch, unless backing off. Returns kills delivered.
+        """Send every batch that is due, unless backing off. Returns kills delivered.
 
         A connection error or a 5xx ends the round and backs off the whole sender: the
         API is unwell, and trying each Event in turn would only hammer it. When the
@@ -696,8 +778,11 @@ class EventSender:
         now = self._clock() if now is None else now
         if now < self._retry_at:
             return 0
+        due = self._due(now)
+        if not due:
+            return 0
         delivered = 0
-        for batch in self.queue.take_batches():
+        for batch in self.queue.take_batches(frozenset(due)):
             try:
                 count, first, last = self._deliver(batch)
             except _Refused as refused:
@@ -731,6 +816,7 @@ class EventSender:
                 )
                 break
             self._attempt = 0
+            self.schedule.wrote(batch.ref, self._clock())
             self.queue.complete(batch, event_count=count, first=first, last=last)
             self._count(sent=batch.count)
             delivered += batch.count
@@ -819,6 +905,11 @@ class EventSender:
         self._count(patched=1)
 
     def _call(self, verb: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        # The round took a batch only if a token was there; a second request of the same
+        # delivery (409, 404) borrows one ahead and waits its turn.
+        wait_s = self.budget.reserve(self._clock())
+        if wait_s > 0:
+            self._sleep(wait_s)
         started = time.perf_counter()
         try:
             return fn()

@@ -16,7 +16,7 @@ from oomguard.settings import RunSettings, SettingsError, load_settings
 from oomguard.settings_flags import add_flags, flag_label, flag_name, given_flags, shown_default
 
 # The public contract: flag -> (argparse type, choices, store_true), as before the
-# flags were generated. Only --pod-wait-s is new.
+# flags were generated. New since: --pod-wait-s; the write budget's three.
 CONTRACT: dict[str, tuple[Any, list[str] | None, bool]] = {
     "--node-name": (str, None, False),
     "--kubeconfig": (str, None, False),
@@ -27,6 +27,9 @@ CONTRACT: dict[str, tuple[Any, list[str] | None, bool]] = {
     "--log-format": (None, ["text", "json"], False),
     "--policy-file": (Path, None, False),
     "--event-window-s": (float, None, False),
+    "--event-update-interval-s": (float, None, False),
+    "--api-qps": (float, None, False),
+    "--api-burst": (int, None, False),
     "--reconcile-interval-s": (float, None, False),
     "--resync-interval-s": (float, None, False),
     "--pod-wait-s": (float, None, False),
@@ -43,6 +46,9 @@ DEFAULTS_IN_HELP = {
     "--log-format": "text",
     "--policy-file": "/etc/oomguard/policy.yaml",
     "--event-window-s": "600 s",
+    "--event-update-interval-s": "10 s",
+    "--api-qps": "5",
+    "--api-burst": "25",
     "--reconcile-interval-s": "5 s",
     "--resync-interval-s": "60 s",
     "--pod-wait-s": "5 s",
@@ -146,6 +152,22 @@ def test_defaults_with_only_the_node_name() -> None:
     assert (s.event_window_s, s.reconcile_interval_s, s.resync_interval_s) == (600, 5, 60)
     assert s.pod_wait_s == 5
     assert s.kmsg_path == "/dev/kmsg"
+    assert (s.event_update_interval_s, s.api_qps, s.api_burst) == (10, 5, 25)
+
+
+def test_write_budget_defaults_are_the_ones_justified_in_write_budget() -> None:
+    """settings.py writes the numbers itself (importing the Kubernetes side would slow
+    every command): they must stay the ones write_budget's docstring argues for, and
+    the ones an EventSender made without settings uses."""
+    from oomguard.k8s import write_budget
+    from oomguard.k8s.event_queue import EventSenderSettings
+
+    s = _settings("--node-name", "n")
+    sender = EventSenderSettings()
+    assert s.event_update_interval_s == write_budget.DEFAULT_EVENT_UPDATE_INTERVAL_S
+    assert s.api_qps == write_budget.DEFAULT_API_QPS == sender.api_qps
+    assert s.api_burst == write_budget.DEFAULT_API_BURST == sender.api_burst
+    assert sender.event_update_interval_s == s.event_update_interval_s
 
 
 # field, environment value, flag value, what each gives
@@ -160,6 +182,9 @@ PRECEDENCE = [
     ("reconcile_interval_s", "0.5", "0.25", 0.5, 0.25),
     ("resync_interval_s", "120", "1.5", 120.0, 1.5),
     ("pod_wait_s", "2", "0", 2.0, 0.0),
+    ("event_update_interval_s", "30", "0.5", 30.0, 0.5),
+    ("api_qps", "20", "0.5", 20.0, 0.5),
+    ("api_burst", "100", "1", 100, 1),
     ("kmsg_path", "/env/kmsg", "", "/env/kmsg", ""),  # "" given is kept: no kernel log
 ]
 
@@ -230,6 +255,25 @@ def test_dry_run_from_flag_or_environment(
             [],
             {"OOMGUARD_LOG_FORMAT": "xml"},
             "--log-format: Input should be 'text' or 'json'",
+        ),
+        (
+            ["--event-update-interval-s", "0"],
+            {},
+            "--event-update-interval-s: Input should be greater than 0",
+        ),
+        (["--api-qps", "0"], {}, "--api-qps: Input should be greater than 0"),
+        (["--api-qps", "nan"], {}, "--api-qps: Input should be a finite number"),
+        (["--api-qps=-5"], {}, "--api-qps: Input should be greater than 0"),
+        (["--api-burst", "0"], {}, "--api-burst: Input should be greater than or equal to 1"),
+        (
+            [],
+            {"OOMGUARD_API_BURST": "2.5"},
+            "--api-burst: Input should be a valid integer, unable to parse string as an integer",
+        ),
+        (
+            [],
+            {"OOMGUARD_API_QPS": "inf"},
+            "--api-qps: Input should be a finite number",
         ),
     ],
 )
