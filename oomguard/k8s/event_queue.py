@@ -692,7 +692,8 @@ class EventSender:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings or EventSenderSettings()
-        # The agent's one bucket for all its writes (PolicyEvents takes it from here).
+        # The agent's one bucket for all its writes (PolicyEvents takes it from here); it
+        # keeps its own clock, as its other writers do not know this sender's.
         self.budget = budget or WriteBudget(
             self.settings.api_qps, self.settings.api_burst, clock=clock
         )
@@ -751,7 +752,7 @@ class EventSender:
         if not pending:
             return backoff
         soonest = min(self.schedule.wait_s(ref, created=c, now=now) for ref, c in pending)
-        return max(backoff, soonest, self.budget.seconds_until_available(now))
+        return max(backoff, soonest, self.budget.seconds_until_available())
 
     def _due(self, now: float) -> list[str]:
         """The Events to write this round, oldest first: past their update interval,
@@ -761,7 +762,7 @@ class EventSender:
             for ref, created in self.queue.pending_events()
             if self.schedule.wait_s(ref, created=created, now=now) == 0.0
         ]
-        tokens = self.budget.available(now)
+        tokens = self.budget.available()
         if len(due) > tokens:
             self._count(throttled=1)
             log.debug("write budget: %d Event(s) due, %d token(s)", len(due), tokens)
@@ -907,7 +908,7 @@ class EventSender:
     def _call(self, verb: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         # The round took a batch only if a token was there; a second request of the same
         # delivery (409, 404) borrows one ahead and waits its turn.
-        wait_s = self.budget.reserve(self._clock())
+        wait_s = self.budget.reserve()
         if wait_s > 0:
             self._sleep(wait_s)
         started = time.perf_counter()
