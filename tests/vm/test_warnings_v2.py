@@ -158,8 +158,8 @@ def assert_warning_of(record: Record, cgroup: str, uid: str, cid: str, limit: in
 
 def leak_is_warned_before_kill(
     tree: ScratchTree, w: Watch, cgroup: str, uid: str, cid: str, limit: int
-) -> float:
-    """Grow into the limit until killed; returns the lead time (kill - warning, s)."""
+) -> str:
+    """Grow into the limit until killed; returns what the warning said, for the log."""
     grower = tree.start_grower(cgroup, GROWTH_MIB_S, name="leaky")
     assert grower.wait(timeout=WAIT_S) == -signal.SIGKILL
     w.wait_until(lambda: bool(w.of(cgroup, "oom_kill")), WAIT_S)
@@ -172,7 +172,12 @@ def leak_is_warned_before_kill(
     assert kill["pid"] == grower.pid, kill
     lead = stamp(kill) - stamp(warning)
     assert lead > 0, (warning, kill)
-    return lead
+    return (
+        f"signal {warning['signal']}, lead {lead:.2f} s (emulated), working set "
+        f"{warning['working_set_bytes'] / MIB:.1f} of {limit / MIB:.0f} MiB, pressure "
+        f"{warning['pressure_some_avg10']}, reclaims {warning['reclaims_10s']}, growth "
+        f"{warning['growth_bytes_per_s']}, to limit {warning['seconds_to_limit']}"
+    )
 
 
 def test_a_steady_leak_is_warned_about_before_the_kill(
@@ -180,14 +185,8 @@ def test_a_steady_leak_is_warned_about_before_the_kill(
 ) -> None:
     w = watch()
     cgroup, uid, cid = container(tree)  # made while watched: a new container
-    lead = leak_is_warned_before_kill(tree, w, cgroup, uid, cid, LIMIT)
-    (warning,) = w.of(cgroup, "oom_warning")
-    print(
-        f"v2 leak {GROWTH_MIB_S:g} MiB/s into {LIMIT // MIB} MiB: signal {warning['signal']}, "
-        f"lead {lead:.2f} s (emulated), working set {warning['working_set_bytes'] / MIB:.1f} "
-        f"MiB, pressure {warning['pressure_some_avg10']}, reclaims {warning['reclaims_10s']}, "
-        f"growth {warning['growth_bytes_per_s']}, to limit {warning['seconds_to_limit']}"
-    )
+    said = leak_is_warned_before_kill(tree, w, cgroup, uid, cid, LIMIT)
+    print(f"v2 leak {GROWTH_MIB_S:g} MiB/s into {LIMIT // MIB} MiB: {said}")
 
 
 def big_image_file() -> Path:
@@ -236,8 +235,8 @@ def test_page_cache_at_the_limit_is_not_warned_about(
     # The same container now leaks: warned about before its kill, so it was watched.
     reader.kill()
     reader.wait(timeout=WAIT_S)
-    lead = leak_is_warned_before_kill(tree, w, cgroup, uid, cid, limit)
-    print(f"v2 then a leak in the same container: lead {lead:.2f} s (emulated)")
+    said = leak_is_warned_before_kill(tree, w, cgroup, uid, cid, limit)
+    print(f"v2 then a leak in the same container, its page cache still there: {said}")
 
 
 def test_a_spike_that_recovers_gets_one_warning(
