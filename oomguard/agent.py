@@ -79,6 +79,11 @@ log = logging.getLogger(__name__)
 SAVED_POLICY_FILE = "policy-in-force.yaml"
 
 NODE_UID_RETRY_S = 30.0
+# A warning waits this long for a kill of the same cgroup to overtake it: a container
+# that goes from the warning level to its limit faster than anyone could act gets the
+# OOMKilled Event alone (it says more), not an OOMImminent stamped a few ms before it.
+# The detector reports a kill ~3 ms after the kernel's line.
+WARNING_HOLD_S = 0.25
 HEADROOM_EVERY_S = 5.0  # the headroom gauges, from the warning thread's last looks
 FORGET_PODS_EVERY_S = 60.0  # deleted pods' kill and warning series leave /metrics
 STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
@@ -112,7 +117,12 @@ class Agent:
             self.events,
             settings.node_name,
             boot_id=boot_id,
-            settings=EventSenderSettings(event_window_s=settings.event_window_s),
+            settings=EventSenderSettings(
+                event_window_s=settings.event_window_s,
+                event_update_interval_s=settings.event_update_interval_s,
+                api_qps=settings.api_qps,
+                api_burst=settings.api_burst,
+            ),
             observe_latency=self.metrics.observe_api_request,
         )
         root = (
@@ -123,7 +133,9 @@ class Agent:
             metrics=self.metrics,
             saved_path=state_dir / SAVED_POLICY_FILE,
         )
-        self.policy_events = PolicyEvents(api, lambda: self.sender.builder, settings.policy_file)
+        self.policy_events = PolicyEvents(
+            api, lambda: self.sender.builder, settings.policy_file, budget=self.sender.budget
+        )
         # One cache for the reconcile pass and the new-container steering (thread-safe).
         namespace_labels = NamespaceLabels(api, observe_latency=self.metrics.observe_api_request)
         self.reconciler = Reconciler(
@@ -179,6 +191,7 @@ class Agent:
         self._node_uid_due = 0.0  # monotonic time of the next try; inf once known
         self._seen_totals: dict[int, int] = {}
         self._headrooms_due = 0.0
+        self._held: dict[str, tuple[float, OomWarning]] = {}  # cgroup -> (due, warning)
         self._forget_due = 0.0
 
     def _new_container(self, created: ContainerCgroupCreated) -> None:
@@ -240,6 +253,9 @@ class Agent:
     def step(self, max_wait_s: float) -> None:
         """Hand on what the detector found, deliver what is due, refresh gauges."""
         wait = min(max_wait_s, self.sender.seconds_until_due() or max_wait_s)
+        if self._held:
+            due = min(at for at, _ in self._held.values())
+            wait = min(wait, max(0.0, due - time.monotonic()))
         try:
             first = self._kills.get(timeout=max(0.01, wait))
         except queue.Empty:
@@ -251,6 +267,7 @@ class Agent:
                     self._take(self._kills.get_nowait())
                 except queue.Empty:
                     break
+        self._release_warnings()
         self.checkpoints.save()  # also retries a write that failed
         self.events.retry_persist()  # the same for the event queue (disk full, read-only)
         self._learn_node_uid()
@@ -296,9 +313,24 @@ class Agent:
         if isinstance(item, HandedOn):
             self.checkpoints.take(item)
         elif isinstance(item, OomWarning):
-            self._handle_warning(item)
+            self._held[item.cgroup] = (time.monotonic() + WARNING_HOLD_S, item)
         else:
+            self._overtaken(item)
             self._handle(item)
+
+    def _overtaken(self, kill: OomKill) -> None:
+        """A held warning whose cgroup's limit the kill hit is not sent."""
+        for cgroup in {kill.oom_cgroup, kill.cgroup}:
+            held = self._held.pop(cgroup or "", None)
+            if held is not None:
+                log.info("oom kill near, overtaken by the kill: %s", json_line(held[1]))
+
+    def _release_warnings(self, *, all_now: bool = False) -> None:
+        now = time.monotonic()
+        for cgroup, (due, warning) in list(self._held.items()):
+            if all_now or due <= now:
+                del self._held[cgroup]
+                self._handle_warning(warning)
 
     def _handle_warning(self, warning: OomWarning) -> None:
         """An OOMImminent Event on the container (the pod, the Node), queued and
@@ -395,6 +427,7 @@ class Agent:
                 self._take(self._kills.get_nowait())
             except queue.Empty:
                 break
+        self._release_warnings(all_now=True)
         self.checkpoints.save()
         deadline = time.monotonic() + STOP_FLUSH_S
         while self.events.pending_kills() and time.monotonic() < deadline:

@@ -9,14 +9,18 @@ client over HTTP to the test API server.
 from __future__ import annotations
 
 import secrets
+import time
 import urllib.request
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from oomguard.cgroups.hierarchy import MemoryHierarchy
+from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.cgroups.scratch import MIB, ScratchTree
+from oomguard.records import Constraint, OomKill, OomWarning
 from tests.cluster.apiserver import EVENTS, ApiServer
 from tests.cluster.test_agent import NS, app_pod, wait_for
 from tests.system.conftest import lane1_hierarchy
@@ -141,3 +145,72 @@ def test_node_allocatable_warning_goes_on_the_node(
         "message"
     ]
     assert not by_reason(apiserver, "OOMImminent")  # nothing on the pod: no limit of its own
+
+
+def test_a_kill_that_overtakes_its_warning_gets_the_kill_event_alone(
+    apiserver: ApiServer, make_agent: Any, tree: ScratchTree
+) -> None:
+    """A container that races from the warning level to its limit within the hold
+    (WARNING_HOLD_S): nobody could act on the warning, the OOMKilled Event says it all.
+    A warning no kill follows is sent after the hold.
+
+    The records are put on the agent's queue, the boundary the detector and warning
+    threads feed (a real kill does not reliably come within milliseconds of a real
+    warning); the rest is the agent as `run` wires it, over HTTP."""
+    raced_uid, raced_cid = str(uuid.uuid4()), secrets.token_hex(32)
+    apiserver.apply(app_pod(raced_uid, raced_cid))
+    slow_uid, slow_cid = str(uuid.uuid4()), secrets.token_hex(32)
+    slow = app_pod(slow_uid, slow_cid)
+    slow["metadata"]["name"] = "slow-1"
+    slow["status"]["containerStatuses"][1]["containerID"] = "containerd://" + "c" * 64
+    apiserver.apply(slow)
+    raced = tree.make(f"kubepods/burstable/pod{raced_uid}/{raced_cid}", limit_bytes=64 * MIB)
+    leaking = tree.make(f"kubepods/burstable/pod{slow_uid}/{slow_cid}", limit_bytes=64 * MIB)
+    with make_agent() as agent:
+        wait_for(lambda: agent.ready()[0])
+        agent._kills.put(warning_record(raced))
+        time.sleep(0.1)  # the kill comes 100 ms later, well inside the hold
+        agent._kills.put(kill_record(raced))
+        agent._kills.put(warning_record(leaking))
+        wait_for(lambda: by_reason(apiserver, "OOMKilled") and by_reason(apiserver, "OOMImminent"))
+    (warned,) = by_reason(apiserver, "OOMImminent")
+    assert warned["involvedObject"]["uid"] == slow_uid
+    (killed,) = by_reason(apiserver, "OOMKilled")
+    assert killed["involvedObject"]["uid"] == raced_uid
+
+
+def warning_record(cgroup: str) -> OomWarning:
+    return OomWarning(
+        time=datetime.now(UTC),
+        cgroup=cgroup,
+        identity=parse_cgroup_path(cgroup),
+        constraint=Constraint.CONTAINER,
+        signal="threshold",
+        limit_bytes=64 * MIB,
+        working_set_bytes=60 * MIB,
+        usage_bytes=60 * MIB,
+        warn_at_percent=90,
+    )
+
+
+def kill_record(cgroup: str) -> OomKill:
+    return OomKill(
+        time=datetime.now(UTC),
+        kernel_time_us=None,
+        kmsg_seq=None,
+        constraint=Constraint.CONTAINER,
+        cgroup=cgroup,
+        oom_cgroup=cgroup,
+        identity=parse_cgroup_path(cgroup),
+        pid=4242,
+        command="racer",
+        uid=0,
+        rss_bytes=64 * MIB,
+        anon_rss_bytes=64 * MIB,
+        file_rss_bytes=0,
+        shmem_rss_bytes=0,
+        oom_score_adj=0,
+        memory_limit_bytes=64 * MIB,
+        memory_usage_bytes=64 * MIB,
+        source="kmsg",
+    )
