@@ -754,13 +754,13 @@ class EventSender:
         soonest = min(self.schedule.wait_s(ref, created=c, now=now) for ref, c in pending)
         return max(backoff, soonest, self.budget.seconds_until_available())
 
-    def _due(self, now: float) -> list[str]:
-        """The Events to write this round, oldest first: past their update interval,
-        and no more than the budget has tokens for."""
+    def _due(self, now: float, *, final: bool) -> list[str]:
+        """The Events to write this round, oldest first: past their update interval
+        (any, when `final`), and no more than the budget has tokens for."""
         due = [
             ref
             for ref, created in self.queue.pending_events()
-            if self.schedule.wait_s(ref, created=created, now=now) == 0.0
+            if final or self.schedule.wait_s(ref, created=created, now=now) == 0.0
         ]
         tokens = self.budget.available()
         if len(due) > tokens:
@@ -768,8 +768,11 @@ class EventSender:
             log.debug("write budget: %d Event(s) due, %d token(s)", len(due), tokens)
         return due[:tokens]
 
-    def deliver_once(self, now: float | None = None) -> int:
+    def deliver_once(self, now: float | None = None, *, final: bool = False) -> int:
         """Send every batch that is due, unless backing off. Returns kills delivered.
+
+        `final`: the agent is stopping; Events waiting for their update interval go now
+        (within the budget), so a rollout leaves as little as it can for the next start.
 
         A connection error or a 5xx ends the round and backs off the whole sender: the
         API is unwell, and trying each Event in turn would only hammer it. When the
@@ -779,7 +782,7 @@ class EventSender:
         now = self._clock() if now is None else now
         if now < self._retry_at:
             return 0
-        due = self._due(now)
+        due = self._due(now, final=final)
         if not due:
             return 0
         delivered = 0

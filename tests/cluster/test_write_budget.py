@@ -97,6 +97,9 @@ def test_another_containers_first_kill_is_not_held_back_by_the_interval(
     assert counts(apiserver) == {"web-1": 1, "web-2": 1}
     assert sender.queue.pending_kills() == 1
     assert 3590 < sender.seconds_until_due() <= 3600
+    # Stopping: what waits for its interval goes now (the agent's shutdown flush).
+    assert sender.deliver_once(final=True) == 1
+    assert counts(apiserver) == {"web-1": 2, "web-2": 1}
 
 
 def test_a_spent_budget_delays_and_never_loses_even_across_a_restart(
