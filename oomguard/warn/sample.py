@@ -132,10 +132,14 @@ class CgroupFiles:
         v2 = version is CgroupVersion.V2
         self._usage = self._open("memory.current" if v2 else "memory.usage_in_bytes")
         self._fds: list[int] = [self._usage]
-        self._limit = self._optional("memory.max" if v2 else "memory.limit_in_bytes")
-        self._stat = self._optional("memory.stat")
-        self._hits = self._optional("memory.events" if v2 else "memory.failcnt")
-        self._pressure = self._optional("memory.pressure") if v2 else -1
+        try:
+            self._limit = self._optional("memory.max" if v2 else "memory.limit_in_bytes")
+            self._stat = self._optional("memory.stat")
+            self._hits = self._optional("memory.events" if v2 else "memory.failcnt")
+            self._pressure = self._optional("memory.pressure") if v2 else -1
+        except OSError:  # e.g. EMFILE half-way: the ones already open are not leaked
+            self.close()
+            raise
 
     def _open(self, name: str) -> int:
         return os.open(os.path.join(self.directory, name), os.O_RDONLY | os.O_CLOEXEC)

@@ -314,8 +314,14 @@ class WarningWatcher:
         answer = self._rule_for(identity)
         try:
             files = CgroupFiles(self.hierarchy.version, directory)
-        except OSError:
+        except FileNotFoundError:
             return  # gone, or not a memory cgroup
+        except OSError:
+            # Out of descriptors (EMFILE: five per watched cgroup) or the like: not
+            # for good, ask again while the detector still has it.
+            if self._snapshot is not None and cgroup in self._snapshot:
+                self._unwatched[cgroup] = now + LIMIT_REFRESH_S
+            return
         try:
             limit = files.limit()
         except OSError:
@@ -430,8 +436,22 @@ class WarningWatcher:
                 return
             self._look_at(w, now)
         except OSError:
-            self.counters.dropped += 1
-            self._drop(cgroup)
+            self._drop_for_now(cgroup, now)
+        except Exception:  # a bug in one look must not unwatch the cgroup for good
+            log.exception("looking at %s failed; trying again later", cgroup)
+            self._drop_for_now(cgroup, now)
+
+    def _drop_for_now(self, cgroup: str, now: float) -> None:
+        """A failed look: drop the cgroup, and ask again while the detector still has it.
+
+        Removed cgroups fail here too; they leave the snapshot and are forgotten then.
+        Without the retry a cgroup still in the snapshot would never be looked at again:
+        only cgroups new to a snapshot are considered.
+        """
+        self.counters.dropped += 1
+        self._drop(cgroup)
+        if self._snapshot is not None and cgroup in self._snapshot:
+            self._unwatched[cgroup] = now + LIMIT_REFRESH_S
 
     def _look_at(self, w: Watched, now: float) -> None:
         self.counters.looks += 1
