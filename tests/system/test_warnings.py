@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 
@@ -326,3 +327,11 @@ def test_watch_prints_the_warning_before_the_kill(tree: ScratchTree) -> None:
     ws = warning["working_set_bytes"]
     assert isinstance(ws, int) and DEFAULT_RULE.early_bytes(limit) <= ws <= limit
     assert warning["container_id"] == container.rsplit("/", 1)[1]
+    warned_at, killed_at = (
+        datetime.fromisoformat(str(r["time"]).replace("Z", "+00:00")) for r in records
+    )
+    assert warned_at < killed_at
+    print(
+        f"[lead time] oomguard watch, {limit // MIB} MiB at 25 MiB/s: warned "
+        f"{(killed_at - warned_at).total_seconds():.2f} s before the kill (record times)"
+    )
