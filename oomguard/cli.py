@@ -13,9 +13,10 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from oomguard import __version__
 from oomguard.cgroups.hierarchy import (
@@ -29,8 +30,6 @@ from oomguard.detect.loop import OomWatcher
 from oomguard.output import human_line, json_line, warning_human_line
 from oomguard.records import CgroupIdentity, ContainerCgroupCreated, OomKill, OomWarning
 from oomguard.safe_text import EscapingFormatter, escape
-from oomguard.settings import RunSettings
-from oomguard.settings_flags import add_flags, given_flags
 from oomguard.state.files import DEFAULT_STATE_DIR
 
 EXIT_USAGE = 2
@@ -179,7 +178,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from oomguard.agent import Agent, JsonLogFormatter, install_signal_handlers
     from oomguard.k8s.client import KubeApi, KubeApiError
-    from oomguard.settings import SettingsError, load_settings
+    from oomguard.settings import RunSettings, SettingsError, load_settings
+    from oomguard.settings_flags import given_flags
 
     try:
         settings = load_settings(**given_flags(args, RunSettings))
@@ -192,11 +192,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.log_level.upper() == "WARNING":
         root_logger.setLevel(logging.INFO)  # an agent's log says what it does
     hierarchy = detect_memory_hierarchy()
-    from kubernetes.config.config_exception import ConfigException
-
-    try:
+    try:  # in-cluster credentials without the `kubernetes` package (k8s.credentials)
         api = KubeApi.from_kubeconfig(settings.kubeconfig)
-    except (KubeApiError, ConfigException, OSError, ValueError) as exc:
+    except (KubeApiError, OSError, ValueError) as exc:
         raise UserError(f"cannot load the Kubernetes client configuration: {exc}") from exc
     try:
         agent = Agent(settings, hierarchy, api, kmsg_path=settings.kmsg_path or None)
@@ -211,6 +209,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+class LazyFlagsParser(argparse.ArgumentParser):
+    """A subcommand's parser whose flags are added only when it parses (its command
+    was given, `--help` included): the `run` flags come from the settings model, and
+    building them imports pydantic-settings, which `watch`, `top` and `demo` never need."""
+
+    def __init__(
+        self, *args: Any, flags: Callable[[argparse.ArgumentParser], None] | None = None, **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self._lazy_flags = flags
+
+    def add_lazy_flags(self) -> None:
+        if self._lazy_flags is not None:
+            add, self._lazy_flags = self._lazy_flags, None
+            add(self)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self.add_lazy_flags()
+        return super().parse_known_args(args, namespace)
+
+
+def add_run_flags(run: argparse.ArgumentParser) -> None:
+    """One flag per setting, generated: see settings.py."""
+    from oomguard.settings import RunSettings
+    from oomguard.settings_flags import add_flags
+
+    add_flags(run, RunSettings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oomguard",
@@ -220,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="WARNING", help="logging level on stderr (default: WARNING)"
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=LazyFlagsParser)
 
     watch = sub.add_parser("watch", help="print one record per OOM kill until stopped")
     watch.add_argument(
@@ -281,8 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="the node agent: OOM kills to Kubernetes Events (every flag also from "
         "OOMGUARD_<FLAG>, e.g. OOMGUARD_STATE_DIR)",
+        flags=add_run_flags,
     )
-    add_flags(run, RunSettings)  # one flag per setting, generated: see settings.py
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="cause one real OOM kill in a scratch cgroup and catch it")

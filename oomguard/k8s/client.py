@@ -1,12 +1,15 @@
-"""Lean access to the Kubernetes API: the official client's transport, raw JSON on top.
+"""Lean access to the Kubernetes API: urllib3 and raw JSON by path.
 
 The generated API classes and typed models cost a DaemonSet on every node: importing
 CoreV1Api is ~2 s of CPU and ~20 MiB, and decoding pods into models takes ~10x the CPU
-and far more memory than `json.loads` (figures in ECOSYSTEM.md). What the official client
-does well is everything around the call: kubeconfig and in-cluster loading (exec plugins,
-token refresh, TLS) and the urllib3 pool. So this module keeps that and talks to the
-API by path, returning plain dicts. The heavy modules load on first use, so importing
-oomguard stays cheap for `oomguard watch` on hosts with no cluster at all.
+and far more memory than `json.loads` (figures in ECOSYSTEM.md). Even the official
+client's `ApiClient` and loaders import the whole `kubernetes` package (requests,
+oauthlib, websocket, multiprocessing, its dynamic client): more start-up CPU and RSS
+than the rest of the agent. So requests go through one urllib3 pool here, and the
+credentials come from `credentials`: in-cluster with the standard library, a kubeconfig
+file through the official loader (only then is `kubernetes` imported). urllib3 loads on
+first use, so importing oomguard stays cheap for `oomguard watch` on hosts with no
+cluster at all.
 
 The API server's flow control (API Priority and Fairness) answers an overloaded flow
 with 429 and `Retry-After: N` (N from 1 to 32 s, growing while requests keep being
@@ -38,13 +41,14 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
 
 from oomguard import __version__
+from oomguard.k8s.credentials import Credentials, from_configuration, from_kubeconfig, in_cluster
 
 if TYPE_CHECKING:
-    from kubernetes.client.api_client import ApiClient
     from kubernetes.client.configuration import Configuration
-    from urllib3 import BaseHTTPResponse
+    from urllib3 import BaseHTTPResponse, PoolManager
 
 JSON = dict[str, Any]
 Query = Sequence[tuple[str, str]]
@@ -156,9 +160,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 def load_configuration(
     kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None
 ) -> Configuration:
-    """A client configuration from a kubeconfig file, or the pod's service account.
-
-    `persist_config=False`: the agent must never write to a kubeconfig it was given.
+    """A `kubernetes` client configuration from a kubeconfig file, or the pod's service
+    account, for code that wants the official client (KubeApi does not: it takes
+    `credentials`). `persist_config=False`: never write to a kubeconfig we were given.
     """
     from kubernetes import config as kube_config
     from kubernetes.client.configuration import Configuration
@@ -237,22 +241,43 @@ class KubeApi:
 
     def __init__(
         self,
-        configuration: Configuration,
+        credentials: Credentials | Configuration,
         *,
         connect_timeout_s: float = 10.0,
         request_timeout_s: float = 30.0,
         user_agent: str = f"oomguard/{__version__}",
+        pool_size: int = 4,
     ) -> None:
-        from kubernetes.client.api_client import ApiClient
+        """`credentials`: also a `kubernetes.client.Configuration` (tests, callers of
+        the official loaders). `pool_size`: connections kept per host (the pod watch,
+        the namespace watch, the Event sender and the reconcile pass each hold one)."""
+        import urllib3
         from urllib3.util.retry import Retry
 
+        if not isinstance(credentials, Credentials):
+            credentials = from_configuration(credentials)
+        self.credentials = credentials
         # Connect and read failures: retried by urllib3 three times, as its default does.
         # A status with Retry-After: never retried here; the caller waits (see above).
-        configuration.retries = Retry(total=3, respect_retry_after_header=False)
-        if hasattr(configuration, "client_go_retries"):  # kubernetes >= 35: off by default
-            configuration.client_go_retries = False
-        self._client: ApiClient = ApiClient(configuration)
-        self._client.user_agent = user_agent
+        self._retries = Retry(total=3, respect_retry_after_header=False)
+        tls: dict[str, Any] = {
+            "cert_reqs": "CERT_REQUIRED" if credentials.verify else "CERT_NONE",
+            "ca_certs": credentials.ca_file,
+            "cert_file": credentials.cert_file,
+            "key_file": credentials.key_file,
+        }
+        if credentials.tls_server_name:
+            tls["server_hostname"] = credentials.tls_server_name
+        self._pool: PoolManager
+        if credentials.proxy and credentials.proxy.startswith("socks"):
+            from urllib3.contrib.socks import SOCKSProxyManager
+
+            self._pool = SOCKSProxyManager(credentials.proxy, maxsize=pool_size, **tls)
+        elif credentials.proxy:
+            self._pool = urllib3.ProxyManager(credentials.proxy, maxsize=pool_size, **tls)
+        else:
+            self._pool = urllib3.PoolManager(maxsize=pool_size, **tls)
+        self._user_agent = user_agent
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
         self._clock = time.monotonic
@@ -266,7 +291,10 @@ class KubeApi:
     def from_kubeconfig(
         cls, kubeconfig: str | os.PathLike[str] | None = None, **kwargs: Any
     ) -> KubeApi:
-        return cls(load_configuration(kubeconfig), **kwargs)
+        """From a kubeconfig file, or (None) the pod's service account;
+        `credentials.CredentialsError` (a ValueError) says what is missing."""
+        credentials = in_cluster() if kubeconfig is None else from_kubeconfig(kubeconfig)
+        return cls(credentials, **kwargs)
 
     def close(self) -> None:
         """Closes the connections and every watch still open; later requests fail with
@@ -275,7 +303,7 @@ class KubeApi:
         self._closed = True
         for stream in list(self._streams):
             stream.close()
-        self._client.close()
+        self._pool.clear()
 
     @property
     def closed(self) -> bool:
@@ -292,33 +320,37 @@ class KubeApi:
         read_timeout_s: float | None = None,
     ) -> BaseHTTPResponse:
         import urllib3
-        from kubernetes.client.exceptions import ApiException, ApiValueError
 
         if self._closed:
             raise ApiConnectionError(f"{method} {path}: the client was closed")
         self._check_held(method, path)
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+        payload: bytes | None = None
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
+            payload = json.dumps(body, separators=(",", ":")).encode()
         # A request's own read timeout shorter than the connect timeout bounds the
         # connect too: a caller that must not block for long means it for both.
         read_s = read_timeout_s or self.request_timeout_s
-        timeout = (min(self.connect_timeout_s, read_s), read_s)
+        timeout = urllib3.Timeout(connect=min(self.connect_timeout_s, read_s), read=read_s)
+        url = self.credentials.server + path
+        if query:
+            url += "?" + urlencode(list(query), quote_via=quote)
         try:
-            method, url, headers, body, post = self._client.param_serialize(
+            authorization = self.credentials.authorization()
+            if authorization:
+                headers["Authorization"] = authorization
+            raw: BaseHTTPResponse = self._pool.request(
                 method,
-                path,
-                query_params=list(query),
-                header_params=headers,
-                body=body,
-                auth_settings=["BearerToken"],
+                url,
+                body=payload,
+                headers=headers,
+                timeout=timeout,
+                retries=self._retries,
+                preload_content=False,
             )
-            response = self._client.call_api(
-                method, url, headers, body, post, _request_timeout=timeout
-            )
-        except (urllib3.exceptions.HTTPError, OSError, ApiException, ApiValueError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise ApiConnectionError(f"{method} {path}: {_describe(exc)}") from exc
-        raw: BaseHTTPResponse = response.response
         if not 200 <= raw.status < 300:
             try:
                 data = raw.read()

@@ -11,7 +11,7 @@ import pytest
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from oomguard.cli import build_parser, main
+from oomguard.cli import LazyFlagsParser, build_parser, main
 from oomguard.settings import RunSettings, SettingsError, load_settings
 from oomguard.settings_flags import add_flags, flag_label, flag_name, given_flags, shown_default
 
@@ -71,7 +71,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def _run_parser() -> argparse.ArgumentParser:
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    run: argparse.ArgumentParser = sub.choices["run"]
+    run: LazyFlagsParser = sub.choices["run"]
+    run.add_lazy_flags()  # added when `run` parses; here before, to look at them
     return run
 
 
