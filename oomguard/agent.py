@@ -78,7 +78,10 @@ log = logging.getLogger(__name__)
 # The admin policy last in force, kept for a restart that meets a bad policy file.
 SAVED_POLICY_FILE = "policy-in-force.yaml"
 
+# The Node's uid: tried at start, then after 30 s, doubling to an hour (a missing
+# grant or Node costs a node one request an hour, not one every 30 s).
 NODE_UID_RETRY_S = 30.0
+NODE_UID_RETRY_MAX_S = 3600.0
 # A warning waits this long for a kill of the same cgroup to overtake it: a container
 # that goes from the warning level to its limit faster than anyone could act gets the
 # OOMKilled Event alone (it says more), not an OOMImminent stamped a few ms before it.
@@ -189,6 +192,7 @@ class Agent:
         self._server: Server | None = None
         self._waited: set[str] = set()
         self._node_uid_due = 0.0  # monotonic time of the next try; inf once known
+        self._node_uid_retry_s = NODE_UID_RETRY_S
         self._seen_totals: dict[int, int] = {}
         self._headrooms_due = 0.0
         self._held: dict[str, tuple[float, OomWarning]] = {}  # cgroup -> (due, warning)
@@ -281,12 +285,13 @@ class Agent:
 
         Without it a Node Event is still valid and shown by `kubectl describe node`
         (which matches by name); with it, it is tied to this incarnation of the node.
-        Tried at start and then every NODE_UID_RETRY_S until it is known.
+        Tried at start, then after NODE_UID_RETRY_S, doubling up to an hour, until known.
         """
         now = time.monotonic()
         if now < self._node_uid_due:
             return
-        self._node_uid_due = now + NODE_UID_RETRY_S
+        self._node_uid_due = now + self._node_uid_retry_s
+        self._node_uid_retry_s = min(NODE_UID_RETRY_MAX_S, self._node_uid_retry_s * 2)
         try:
             node = self.api.get(f"/api/v1/nodes/{self.settings.node_name}", timeout_s=5.0)
         except KubeApiError as exc:
