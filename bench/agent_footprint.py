@@ -41,14 +41,11 @@ if str(REPO) not in sys.path:  # `python bench/agent_footprint.py`: make `tests`
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import datetime  # noqa: E402
-import ipaddress  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import secrets  # noqa: E402
 import signal  # noqa: E402
-import ssl  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -60,12 +57,11 @@ from collections.abc import Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
-import aiohttp.web  # noqa: E402
-
 from bench.event_latency import free_port  # noqa: E402
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
 from oomguard.cgroups.scratch import ScratchTree  # noqa: E402
-from tests.cluster.apiserver import TOKEN, ApiServer, KubernetesApi  # noqa: E402
+from tests.cluster.apiserver import ApiServer  # noqa: E402
+from tests.cluster.tls import TlsApiServer, make_certificate, service_account  # noqa: E402
 
 NODE = "bench-node"
 PODS = 110
@@ -98,8 +94,19 @@ def probe():
     report = {"modules": sorted(sys.modules)}
     if tracemalloc.is_tracing():
         snap = tracemalloc.take_snapshot()
-        report["traced"] = [(s.traceback[0].filename, s.traceback[0].lineno, s.size)
-                            for s in snap.statistics("lineno")]
+        # Each block by the innermost frame outside the import machinery (a module's code
+        # objects then count for whoever imported it) and by the oomguard line that led
+        # to it (an import line, or data the agent keeps).
+        def own(frames, keep):
+            # innermost first (a Traceback lists the oldest frame first)
+            hits = (f"{f.filename}:{f.lineno}" for f in reversed(frames) if keep(f.filename))
+            return next(hits, "?")
+        def outside(name):
+            return not name.startswith("<frozen")
+        def ours(name):
+            return "/oomguard/" in name
+        report["traced"] = [(own(s.traceback, outside), own(s.traceback, ours), s.size)
+                            for s in snap.statistics("traceback")]
     with open(out, "w") as f:
         json.dump(report, f)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -120,67 +127,6 @@ class Sample:
 
 
 # ----- the cluster ----------------------------------------------------------------------
-
-
-def make_tls(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (the CA file the agent trusts) and its key."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "ca.crt", directory / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-class TlsApiServer(ApiServer):
-    """The test API server behind HTTPS, as a real one is (apiserver.py is left as the
-    tests use it: only where it listens is overridden)."""
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        super().__init__(host="127.0.0.1", port=0)
-        self._ssl = context
-        # No token check: the official client's in-cluster loader sends "bearer <token>",
-        # which a real API server takes (the scheme is case-blind) and the test server,
-        # comparing "Bearer <token>" exactly, refuses.
-        self._handler_factory = lambda: KubernetesApi(token=None)
-
-    async def _listen(self) -> None:
-        assert self._runner is not None
-        self._site = aiohttp.web.TCPSite(self._runner, self.host, self.port, ssl_context=self._ssl)
-        await self._site.start()
-        if self.port == 0:
-            self.port = int(self._runner.addresses[0][1])
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.host}:{self.port}"
 
 
 def pod(i: int, uid: str, cid: str) -> dict[str, Any]:
@@ -253,10 +199,11 @@ def node(mode: str, tmp: Path) -> Iterator[tuple[ApiServer, ScratchTree]]:
     """The API server with 110 pods on the node and their cgroups, each with a sleep."""
     hierarchy = detect_memory_hierarchy()
     if mode == "in-cluster":
-        cert, key = make_tls(tmp)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(cert, key)
-        server: ApiServer = TlsApiServer(context)
+        cert, key = make_certificate(tmp)
+        service_account(tmp / "sa", cert)
+        # Not checked: so an older tree's agent (the official in-cluster loader, which
+        # sends "bearer") can be measured the same way.
+        server: ApiServer = TlsApiServer(cert, key, check_token=False)
     else:
         server = ApiServer(host="127.0.0.1", port=0)
     sleepers: list[subprocess.Popen[bytes]] = []
@@ -302,9 +249,6 @@ def agent_command(
         kubeconfig = server.write_kubeconfig(tmp / "kubeconfig")
         return [*python, *flags, f"--kubeconfig={kubeconfig}"], env
     sa = tmp / "sa"
-    sa.mkdir(exist_ok=True)
-    (sa / "token").write_text(TOKEN)
-    (sa / "ca.crt").write_bytes((tmp / "ca.crt").read_bytes())
     env.update(
         KUBERNETES_SERVICE_HOST="127.0.0.1", KUBERNETES_SERVICE_PORT=str(server.port), SA=SA_DIR
     )
@@ -478,10 +422,13 @@ def breakdown(mode: str, src: Path | None, top: int) -> None:
     for package, (n, ms) in sorted(by.items(), key=lambda kv: -kv[1][1])[:top]:
         print(f"| {package:<28} | {n:>7.0f} | {ms:>6.1f} |")
 
-    report, _ = probe(mode, src, ["-X", "tracemalloc=1"])
+    report, _ = probe(mode, src, ["-X", "tracemalloc=64"])
     per: dict[str, int] = {}
-    for filename, _lineno, size in report["traced"]:
-        per[package_of(filename)] = per.get(package_of(filename), 0) + size
+    lines: dict[str, int] = {}
+    for where, ours, size in report["traced"]:
+        package = package_of(where.rsplit(":", 1)[0])
+        per[package] = per.get(package, 0) + size
+        lines[ours] = lines.get(ours, 0) + size
     traced = sum(per.values())
     print(
         f"\ntracemalloc, `oomguard run` ({mode}) once ready: {traced / 2**20:.1f} MiB of "
@@ -492,11 +439,10 @@ def breakdown(mode: str, src: Path | None, top: int) -> None:
     print(f"|{'-' * 30}|{'-' * 8}|")
     for package, size in sorted(per.items(), key=lambda kv: -kv[1])[:top]:
         print(f"| {package:<28} | {size / 2**20:>6.2f} |")
-    lines = sorted(report["traced"], key=lambda t: -t[2])[:top]
-    print("\ntop allocation sites:")
-    for filename, lineno, size in lines:
-        short = filename.split("site-packages/")[-1].split("/oomguard/")[-1]
-        print(f"  {size / 1024:>8.0f} KiB  {short}:{lineno}")
+    print("\nthe same heap by the oomguard line that led to it (imports included):")
+    for where, size in sorted(lines.items(), key=lambda kv: -kv[1])[:top]:
+        short = "oomguard/" + where.split("/oomguard/")[-1] if "/oomguard/" in where else where
+        print(f"  {size / 2**20:>6.2f} MiB  {short}")
 
 
 def cli_imports(src: Path | None) -> None:
