@@ -51,6 +51,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -61,6 +62,7 @@ from oomguard.state.files import StateWrites
 from oomguard.steer.admin import AdminPolicy
 from oomguard.steer.apply import ScoreWriter
 from oomguard.steer.cgroup_index import DEFAULT_RESCAN_INTERVAL_S, CgroupIndex
+from oomguard.steer.decision import PodDecision
 from oomguard.steer.kill_plan import (
     REASON_KILL_MODE_APPLIED,
     REASON_KILL_MODE_REFUSED,
@@ -129,6 +131,24 @@ def read_mem_total_bytes(path: str = "/proc/meminfo") -> int:
     raise ValueError(f"{path} has no MemTotal line")
 
 
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    pod: PodView
+    policy: AdminPolicy
+    labels: Mapping[str, str] | None  # None: the policy does not look at them
+    decision: PodDecision | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Labels:
+    """One namespace's labels, already asked, as `decide` asks for them."""
+
+    labels: Mapping[str, str]
+
+    def __call__(self, namespace: str) -> Mapping[str, str]:
+        return self.labels
+
+
 class Reconciler:
     """Applies the policy's oom_score_adj to governed containers' processes.
 
@@ -177,6 +197,9 @@ class Reconciler:
         # (pod UID, container name) -> the value oomguard set on its processes.
         self._applied: dict[AppliedKey, AppliedValue] = {}
         self._pods: dict[str, PodNotes] = {}
+        # pod UID -> the last decision and what it was made from (`_decide`).
+        self._decisions: dict[str, _Decided] = {}
+        self._ask_labels = False  # this pass's policy selects namespaces by label
         self._state_file: ScoreStateFile | None = None
         self._saved_signature: StateSignature | None = None  # what was last saved
         if state_dir is not None:
@@ -218,6 +241,8 @@ class Reconciler:
         seen: set[str] = set()
         self._index.begin_pass()
         self._kill_modes.begin_pass()
+        # Asked once a pass, not per pod: it walks the policy's rules.
+        self._ask_labels = self._namespace_labels is not None and policy.uses_namespace_selector
         for pod in pods:
             seen.add(pod.uid)
             try:
@@ -227,6 +252,8 @@ class Reconciler:
                 log.exception("reconciling pod %s/%s failed", pod.namespace, pod.name)
         for uid in [uid for uid in self._pods if uid not in seen]:
             del self._pods[uid]
+        for uid in [uid for uid in self._decisions if uid not in seen]:
+            del self._decisions[uid]
         for key in [key for key in self._applied if key[0] not in seen]:
             del self._applied[key]
         self._kill_modes.forget_pods_except(seen)
@@ -256,9 +283,33 @@ class Reconciler:
         self._last_policy = policy
         return policy
 
+    def _decide(self, pod: PodView, policy: AdminPolicy) -> PodDecision | None:
+        """`plan.decide`, made again only when what it depends on changed.
+
+        The decision is a pure function of the pod, the policy and (when the policy
+        selects namespaces by label) the namespace's labels; the node's memory is
+        fixed. The pod cache replaces a PodView on every change and the policy source
+        keeps one AdminPolicy until the file changes, so identity says "unchanged".
+        Deciding is most of a pass's CPU (kubelet scores, annotation parsing, the
+        policy's rules for every container), and a pass runs every few seconds over
+        every pod of the node while almost none of them changed.
+        """
+        labels: Mapping[str, str] | None = None
+        if self._ask_labels:
+            assert self._namespace_labels is not None
+            labels = self._namespace_labels(pod.namespace)
+        memo = self._decisions.get(pod.uid)
+        if memo is not None and memo.pod is pod and memo.policy is policy and memo.labels == labels:
+            return memo.decision
+        decision = decide(
+            pod, policy, self.node_memory_bytes, None if labels is None else _Labels(labels)
+        )
+        self._decisions[pod.uid] = _Decided(pod, policy, labels, decision)
+        return decision
+
     def _pod(self, pod: PodView, policy: AdminPolicy, report: PassReport) -> None:
         """Plan, write, settle: one pod's kill modes, then its processes."""
-        decided = decide(pod, policy, self.node_memory_bytes, self._namespace_labels)
+        decided = self._decide(pod, policy)
         if decided is None:
             return
         notes = self._pods.get(pod.uid)

@@ -317,6 +317,38 @@ def test_removing_the_annotation_restores_the_kubelet_value(node: Node, tree: Sc
     assert report.processes_seen == 0 and adj(procs[0]) == 1000
 
 
+def test_a_kept_decision_is_made_again_when_labels_policy_or_pod_change(
+    node: Node, tree: ScratchTree
+) -> None:
+    """A pass keeps each pod's decision while the pod, the policy and (for a policy that
+    selects namespaces by label) the namespace's labels stay the same: each of them
+    changing alone is acted on at the next pass."""
+    uid, c = str(uuid.uuid4()), cid()
+    proc = node.start(node.container_cgroup(uid, c), KUBELET_BURSTABLE)
+    labels: dict[str, Mapping[str, str]] = {"jobs": {}}
+    source = FixedPolicy(
+        "defaults: [{namespaces: {selector: {matchLabels: {tier: batch}}}, request: sacrifice}]"
+    )
+    r = Reconciler(
+        tree.hierarchy,
+        tree.top / "kubepods",
+        node_memory_bytes=NODE_MEMORY,
+        policy_source=source,
+        namespace_labels=lambda namespace: labels[namespace],
+    )
+    pods = [pod("p", uid, {"main": c}, namespace="jobs")]  # the same PodView every pass
+    r.pass_once(pods)
+    assert adj(proc) == KUBELET_BURSTABLE  # no rule chooses the namespace yet
+    labels["jobs"] = {"tier": "batch"}
+    r.pass_once(pods)
+    assert adj(proc) == 1000  # the admin's default for the relabelled namespace
+    source.policy = load_policy("{}")
+    r.pass_once(pods)
+    assert adj(proc) == KUBELET_BURSTABLE  # the rule is gone: the kubelet's value back
+    r.pass_once([pod("p", uid, {"main": c}, SACRIFICE, namespace="jobs")])
+    assert adj(proc) == 1000  # the pod changed: its own annotation
+
+
 def test_a_kill_mode_on_cgroup_v1_is_unsupported_once_per_pod(
     node: Node, tree: ScratchTree
 ) -> None:
