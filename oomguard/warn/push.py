@@ -9,7 +9,13 @@
   cgroup's tasks; the watcher then looks at once. There is no usage threshold on v2
   (memory.high would throttle, not notify), so below the early level it samples.
 
-Both need write access to the cgroup's files. On a read-only cgroup mount (EROFS), or
+- cgroup v1, reclaim: `memory.pressure_level` (vmpressure) registered the same way
+  with "low,local" signals the eventfd each time reclaim scanned the cgroup's own pages
+  (every 512 pages scanned, also at a limit). It is not polled (a cgroup streaming a
+  file through its limit signals hundreds of times a second): the count is read on each
+  full look and stands in for `memory.failcnt`, which stays 0 on kernel 6.18.
+
+All need write access to the cgroup's files. On a read-only cgroup mount (EROFS), or
 where the kernel has no PSI, registration fails and the watcher samples instead: said
 once, not per cgroup. Closing the descriptor unregisters (both kernels drop the
 registration when its file is released).
@@ -17,7 +23,6 @@ registration when its file is released).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 
@@ -45,6 +50,29 @@ def register_usage_threshold(directory: str, threshold_bytes: int) -> int:
     return efd
 
 
+def register_vmpressure(directory: str) -> int:
+    """A v1 eventfd counting reclaim in the cgroup itself (vmpressure, any level)."""
+    return _register_v1(directory, "memory.pressure_level", "low,local")
+
+
+def _register_v1(directory: str, name: str, arguments: str) -> int:
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    try:
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ctl = os.open(directory + "/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(ctl, f"{efd} {fd} {arguments}".encode())
+            finally:
+                os.close(ctl)
+        finally:
+            os.close(fd)
+    except OSError:
+        os.close(efd)
+        raise
+    return efd
+
+
 def register_psi_trigger(directory: str) -> int:
     """A v2 memory.pressure descriptor that polls POLLPRI when the cgroup stalls."""
     fd = os.open(directory + "/memory.pressure", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -56,7 +84,9 @@ def register_psi_trigger(directory: str) -> int:
     return fd
 
 
-def drain_eventfd(fd: int) -> None:
-    """Reset a signalled eventfd (its counter) so poll() blocks again."""
-    with contextlib.suppress(BlockingIOError):
-        os.eventfd_read(fd)
+def drain_eventfd(fd: int) -> int:
+    """Reset a signalled eventfd so poll() blocks again; how many signals it held."""
+    try:
+        return os.eventfd_read(fd)
+    except BlockingIOError:
+        return 0

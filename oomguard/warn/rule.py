@@ -9,8 +9,9 @@ limit; the pod-level and node-allocatable cgroups are watched against theirs):
   - `pressure`: tasks of the cgroup waited for memory in at least `pressure_percent`
     (10 %) of the last 10 s (v2 PSI `some avg10`): reclaim no longer keeps up.
   - `reclaim`: the kernel had to reclaim to keep the cgroup under its limit (v2
-    memory.events `max`, v1 `memory.failcnt` rose) in the last 10 s: the cgroup is at
-    its limit and at most `100 - early` % of it is memory the kernel can drop.
+    memory.events `max`; v1 `memory.failcnt` or, where that stays 0 as on kernel 6.18,
+    vmpressure signals) in the last 10 s: the cgroup is at its limit and at most
+    `100 - early` % of it is memory the kernel can drop.
   - `threshold` again, on growth: the working set rose steadily over the last seconds
     (least squares over >= 3 looks spanning >= 0.5 s, at least 1 % of the limit in all)
     and at that rate reaches the limit within `horizon_s` (30 s). A leak at 50 MiB/s

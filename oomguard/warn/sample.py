@@ -15,7 +15,8 @@ below it too).
 
 - Reclaim forced by the limit: v2 `memory.events` `max` (+ `high`), the times usage was
   about to pass the limit; v1 `memory.failcnt`, the times a charge failed. Both count up
-  while the kernel reclaims to keep the cgroup under its limit.
+  while the kernel reclaims to keep the cgroup under its limit. (v1's failcnt stays 0 on
+  kernel 6.18: the watcher adds the cgroup's vmpressure signals, `push`.)
 - Pressure: v2 `memory.pressure` `some avg10`, the share of the last 10 s in which some
   task of the cgroup waited for memory (PSI). v1 has none (None).
 """

@@ -39,7 +39,12 @@ from datetime import UTC, datetime
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.records import CgroupIdentity, CgroupKind, Constraint, OomWarning
-from oomguard.warn.push import drain_eventfd, register_psi_trigger, register_usage_threshold
+from oomguard.warn.push import (
+    drain_eventfd,
+    register_psi_trigger,
+    register_usage_threshold,
+    register_vmpressure,
+)
 from oomguard.warn.rule import Episode, Verdict, WarnRule
 from oomguard.warn.sample import CgroupFiles, MemorySample
 from oomguard.warn.schedule import next_look_in
@@ -102,6 +107,8 @@ class Watched:
     limit_checked: float
     push_fd: int = -1
     pushed_at: int | None = None  # v1: the usage threshold registered, bytes
+    reclaim_fd: int = -1  # v1: vmpressure eventfd, read on full looks, never polled
+    reclaim_events: int = 0  # v1: its signals so far (cumulative, like failcnt)
     next_look: float = 0.0
     hot_since: float | None = None
     last: MemorySample | None = None
@@ -346,6 +353,7 @@ class WarningWatcher:
         with self._lock:
             self._watched[cgroup] = w
         self._register_push(w)
+        self._register_reclaim(w)
         self._look(cgroup, now)
 
     def _drop(self, cgroup: str) -> None:
@@ -354,6 +362,10 @@ class WarningWatcher:
         if w is None:
             return
         self._unregister_push(w)
+        if w.reclaim_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(w.reclaim_fd)
+            w.reclaim_fd = -1
         w.files.close()
 
     # ----- pushes ---------------------------------------------------------------------
@@ -381,6 +393,15 @@ class WarningWatcher:
             return
         self._by_fd[w.push_fd] = w.cgroup
         self._poll.register(w.push_fd, select.POLLPRI if not self._v1 else select.POLLIN)
+
+    def _register_reclaim(self, w: Watched) -> None:
+        """v1: count the cgroup's reclaim (memory.failcnt stays 0 on kernel 6.18)."""
+        if not self.push or not self._v1:
+            return
+        try:
+            w.reclaim_fd = register_vmpressure(w.files.directory)
+        except OSError:
+            self.counters.push_errors += 1
 
     def _unregister_push(self, w: Watched) -> None:
         if w.push_fd < 0:
@@ -464,12 +485,16 @@ class WarningWatcher:
                 w.hot_since = now
             working_set = sample.working_set_bytes
             assert working_set is not None
+            limit_hits = sample.limit_hits
+            if w.reclaim_fd >= 0:
+                w.reclaim_events += drain_eventfd(w.reclaim_fd)
+                limit_hits = (limit_hits or 0) + w.reclaim_events
             verdict = w.episode.observe(
                 now,
                 working_set_bytes=working_set,
                 usage_bytes=sample.usage_bytes,
                 limit_bytes=w.limit,
-                limit_hits=sample.limit_hits,
+                limit_hits=limit_hits,
                 pressure_some_avg10=sample.pressure_some_avg10,
             )
             w.headroom_bytes = max(0, w.limit - working_set)

@@ -238,6 +238,45 @@ def test_page_cache_filling_the_limit_is_not_warned_about(
     assert w.of(container) == []
 
 
+def test_a_parked_working_set_is_warned_about_when_the_kernel_must_reclaim_for_it(
+    tree: ScratchTree, warnings: Callable[..., Warnings], tmp_path: Path
+) -> None:
+    """80 % of the limit held by a process is no warning while nothing presses on it;
+    page cache then filling the rest makes the kernel reclaim at the limit to stay
+    under it (v1: vmpressure signals, memory.failcnt stays 0 on kernel 6.18): one
+    warning, `reclaim`."""
+    limit = 256 * MIB
+    path = uncached_file(tmp_path, limit * 3 // 2)
+    container = container_cgroup(tree, limit)
+    grower = tree.start_grower(container, 100, top_mib=205, hold_s=3600.0, name="parked")
+    held, deadline = 0, time.monotonic() + 10.0
+    while held < 204 * MIB and time.monotonic() < deadline:  # up, and no longer growing
+        before = usage(tree, container)
+        time.sleep(0.3)
+        if abs(usage(tree, container) - before) < MIB:
+            held = before
+    assert held >= 204 * MIB, f"the grower holds {held / MIB:.0f} MiB, not 205"
+    w = warnings()
+    w.add(container)  # watched from here: no growth to see, just 80 % held
+    w.wait_watched(1)
+    time.sleep(5.0)
+    assert w.of(container) == []
+    reader = tree.start_reader(container, path, name="reader")
+    deadline = time.monotonic() + 15.0
+    while not w.of(container) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(3.0)
+    assert grower.poll() is None and reader.poll() is None
+    assert oom_kills(tree, container) == 0
+    warned = w.of(container)
+    assert len(warned) == 1, [x.warning for x in warned]
+    warning = warned[0].warning
+    assert warning.signal == "reclaim"
+    assert warning.reclaims_10s is not None and warning.reclaims_10s > 0
+    assert DEFAULT_RULE.early_bytes(limit) <= warning.working_set_bytes < limit * 90 // 100
+    assert warning.usage_bytes > warning.working_set_bytes  # the page cache on top
+
+
 # ----- (3) a spike that recovers: one warning, not a stream ----------------------------------
 
 
