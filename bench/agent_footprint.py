@@ -1,7 +1,7 @@
 """What `oomguard run` costs a node: RSS, CPU to start, idle CPU, with 110 pods.
 
-Each run starts the test API server (tests/cluster/apiserver.py) on 127.0.0.1 with 110
-Running pods on the bench's node (each with one container, a kubepods-shaped cgroup
+Each run starts the test API server (tests/cluster/apiserver.py) on 127.0.0.1 with the
+bench's Node and 110 Running pods on it (each with one container, a kubepods-shaped cgroup
 below our own and a `sleep` in it; one pod in ten volunteers as a victim, so the
 reconcile pass has something to keep in line), and starts `oomguard run` as shipped: a
 subprocess, default settings except the node name, the cluster credentials, the cgroup
@@ -28,6 +28,9 @@ what `import oomguard.cli` costs every command. Needs root (cgroups, unshare).
     python bench/agent_footprint.py [--runs 3] [--idle-s 60] [--mode both] [--src TREE]
 
 `--src TREE`: run the package from another tree (e.g. an export of an older commit).
+Either way the package is copied and byte-compiled first, as `pip install` leaves it in
+the image (which then runs with PYTHONDONTWRITEBYTECODE=1): a source tree without
+`__pycache__` would be compiled again at every start, which no node does.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ if str(REPO) not in sys.path:  # `python bench/agent_footprint.py`: make `tests`
     sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
+import compileall  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
 import secrets  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -69,6 +74,9 @@ START_TIMEOUT_S = 120.0
 SA_DIR = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is /run
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODES = ("in-cluster", "kubeconfig")
+# A real API server's watch cache sends each watch a bookmark about once a minute
+# (cacher.go, defaultBookmarkFrequency); the test server's default is 1 s, for tests.
+BOOKMARK_INTERVAL_S = 60.0
 
 # Run in the private mount namespace before exec'ing the agent: the service account
 # files at their standard path, on a tmpfs only this process tree sees.
@@ -203,12 +211,16 @@ def node(mode: str, tmp: Path) -> Iterator[tuple[ApiServer, ScratchTree]]:
         service_account(tmp / "sa", cert)
         # Not checked: so an older tree's agent (the official in-cluster loader, which
         # sends "bearer") can be measured the same way.
-        server: ApiServer = TlsApiServer(cert, key, check_token=False)
+        server: ApiServer = TlsApiServer(
+            cert, key, check_token=False, bookmark_interval_s=BOOKMARK_INTERVAL_S
+        )
     else:
-        server = ApiServer(host="127.0.0.1", port=0)
+        server = ApiServer(host="127.0.0.1", port=0, bookmark_interval_s=BOOKMARK_INTERVAL_S)
     sleepers: list[subprocess.Popen[bytes]] = []
     server.start()
     try:
+        # The Node exists, as on a real cluster (its uid is read once for Node Events).
+        server.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
         with ScratchTree(hierarchy, f"oomguard-bench-footprint-{os.getpid()}") as tree:
             try:
                 for i in range(PODS):
@@ -473,6 +485,15 @@ def cli_imports(src: Path | None) -> None:
     )
 
 
+def install(src: Path, into: Path) -> Path:
+    """The package copied from `src` and byte-compiled, as pip installs it."""
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(src / "oomguard", into / "oomguard", ignore=skip)
+    if not compileall.compile_dir(into / "oomguard", quiet=1):
+        raise SystemExit(f"cannot byte-compile {src / 'oomguard'}")
+    return into
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -487,6 +508,12 @@ def main() -> None:
     parser.add_argument("--no-breakdown", action="store_true")
     args = parser.parse_args()
     modes = MODES if args.mode == "both" else (args.mode,)
+    with tempfile.TemporaryDirectory() as installed:
+        args.src = install(args.src or REPO, Path(installed))
+        report(args, modes)
+
+
+def report(args: argparse.Namespace, modes: tuple[str, ...]) -> None:
     print(
         f"oomguard run footprint: {PODS} pods on the node, test API server on 127.0.0.1, "
         f"{args.runs} runs per mode, idle {args.idle_s:.0f} s; loadavg at start {loadavg()}"

@@ -56,6 +56,7 @@ import dataclasses
 import enum
 import logging
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -236,6 +237,17 @@ def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _shared(value: str | None) -> str | None:
+    """One string object for a value many pods repeat (namespace, node, QoS class,
+    phase, container names, runtime, annotation keys): json.loads makes a fresh copy in
+    every object it decodes, and each PodView outlives the object it came from."""
+    return None if value is None else sys.intern(value)
+
+
+# The annotations of every pod that has none the agent acts on (most pods).
+_NO_ANNOTATIONS: Mapping[str, str] = MappingProxyType({})
+
+
 def _str(value: object, max_chars: int = _MAX_NAME_CHARS) -> str | None:
     """A non-empty string no longer than `max_chars`; anything else is absent."""
     return value if isinstance(value, str) and 0 < len(value) <= max_chars else None
@@ -267,13 +279,13 @@ def _container(
         if bare != container_id:
             past.append(bare)
     return ContainerView(
-        name=_str(spec.get("name")) or _str(status.get("name")) or "",
+        name=_shared(_str(spec.get("name")) or _str(status.get("name")) or "") or "",
         kind=kind,
-        restart_policy=_str(spec.get("restartPolicy"), _MAX_SHORT_CHARS),
+        restart_policy=_shared(_str(spec.get("restartPolicy"), _MAX_SHORT_CHARS)),
         memory_request_bytes=parse_quantity(_dict(resources.get("requests")).get("memory")),
         memory_limit_bytes=parse_quantity(_dict(resources.get("limits")).get("memory")),
         container_id=container_id,
-        runtime=runtime,
+        runtime=_shared(runtime),
         past_container_ids=tuple(past),
         running="running" in _dict(status.get("state")),
         restart_count=_int(status.get("restartCount")) or 0,
@@ -298,7 +310,7 @@ def kept_annotations(raw: object) -> dict[str, str]:
         value = source[key]
         if len(value) > MAX_ANNOTATION_VALUE_CHARS:
             value = value[:MAX_ANNOTATION_VALUE_CHARS] + CUT_MARKER
-        kept[key] = value
+        kept[sys.intern(key)] = value
     return kept
 
 
@@ -374,18 +386,19 @@ def project_pod(obj: object) -> PodView:
                 containers.append(_container(kind, spec_item, statuses.pop(name, {})))
         for name, status_item in statuses.items():  # a status whose spec we did not get
             containers.append(_container(kind, {"name": name}, status_item))
-    node_name = _str(spec.get("nodeName")) or ""
+    node_name = _shared(_str(spec.get("nodeName"))) or ""
+    annotations = kept_annotations(meta.get("annotations"))
     return PodView(
         uid=uid,
-        namespace=_str(pod_namespace) or "",
+        namespace=_shared(_str(pod_namespace)) or "",
         name=_str(pod_name) or "",
         node_name=node_name,
-        annotations=MappingProxyType(kept_annotations(meta.get("annotations"))),
-        qos_class=_str(status.get("qosClass"), _MAX_SHORT_CHARS),
+        annotations=MappingProxyType(annotations) if annotations else _NO_ANNOTATIONS,
+        qos_class=_shared(_str(status.get("qosClass"), _MAX_SHORT_CHARS)),
         priority=_int(spec.get("priority")),
-        priority_class_name=_str(spec.get("priorityClassName")),
+        priority_class_name=_shared(_str(spec.get("priorityClassName"))),
         config_hash=mirror_pod_hash(meta, node_name),
-        phase=_str(status.get("phase"), _MAX_SHORT_CHARS),
+        phase=_shared(_str(status.get("phase"), _MAX_SHORT_CHARS)),
         containers=tuple(containers),
         resource_version=_str(meta.get("resourceVersion"), _MAX_SHORT_CHARS),
         pod_memory_request_bytes=_pod_memory_request(spec, status),

@@ -46,15 +46,19 @@ def service_account(directory: Path, ca: Path, token: str = TOKEN) -> Path:
 class TlsApiServer(ApiServer):
     """`ApiServer` over HTTPS with the given certificate and key."""
 
-    def __init__(self, cert: Path, key: Path, *, check_token: bool = True) -> None:
-        super().__init__(host="127.0.0.1", port=0)
+    def __init__(
+        self, cert: Path, key: Path, *, check_token: bool = True, bookmark_interval_s: float = 1.0
+    ) -> None:
+        super().__init__(host="127.0.0.1", port=0, bookmark_interval_s=bookmark_interval_s)
         self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ssl.load_cert_chain(cert, key)
         if not check_token:
             # The official client's in-cluster loader sends "bearer <token>", which a
             # real API server takes (the scheme is case-blind) and the test server,
             # comparing "Bearer <token>" exactly, refuses.
-            self._handler_factory = lambda: KubernetesApi(token=None)
+            self._handler_factory = lambda: KubernetesApi(
+                token=None, bookmark_interval_s=bookmark_interval_s
+            )
 
     async def _listen(self) -> None:
         assert self._runner is not None
