@@ -9,13 +9,15 @@ every 5 s, one at 70 % of 512 MiB every 0.25 s. Where the kernel pushes a crossi
 the early level (cgroup v1: a usage threshold on an eventfd), the cheap looks below it
 are not needed at all, only a slow safety look (`PUSHED_INTERVAL_S`).
 
-At or above the early level every look is a full one (working set, reclaim, pressure),
-`HOT_INTERVAL_S` apart for the first `HOT_SETTLE_S` there and whenever the working set
-rises (the growth needs a few close looks to be measured), `HOT_STEADY_INTERVAL_S`
-while it holds still below a warning (a container parked at 80 %), and
-`HOT_WARNED_INTERVAL_S` once it has been warned about and is steady (a page cache
-workload at 100 % usage): bounded, and still enough to see an episode end or a new
-climb begin.
+At or above the early level (of usage) every look is a full one (working set, reclaim,
+pressure), and the working set it read plans the next look: page cache at the limit
+with a small working set is looked at as if below the early level (not left to a push,
+which fires only when usage crosses from below). A working set at or above the early
+level is looked at `HOT_INTERVAL_S` apart for the first `HOT_SETTLE_S` there and
+whenever it rises (the growth needs a few close looks to be measured),
+`HOT_STEADY_INTERVAL_S` while it holds still below a warning (a container parked at
+80 %), and `HOT_WARNED_INTERVAL_S` once it has been warned about and is steady:
+bounded, and still enough to see an episode end or a new climb begin.
 """
 
 from __future__ import annotations

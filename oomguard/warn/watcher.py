@@ -478,13 +478,16 @@ class WarningWatcher:
         self.counters.looks += 1
         early = w.rule.early_bytes(w.limit)
         sample = w.files.read_usage(now, w.limit)
+        # What the schedule goes by: the working set where it was read. A cgroup whose
+        # usage is page cache at its limit is as far from a warning as its working set
+        # says, and is looked at as rarely as that allows (not every second for ever).
+        seen = sample.usage_bytes
         if sample.usage_bytes >= early:
             self.counters.full_looks += 1
             sample = w.files.read_sample(now, w.limit)
-            if w.hot_since is None:
-                w.hot_since = now
             working_set = sample.working_set_bytes
             assert working_set is not None
+            seen = working_set
             limit_hits = sample.limit_hits
             if w.reclaim_fd >= 0:
                 w.reclaim_events += drain_eventfd(w.reclaim_fd)
@@ -501,7 +504,6 @@ class WarningWatcher:
             if verdict is not None:
                 self._warn(w, verdict)
         else:
-            w.hot_since = None
             if w.episode.warned:
                 # Below the early level the working set is too: the episode may end.
                 w.episode.observe(
@@ -512,10 +514,15 @@ class WarningWatcher:
                 )
             w.headroom_bytes = max(0, w.limit - sample.usage_bytes)
         w.last = sample
+        if seen < early:
+            w.hot_since = None
+        elif w.hot_since is None:
+            w.hot_since = now
         interval = next_look_in(
-            usage_bytes=sample.usage_bytes,
+            usage_bytes=seen,
             early_bytes=early,
-            pushed_below_early=w.push_fd >= 0 and self._v1,
+            # The v1 threshold is on usage: it signals a crossing only from below.
+            pushed_below_early=w.push_fd >= 0 and self._v1 and sample.usage_bytes < early,
             warned=w.episode.warned,
             rising_bytes_per_s=w.episode.rising_bytes_per_s,
             hot_for_s=0.0 if w.hot_since is None else now - w.hot_since,

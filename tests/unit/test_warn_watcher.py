@@ -91,6 +91,23 @@ def test_page_cache_at_the_limit_is_not_warned_about(node: Node) -> None:
     assert node.watcher.counters.full_looks > 0
 
 
+def test_page_cache_at_the_limit_is_looked_at_as_its_working_set_allows(node: Node) -> None:
+    """8 MiB of working set under 248 MiB of cache: the early level (192 MiB) is 1.8 s
+    away at the assumed 100 MiB/s, so about one look per 1.8 s, not one a second; and a
+    climb of the working set is still seen at the next look."""
+    node.make(CONTAINER)
+    node.set(CONTAINER, LIMIT, inactive_file=LIMIT - 8 * MIB)
+    node.run(1.0)
+    before = node.watcher.counters.full_looks
+    node.run(60.0)
+    looks = node.watcher.counters.full_looks - before
+    assert 25 <= looks <= 40, looks
+    node.set(CONTAINER, LIMIT, inactive_file=LIMIT * 5 // 100)
+    node.run(2.0)
+    assert len(node.warnings) == 1
+    assert node.warnings[0].working_set_bytes == LIMIT - LIMIT * 5 // 100
+
+
 def test_headroom_is_to_the_working_set(node: Node) -> None:
     node.make(CONTAINER)
     node.set(CONTAINER, LIMIT, inactive_file=LIMIT - 8 * MIB)
