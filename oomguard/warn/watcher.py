@@ -155,6 +155,9 @@ class WarningWatcher:
         self._snapshot: Mapping[str, str] | None = None
         self._watched: dict[str, Watched] = {}
         self._unwatched: dict[str, float] = {}  # cgroup -> when to ask again
+        # The same times in order (stale entries skipped): a node's unlimited cgroups
+        # (BestEffort containers, QoS levels) wait here, and a turn must not walk them all.
+        self._unwatched_due: list[tuple[float, str]] = []
         self._by_fd: dict[int, str] = {}
         self._due: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -261,8 +264,8 @@ class WarningWatcher:
         due = [self._due[0][0]] if self._due else []
         if self._rechecks:
             due.append(min(at for at, _, _ in self._rechecks))
-        if self._unwatched:
-            due.append(min(self._unwatched.values()))
+        if self._unwatched_due:
+            due.append(self._unwatched_due[0][0])
         return min(due, default=float("inf"))
 
     def _schedule(self, w: Watched, at: float) -> None:
@@ -303,12 +306,18 @@ class WarningWatcher:
             for cgroup, directory in snapshot.items():
                 if cgroup not in previous and cgroup not in self._watched:
                     self._consider(cgroup, directory, now)
-        for cgroup, at in list(self._unwatched.items()):
-            if at <= now:
-                del self._unwatched[cgroup]
-                found = snapshot.get(cgroup)
-                if found is not None:
-                    self._consider(cgroup, found, now)
+        while self._unwatched_due and self._unwatched_due[0][0] <= now:
+            at, cgroup = heapq.heappop(self._unwatched_due)
+            if self._unwatched.get(cgroup) != at:
+                continue  # asked again since, or no longer waiting
+            del self._unwatched[cgroup]
+            found = snapshot.get(cgroup)
+            if found is not None:
+                self._consider(cgroup, found, now)
+
+    def _ask_later(self, cgroup: str, at: float) -> None:
+        self._unwatched[cgroup] = at
+        heapq.heappush(self._unwatched_due, (at, cgroup))
 
     def _consider(self, cgroup: str, directory: str, now: float) -> None:
         """Watch a cgroup if it has a limit and a rule; else ask again later."""
@@ -327,7 +336,7 @@ class WarningWatcher:
             # Out of descriptors (EMFILE: five per watched cgroup) or the like: not
             # for good, ask again while the detector still has it.
             if self._snapshot is not None and cgroup in self._snapshot:
-                self._unwatched[cgroup] = now + LIMIT_REFRESH_S
+                self._ask_later(cgroup, now + LIMIT_REFRESH_S)
             return
         try:
             limit = files.limit()
@@ -336,7 +345,7 @@ class WarningWatcher:
         if answer.rule is None or limit is None:
             files.close()
             again = RULE_UNSURE_REFRESH_S if answer.unsure else LIMIT_REFRESH_S
-            self._unwatched[cgroup] = now + again
+            self._ask_later(cgroup, now + again)
             return
         w = Watched(
             cgroup=cgroup,
@@ -425,7 +434,7 @@ class WarningWatcher:
             w.rule_unsure = answer.unsure
             if answer.rule is None:
                 self._drop(w.cgroup)
-                self._unwatched[w.cgroup] = now + RULE_REFRESH_S
+                self._ask_later(w.cgroup, now + RULE_REFRESH_S)
                 return False
             if answer.rule != w.rule:
                 w.rule = answer.rule
@@ -436,7 +445,7 @@ class WarningWatcher:
             limit = w.files.limit()
             if limit is None:
                 self._drop(w.cgroup)
-                self._unwatched[w.cgroup] = now + LIMIT_REFRESH_S
+                self._ask_later(w.cgroup, now + LIMIT_REFRESH_S)
                 return False
             if limit != w.limit:
                 w.limit = limit
@@ -472,7 +481,7 @@ class WarningWatcher:
         self.counters.dropped += 1
         self._drop(cgroup)
         if self._snapshot is not None and cgroup in self._snapshot:
-            self._unwatched[cgroup] = now + LIMIT_REFRESH_S
+            self._ask_later(cgroup, now + LIMIT_REFRESH_S)
 
     def _look_at(self, w: Watched, now: float) -> None:
         self.counters.looks += 1

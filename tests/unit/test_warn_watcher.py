@@ -188,3 +188,19 @@ def test_identity_is_parsed_from_the_path(node: Node) -> None:
     ident: CgroupIdentity = w.identity
     assert ident.container_id == CONTAINER.rsplit("/", 1)[1]
     assert ident.qos == "burstable"
+
+
+def test_a_limit_set_later_is_found(node: Node) -> None:
+    """Many unlimited cgroups wait to be asked again; one given a limit is watched."""
+    unlimited = [
+        f"/kubepods/besteffort/pod{uuid.uuid4()}/{secrets.token_hex(32)}" for _ in range(50)
+    ]
+    for cgroup in unlimited:
+        node.make(cgroup, limit=None, usage=LIMIT)
+    node.run(5.0)
+    assert node.watcher.watched_count == 0
+    resized = node.root / unlimited[7].strip("/")
+    (resized / "memory.limit_in_bytes").write_text(f"{LIMIT}\n")
+    node.run(LIMIT_REFRESH_S + 1.0)
+    assert node.watcher.watched_count == 1
+    assert [w.cgroup for w in node.warnings] == [unlimited[7]]
