@@ -88,18 +88,35 @@ IN_CLUSTER_SH = (
 # The breakdown's agent: `oomguard.cli.main(["run", ...])` as the console script runs it,
 # with a thread that waits for /readyz, reports, then stops the agent with SIGTERM.
 PROBE = r"""
-import json, os, signal, sys, threading, time, tracemalloc, urllib.request
-port, out = int(sys.argv[1]), sys.argv[2]
-def probe():
-    while True:
+import json, os, signal, socket, sys, threading, time, tracemalloc
+port, out, idle_s = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+def on_cpu():  # each thread of the agent: name -> ns on a CPU (schedstat)
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    times = {}
+    for tid, name in names.items():
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    break
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                times[name] = int(f.read().split()[0])
         except OSError:
             pass
+    return times
+def ready():  # a bare socket: urllib.request would import what the agent may not
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"GET /readyz HTTP/1.0\r\n\r\n")
+            return s.recv(64).split(b" ")[1:2] == [b"200"]
+    except (OSError, IndexError):
+        return False
+def probe():
+    while not ready():
         time.sleep(0.05)
     report = {"modules": sorted(sys.modules)}
+    if idle_s:
+        time.sleep(10)  # the start-up passes are over
+        before = on_cpu()
+        time.sleep(idle_s)
+        after = on_cpu()
+        report["idle_ns"] = {n: t - before.get(n, 0) for n, t in after.items() if n != "probe"}
     if tracemalloc.is_tracing():
         snap = tracemalloc.take_snapshot()
         # Each block by the innermost frame outside the import machinery (a module's code
@@ -110,7 +127,7 @@ def probe():
             hits = (f"{f.filename}:{f.lineno}" for f in reversed(frames) if keep(f.filename))
             return next(hits, "?")
         def outside(name):
-            return not name.startswith("<frozen")
+            return not (name.startswith("<frozen") or "/importlib/" in name)
         def ours(name):
             return "/oomguard/" in name
         report["traced"] = [(own(s.traceback, outside), own(s.traceback, ours), s.size)
@@ -118,9 +135,9 @@ def probe():
     with open(out, "w") as f:
         json.dump(report, f)
     os.kill(os.getpid(), signal.SIGTERM)
-threading.Thread(target=probe, daemon=True).start()
+threading.Thread(target=probe, name="probe", daemon=True).start()
 from oomguard.cli import main
-sys.exit(main(sys.argv[3:]))
+sys.exit(main(sys.argv[4:]))
 """
 
 
@@ -367,6 +384,7 @@ def measure(mode: str, idle_s: float, src: Path | None) -> Sample:
 # ----- the breakdown --------------------------------------------------------------------
 
 SITE = re.compile(r"(?:site|dist)-packages/([^/]+)")
+STDLIB = re.compile(r"/lib/python3[.\d]*/([^/]+)")
 
 
 def package_of(where: str) -> str:
@@ -379,18 +397,22 @@ def package_of(where: str) -> str:
     if "/oomguard/" in where:
         rest = where.rsplit("/oomguard/", 1)[1].split("/")
         return "oomguard." + rest[0] if len(rest) > 1 else "oomguard"
-    if "<frozen" in where or "/lib/python3" in where:
+    if "<frozen" in where:
         return "stdlib"
+    if (m := STDLIB.search(where)) is not None:
+        return "stdlib " + m.group(1).removesuffix(".py")
     return where
 
 
-def probe(mode: str, src: Path | None, flags: list[str]) -> tuple[dict[str, Any], str]:
+def probe(
+    mode: str, src: Path | None, flags: list[str], idle_s: float = 0.0
+) -> tuple[dict[str, Any], str]:
     """One start with the probe: its report and its stderr."""
     with tempfile.TemporaryDirectory() as name, node(mode, tmp := Path(name)) as (server, tree):
         out = tmp / "probe.json"
         port = free_port()
         command, env = agent_command(
-            mode, server, tree, tmp, port, [*flags, "-c", PROBE, str(port), str(out)]
+            mode, server, tree, tmp, port, [*flags, "-c", PROBE, str(port), str(out), str(idle_s)]
         )
         if src is not None:
             env["PYTHONPATH"] = str(src)
@@ -415,8 +437,14 @@ def parse_importtime_line(line: str) -> tuple[int, str]:
     return int(self_us), name.strip()
 
 
-def breakdown(mode: str, src: Path | None, top: int) -> None:
-    report, stderr = probe(mode, src, ["-X", "importtime"])
+def breakdown(mode: str, src: Path | None, top: int, idle_s: float) -> None:
+    report, stderr = probe(mode, src, ["-X", "importtime"], idle_s)
+    print(f"\nidle CPU by thread, `oomguard run` ({mode}), {idle_s:.0f} s from 10 s after ready")
+    print(f"| {'thread':<36} | {'ms':>6} | {'% of a core':>11} |")
+    print(f"|{'-' * 38}|{'-' * 8}|{'-' * 13}|")
+    for name, ns in sorted(report["idle_ns"].items(), key=lambda kv: -kv[1]):
+        name = re.sub(r"^oomguard-metrics-\d+", "oomguard-metrics", name)  # its port
+        print(f"| {name:<36} | {ns / 1e6:>6.1f} | {100 * ns / 1e9 / idle_s:>11.3f} |")
     by: dict[str, list[float]] = {}
     for line in stderr.splitlines():
         if line.startswith("import time:") and "self [us]" not in line:
@@ -461,8 +489,9 @@ def cli_imports(src: Path | None) -> None:
     """What every command pays before it runs: `import oomguard.cli`."""
     env = dict(os.environ) | ({"PYTHONPATH": str(src)} if src else {})
     code = (
-        "import resource, sys, time; t = time.process_time(); import oomguard.cli; "
-        "print(time.process_time() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+        "import sys, time; t = time.process_time(); import oomguard.cli; "
+        "rss = [x for x in open('/proc/self/status') if x.startswith('VmRSS:')][0].split()[1]; "
+        "print(time.process_time() - t, rss, "
         "len(sys.modules), 'pydantic_settings' in sys.modules, 'kubernetes' in sys.modules)"
     )
     rows = []
@@ -479,7 +508,7 @@ def cli_imports(src: Path | None) -> None:
     cpu = statistics.median(float(r[0]) for r in rows)
     rss = statistics.median(int(r[1]) for r in rows) / 1024
     print(
-        f"\n`import oomguard.cli` (every command): {cpu * 1000:.0f} ms CPU, max RSS "
+        f"\n`import oomguard.cli` (every command): {cpu * 1000:.0f} ms CPU, RSS "
         f"{rss:.1f} MiB, {rows[0][2]} modules; pydantic_settings {rows[0][3]}, "
         f"kubernetes {rows[0][4]} (median of 5)"
     )
@@ -547,7 +576,7 @@ def report(args: argparse.Namespace, modes: tuple[str, ...]) -> None:
     if not args.no_breakdown:
         cli_imports(args.src)
         for mode in modes:
-            breakdown(mode, args.src, args.top)
+            breakdown(mode, args.src, args.top, args.idle_s)
 
 
 if __name__ == "__main__":

@@ -200,6 +200,8 @@ class Reconciler:
         # pod UID -> the last decision and what it was made from (`_decide`).
         self._decisions: dict[str, _Decided] = {}
         self._ask_labels = False  # this pass's policy selects namespaces by label
+        # Pods whose kept decision asks for nothing: see `_quiet_pod`.
+        self._quiet: set[str] = set()
         self._state_file: ScoreStateFile | None = None
         self._saved_signature: StateSignature | None = None  # what was last saved
         if state_dir is not None:
@@ -254,6 +256,7 @@ class Reconciler:
             del self._pods[uid]
         for uid in [uid for uid in self._decisions if uid not in seen]:
             del self._decisions[uid]
+        self._quiet &= seen
         for key in [key for key in self._applied if key[0] not in seen]:
             del self._applied[key]
         self._kill_modes.forget_pods_except(seen)
@@ -305,12 +308,29 @@ class Reconciler:
             pod, policy, self.node_memory_bytes, None if labels is None else _Labels(labels)
         )
         self._decisions[pod.uid] = _Decided(pod, policy, labels, decision)
+        self._quiet.discard(pod.uid)
         return decision
+
+    def _quiet_pod(self, pod: PodView, decided: PodDecision) -> bool:
+        """Whether planning this pod again would find nothing to do, without planning.
+
+        A pod is quiet once its plan found nothing (no governed container, no kill mode
+        asked for, no warning: the kept decision says so and stays the same) and
+        oomguard had set nothing on it to put back. Only the second part can change
+        while the decision stays: a value or kill mode remembered for one of its
+        containers (the new-container steering hands kill modes over), so that is
+        looked up; the rest of the plan is skipped. Most pods of a node are quiet."""
+        if pod.uid not in self._quiet:
+            return False
+        uid = pod.uid
+        return not any((uid, d.container) in self._applied for d in decided.decisions) and not any(
+            (uid, d.container) in self._kill_modes for d in decided.kill_modes
+        )
 
     def _pod(self, pod: PodView, policy: AdminPolicy, report: PassReport) -> None:
         """Plan, write, settle: one pod's kill modes, then its processes."""
         decided = self._decide(pod, policy)
-        if decided is None:
+        if decided is None or self._quiet_pod(pod, decided):
             return
         notes = self._pods.get(pod.uid)
         said = notes.said if notes else ()
@@ -319,7 +339,9 @@ class Reconciler:
         kill = self._kill_modes.plan(pod, decided.kill_modes, locate, said)
         if not plan.keep_notes and not kill.keep_notes:
             self._pods.pop(pod.uid, None)
+            self._quiet.add(pod.uid)
             return
+        self._quiet.discard(pod.uid)
         if notes is None:
             notes = self._pods[pod.uid] = PodNotes()
         self._send(pod, notes, self._kill_modes.apply(pod, kill, notes, report))
