@@ -246,11 +246,13 @@ class KubeApi:
         connect_timeout_s: float = 10.0,
         request_timeout_s: float = 30.0,
         user_agent: str = f"oomguard/{__version__}",
-        pool_size: int = 4,
+        pool_size: int = 8,
     ) -> None:
         """`credentials`: also a `kubernetes.client.Configuration` (tests, callers of
-        the official loaders). `pool_size`: connections kept per host (the pod watch,
-        the namespace watch, the Event sender and the reconcile pass each hold one)."""
+        the official loaders). `pool_size`: connections kept open (the pod watch and the
+        namespace watch hold one each for as long as they run; Event writes and the
+        other requests share the rest; beyond it urllib3 opens one more and closes it
+        after use, with a warning in the log)."""
         import urllib3
         from urllib3.util.retry import Retry
 
@@ -263,6 +265,7 @@ class KubeApi:
         tls: dict[str, Any] = {
             "cert_reqs": "CERT_REQUIRED" if credentials.verify else "CERT_NONE",
             "ca_certs": credentials.ca_file,
+            "ca_cert_data": credentials.ca_data,
             "cert_file": credentials.cert_file,
             "key_file": credentials.key_file,
         }

@@ -46,6 +46,7 @@ class Credentials:
     server: str  # scheme://host:port, no trailing slash
     authorization: Callable[[], str | None] = field(default=lambda: None)
     ca_file: str | None = None
+    ca_data: str | None = None  # PEM, for a configuration that carries it inline
     cert_file: str | None = None
     key_file: str | None = None
     verify: bool = True
@@ -177,6 +178,7 @@ def from_configuration(configuration: Any) -> Credentials:
         server=str(configuration.host).rstrip("/"),
         authorization=authorization,
         ca_file=configuration.ssl_ca_cert,
+        ca_data=getattr(configuration, "ca_cert_data", None) or None,
         cert_file=configuration.cert_file,
         key_file=configuration.key_file,
         verify=bool(configuration.verify_ssl),

@@ -3,6 +3,8 @@ checked against the service account's CA, the token sent and re-read when rotate
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,6 +89,24 @@ def test_a_rotated_token_is_sent_once_re_read(
             pods_on_node(api)  # the old token, still cached
         assert err.value.status == 401
         now[0] += 60
+        assert pods_on_node(api) == ["cart"]
+    finally:
+        api.close()
+
+
+def test_a_kubeconfig_with_embedded_ca_data_over_https(
+    tls_server: tuple[TlsApiServer, Path], tmp_path: Path
+) -> None:
+    """The kubeconfig path (the official loader) reaches the same HTTPS server: the CA
+    given inline as certificate-authority-data, the token as the user's."""
+    server, cert = tls_server
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+    config = json.loads(kubeconfig.read_text())
+    ca_data = base64.b64encode(cert.read_bytes()).decode()
+    config["clusters"][0]["cluster"]["certificate-authority-data"] = ca_data
+    kubeconfig.write_text(json.dumps(config))
+    api = KubeApi.from_kubeconfig(kubeconfig)
+    try:
         assert pods_on_node(api) == ["cart"]
     finally:
         api.close()
