@@ -427,9 +427,7 @@ def test_without_create_events_the_agent_says_so_and_stays_alive(
 
     wait_for(refused, 30, "a log line naming the forbidden verb")
     # Counted at the end of the main loop's turn that logged it: a moment later.
-    wait_for(
-        lambda: agent.metric("oomguard_events_failed_total") >= 1, 10, "the failure counted"
-    )
+    wait_for(lambda: agent.metric("oomguard_events_failed_total") >= 1, 10, "the failure counted")
     # Still at work after the refusal: a later kill is seen (not merely a process
     # that has not exited yet).
     cart.oom_kill()
