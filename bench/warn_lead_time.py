@@ -227,8 +227,8 @@ def big_file(directory: Path, size: int) -> Path:
 class CacheRun:
     warnings: list[Record] = field(default_factory=list)
     peak_usage: int = 0
-    evicted_gib: float = 0.0  # pages uncharged (memory.stat pgpgout): reclaimed at the limit
-    read_gib: float = 0.0
+    read_gib: float = 0.0  # what the reader read (rchar)
+    disk_gib: float = 0.0  # of it from the disk (read_bytes): reclaimed at the limit, read again
 
 
 def cache_run(hierarchy: MemoryHierarchy, seconds: float, cache_dir: str) -> CacheRun:
@@ -243,19 +243,19 @@ def cache_run(hierarchy: MemoryHierarchy, seconds: float, cache_dir: str) -> Cac
         directory = hierarchy.fs_path(cgroup)
         watch = Watch(tree)
         try:
-            out0 = _pgpgout(directory)
             reader = tree.start_reader(cgroup, path, "reader")
-            io0 = _read_bytes(reader.pid)
+            io0 = _io(reader.pid)
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
                 time.sleep(0.2)
                 out.peak_usage = max(
                     out.peak_usage, int((directory / "memory.usage_in_bytes").read_text())
                 )
-            out.read_gib = (_read_bytes(reader.pid) - io0) / (1 << 30)
+            io1 = _io(reader.pid)
+            out.read_gib = (io1[0] - io0[0]) / (1 << 30)
+            out.disk_gib = (io1[1] - io0[1]) / (1 << 30)
             if reader.poll() is not None:
                 raise SystemExit(f"the reader died ({reader.returncode})")
-            out.evicted_gib = (_pgpgout(directory) - out0) * 4096 / (1 << 30)
             time.sleep(1.0)  # a warning on its way out
             out.warnings = watch.of(cgroup, "oom_warning")
         finally:
@@ -263,19 +263,11 @@ def cache_run(hierarchy: MemoryHierarchy, seconds: float, cache_dir: str) -> Cac
     return out
 
 
-def _pgpgout(directory: Path) -> int:
-    for line in (directory / "memory.stat").read_text().splitlines():
-        if line.startswith("total_pgpgout "):
-            return int(line.split()[1])
-    return 0
-
-
-def _read_bytes(pid: int) -> int:
+def _io(pid: int) -> tuple[int, int]:
+    """(bytes read, of them from storage): /proc/PID/io rchar and read_bytes."""
     with open(f"/proc/{pid}/io") as f:
-        for line in f:
-            if line.startswith("rchar:"):
-                return int(line.split()[1])
-    return 0
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["rchar"]), int(fields["read_bytes"])
 
 
 def cache_part(hierarchy: MemoryHierarchy, seconds: float, cache_dir: str) -> list[str]:
@@ -283,14 +275,14 @@ def cache_part(hierarchy: MemoryHierarchy, seconds: float, cache_dir: str) -> li
     run = cache_run(hierarchy, seconds, cache_dir)
     signals = collections.Counter(str(w["signal"]) for w in run.warnings)
     return [
-        "| workload | window | warnings | target | peak usage | evicted (pgpgout) | "
-        "read | load before -> after |",
+        "| workload | window | warnings | target | peak usage | read | of it from disk "
+        "(reclaimed, read again) | load before -> after |",
         "|---|---|---|---|---|---|---|---|",
         f"| reader, {CACHE_LIMIT_MIB * 3 // 2} MiB file through {CACHE_LIMIT_MIB} MiB | "
         f"{seconds:g} s | {len(run.warnings)}"
         + (f" ({', '.join(f'{s} x{n}' for s, n in signals.items())})" if signals else "")
         + f" | 0 | {100 * run.peak_usage / (CACHE_LIMIT_MIB * MIB):.0f} % of the limit | "
-        f"{run.evicted_gib:.1f} GiB | {run.read_gib:.1f} GiB | {before} -> {loadavg()} |",
+        f"{run.read_gib:.1f} GiB | {run.disk_gib:.1f} GiB | {before} -> {loadavg()} |",
     ]
 
 
