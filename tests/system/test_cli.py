@@ -158,9 +158,10 @@ def test_without_root_demo_says_so_in_one_sentence() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to an unprivileged user")
     # Import as root (the interpreter may live in root's home), then drop to nobody
-    # before the command runs: what a user without root privileges would see.
+    # before the command runs: what a user without root privileges would see. Some
+    # modules load only when their command runs (watch: its warning thread).
     script = (
-        "import os, sys, oomguard.cli, oomguard.demo, oomguard.top\n"
+        "import os, sys, oomguard.cli, oomguard.demo, oomguard.top, oomguard.warn.watcher\n"
         "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
         "sys.exit(oomguard.cli.main(sys.argv[1:]))\n"
     )
