@@ -12,11 +12,13 @@ cgroup. Needs root.
 2. Page cache: a container reads a file 1.5 times its limit, over and over (the file on
    a disk filesystem, its cache dropped first so that the reader's reads charge it);
    usage sits at the limit and the kernel reclaims there all along. Warnings seen in
-   the window (target 0); peak usage and the limit hits show the trap was set.
+   the window (target 0); the peak usage and the reads that came from disk (pages
+   reclaimed at the limit, read again) show the trap was set.
 3. Idle cost: 500 container cgroups (250 burstable pods of 2, each container with a
    limit and an idle `sleep` in it, pods limited to the sum as the kubelet does),
    watched with warnings on and with `--warn-at off`; CPU of the watch process over
-   the window from /proc/PID/stat utime+stime (and schedstat, finer), % of one core.
+   the window from /proc/PID/stat utime+stime (and every thread's schedstat, finer), % of
+   one core, once start-up has settled.
    Target <= 0.1 % with warnings on. Runs alternate on/off so that load from others on
    the machine falls on both alike.
 
