@@ -328,7 +328,7 @@ class Agent:
         for cgroup in {kill.oom_cgroup, kill.cgroup}:
             held = self._held.pop(cgroup or "", None)
             if held is not None:
-                log.info("oom kill near, overtaken by the kill: %s", json_line(held[1]))
+                log.info("warning overtaken by its kill, not sent: %s", json_line(held[1]))
 
     def _release_warnings(self, *, all_now: bool = False) -> None:
         now = time.monotonic()
@@ -349,7 +349,7 @@ class Agent:
         self.metrics.oom_warning(
             namespace, pod, target.container or "", warning.constraint, warning.signal
         )
-        log.info("oom kill near: %s", json_line(warning))
+        log.info("warning: %s", json_line(warning))
 
     def _say_warning_problems(self) -> None:
         """A refused `oomguard.io/warn-at`, once per pod and message, on the pod."""
@@ -436,7 +436,7 @@ class Agent:
         self.checkpoints.save()
         deadline = time.monotonic() + STOP_FLUSH_S
         while self.events.pending_kills() and time.monotonic() < deadline:
-            if not self.sender.deliver_once():
+            if not self.sender.deliver_once(final=True):
                 time.sleep(min(0.2, self.sender.seconds_until_due() or 0.2))
         self.events.flush()
         self.cache.stop()

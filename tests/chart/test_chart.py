@@ -53,6 +53,9 @@ CONTRACT_FLAGS = frozenset(
         "--log-format",
         "--policy-file",
         "--event-window-s",
+        "--event-update-interval-s",
+        "--api-qps",
+        "--api-burst",
         "--reconcile-interval-s",
         "--kmsg-path",
     }
@@ -367,6 +370,9 @@ def test_daemonset_runs_the_agent_as_contracted(helm3: Helm, value_set: str) -> 
     assert ("--dry-run" in flags) is agent.get("dryRun", False)
     assert flags["--log-format"] == agent.get("logFormat", "json")
     assert flags["--event-window-s"] == str(agent.get("eventWindowS", 600))
+    assert flags["--event-update-interval-s"] == str(agent.get("eventUpdateIntervalS", 10))
+    assert flags["--api-qps"] == str(agent.get("apiQps", 5))
+    assert flags["--api-burst"] == str(agent.get("apiBurst", 25))
     assert flags["--reconcile-interval-s"] == str(agent.get("reconcileIntervalS", 5))
     assert flags.get("--cgroup-root") == (agent.get("cgroupRoot") or None)
 
