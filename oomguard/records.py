@@ -258,7 +258,9 @@ class OomWarning(BaseModel):
     usage_bytes: int
     warn_at_percent: int
     pressure_some_avg10: float | None = None  # percent of the last 10 s (v2 PSI)
-    reclaims_10s: int | None = None  # limit hits in the last 10 s (v2 max+high, v1 failcnt)
+    # Reclaim at the limit in the last 10 s: v2 memory.events max+high, v1 failcnt and
+    # vmpressure events; None: not counted for this cgroup.
+    reclaims_10s: int | None = None
     growth_bytes_per_s: float | None = None
     seconds_to_limit: float | None = None
 

@@ -244,8 +244,10 @@ def _kernel_doing(warning: OomWarning) -> str:
             f"it grows {_mib(int(warning.growth_bytes_per_s))}/s, the limit in about "
             f"{max(1, round(warning.seconds_to_limit))} s"
         )
-    if not said:
+    if not said and warning.reclaims_10s == 0:
         return "The kernel has not had to reclaim yet."
+    if not said:
+        return "It is past the warning level."  # reclaim not counted on this cgroup
     text = "; ".join(said)
     return text[0].upper() + text[1:] + "."
 

@@ -171,8 +171,15 @@ def test_all_the_kernel_says_in_one_sentence() -> None:
 
 
 def test_nothing_from_the_kernel_yet() -> None:
-    text = message(make_warning(working_set_bytes=461 * MIB))
+    text = message(make_warning(working_set_bytes=461 * MIB, reclaims_10s=0))
     assert "90% (warns at 90%). The kernel has not had to reclaim yet." in text
+
+
+def test_reclaim_not_counted_is_not_said_to_be_none() -> None:
+    """None (not counted on this cgroup) must not read as "no reclaim"."""
+    text = message(make_warning(working_set_bytes=461 * MIB, reclaims_10s=None))
+    assert "reclaim" not in text
+    assert "90% (warns at 90%). It is past the warning level." in text
 
 
 def test_small_pressure_is_not_news() -> None:
