@@ -224,9 +224,7 @@ def measure(run: int, kills_per_phase: int) -> list[Sample]:
 
 def row(name: str, values: list[float], run_medians: list[float] | None = None) -> str:
     if not values:
-        return (
-            f"| {name:<30} | {'-':>4} | {'-':>9} | {'-':>7} | {'-':>7} | {'-':>7} | {'-':>13} |"
-        )
+        return f"| {name:<30} | {'-':>4} | {'-':>9} | {'-':>7} | {'-':>7} | {'-':>7} | {'-':>13} |"
     of_runs = f"{statistics.median(run_medians):>13.1f}" if run_medians else f"{'-':>13}"
     return (
         f"| {name:<30} | {len(values):>4} | {statistics.median(values):>9.1f} | "
