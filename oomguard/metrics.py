@@ -402,8 +402,10 @@ WORKER_THREADS = 4  # requests handled at once: a scrape and both probes, and on
 MAX_CONNECTIONS = 64  # held open at once; past it the longest idle one is closed
 IDLE_TIMEOUT_S = 10.0  # a connection silent this long is closed (a probe sends at once)
 REQUEST_DEADLINE_S = 30.0  # the most one request may take, however slowly it is sent
-# How often the serving loop looks for stop() and expired connections.
-_STOP_POLL_S = 0.2
+# While connections are held, how often the serving loop looks for expired ones. With
+# none held it sleeps until a connection comes or stop() wakes it: an idle agent's
+# metrics thread costs nothing between scrapes.
+_HELD_CHECK_S = 1.0
 _REASON_MAX_CHARS = 200
 
 
@@ -530,6 +532,8 @@ class _BoundedServer(WSGIServer):
         self._busy: dict[socket.socket, float] = {}  # -> deadline
         self._held = 0  # waiting + ready + busy
         self.socket.setblocking(False)
+        self._wake_r, self._wake_w = socket.socketpair()  # stop() wakes the accept loop
+        self._wake_r.setblocking(False)
         port = self.server_address[1]
         self._threads = [
             threading.Thread(target=self._accept_loop, name=f"oomguard-metrics-{port}", daemon=True)
@@ -545,7 +549,11 @@ class _BoundedServer(WSGIServer):
 
     def stop(self) -> None:
         self._stopping.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
         self._threads[0].join()
+        self._wake_r.close()
+        self._wake_w.close()
         for _ in range(WORKER_THREADS):
             self._ready.put(None)
         with self._lock:
@@ -562,9 +570,14 @@ class _BoundedServer(WSGIServer):
     def _accept_loop(self) -> None:
         selector = selectors.DefaultSelector()
         selector.register(self.socket, selectors.EVENT_READ)
+        selector.register(self._wake_r, selectors.EVENT_READ)
         try:
             while not self._stopping.is_set():
-                for key, _ in selector.select(_STOP_POLL_S):
+                with self._lock:
+                    held = self._held
+                for key, _ in selector.select(_HELD_CHECK_S if held else None):
+                    if key.fileobj is self._wake_r:
+                        continue  # stop(): the loop's condition ends it
                     if key.fileobj is self.socket:
                         while self._accept(selector):
                             pass
