@@ -604,17 +604,24 @@ def register_oom_eventfd(directory: str) -> int:
     The kernel keeps its own reference to the eventfd; closing ours later tells it to
     drop the registration, and removing the cgroup signals the eventfd once more.
     """
+    return register_v1_event(directory, "memory.oom_control")
+
+
+def register_v1_event(directory: str, name: str, arguments: str = "") -> int:
+    """A v1 eventfd the kernel signals on an event of the cgroup's file `name`, through
+    `cgroup.event_control` ("<eventfd> <fd of name> [arguments]"). A cgroup gone is
+    FileNotFoundError(directory)."""
     efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     try:
-        cfd = os.open(directory + "/memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(directory + "/" + name, os.O_RDONLY | os.O_CLOEXEC)
         try:
             ctl = os.open(directory + "/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
             try:
-                os.write(ctl, f"{efd} {cfd}".encode())
+                os.write(ctl, f"{efd} {fd} {arguments}".rstrip().encode())
             finally:
                 os.close(ctl)
         finally:
-            os.close(cfd)
+            os.close(fd)
     except OSError as exc:
         os.close(efd)
         if exc.errno == errno.ENOENT:

@@ -23,54 +23,21 @@ registration when its file is released).
 
 from __future__ import annotations
 
-import errno
 import os
+
+from oomguard.cgroups.watch import register_v1_event
 
 PSI_TRIGGER = b"some 150000 1000000"
 
 
 def register_usage_threshold(directory: str, threshold_bytes: int) -> int:
     """A v1 eventfd signalled when the cgroup's usage crosses `threshold_bytes`."""
-    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    try:
-        ufd = os.open(directory + "/memory.usage_in_bytes", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            ctl = os.open(directory + "/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(ctl, f"{efd} {ufd} {threshold_bytes}".encode())
-            finally:
-                os.close(ctl)
-        finally:
-            os.close(ufd)
-    except OSError as exc:
-        os.close(efd)
-        if exc.errno == errno.ENOENT:
-            raise FileNotFoundError(directory) from exc
-        raise
-    return efd
+    return register_v1_event(directory, "memory.usage_in_bytes", str(threshold_bytes))
 
 
 def register_vmpressure(directory: str) -> int:
     """A v1 eventfd counting reclaim in the cgroup itself (vmpressure, any level)."""
-    return _register_v1(directory, "memory.pressure_level", "low,local")
-
-
-def _register_v1(directory: str, name: str, arguments: str) -> int:
-    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-    try:
-        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            ctl = os.open(directory + "/cgroup.event_control", os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.write(ctl, f"{efd} {fd} {arguments}".encode())
-            finally:
-                os.close(ctl)
-        finally:
-            os.close(fd)
-    except OSError:
-        os.close(efd)
-        raise
-    return efd
+    return register_v1_event(directory, "memory.pressure_level", "low,local")
 
 
 def register_psi_trigger(directory: str) -> int:

@@ -22,6 +22,7 @@ from oomguard.k8s.events import (
 )
 from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView
 from oomguard.records import CgroupIdentity, CgroupKind, Constraint, OomWarning
+from tests.unit.test_events import DictLookup
 
 MIB = 1024 * 1024
 T0 = datetime(2026, 5, 1, 12, 0, 5, tzinfo=UTC)
@@ -93,19 +94,7 @@ def view(container_name: str = "app") -> PodView:
     )
 
 
-class Lookup:
-    def __init__(self, pods: list[PodView]) -> None:
-        self.pods = pods
-
-    def lookup_container(self, container_id: str) -> tuple[PodView, ContainerView] | None:
-        for p in self.pods:
-            for c in p.containers:
-                if container_id in c.all_ids:
-                    return p, c
-        return None
-
-    def lookup_pod(self, uid_or_config_hash: str) -> PodView | None:
-        return next((p for p in self.pods if p.uid == uid_or_config_hash), None)
+Lookup = DictLookup  # the pod cache's lookups over a list, as the kill tests use
 
 
 CONTAINER = Target(
