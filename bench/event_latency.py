@@ -20,7 +20,7 @@ CLOCK_MONOTONIC when it commits each Event to its store (in-process, ns resoluti
 is installed through ApiServer's handler factory, apiserver.py is not edited). Needs
 root. The table gives median, p95, p99 and max over all kills and the median of run medians.
 
-    python bench/event_latency.py [--kills 20] [--runs 3]
+    python bench/event_latency.py [--kills 20] [--runs 3] [--src TREE]
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class AgentProcess:
         self._log_file.close()
 
 
-def measure(run: int, kills_per_phase: int) -> list[Sample]:
+def measure(run: int, kills_per_phase: int, src: Path | None = None) -> list[Sample]:
     hierarchy = detect_memory_hierarchy()
     offset_us = kernel_clock_offset_us()
     samples: list[Sample] = []
@@ -180,7 +180,9 @@ def measure(run: int, kills_per_phase: int) -> list[Sample]:
                     (uid, tree.make(f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=LIMIT_BYTES))
                 )
             kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
-            agent = AgentProcess(kubeconfig, tree.top, Path(tmp) / "state", Path(tmp) / "agent.log")
+            agent = AgentProcess(
+                kubeconfig, tree.top, Path(tmp) / "state", Path(tmp) / "agent.log", src
+            )
             kernel = KernelKills()
             try:
                 agent.wait_ready()
@@ -237,8 +239,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20, help="kills per phase per run")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--src",
+        type=Path,
+        help="run the agent from this source tree (e.g. a checkout of an earlier commit)",
+    )
     args = parser.parse_args()
-    runs = [measure(i, args.kills) for i in range(args.runs)]
+    runs = [measure(i, args.kills, args.src) for i in range(args.runs)]
     groups = {
         "all": lambda s: True,
         "spaced 0.6 s apart": lambda s: s.phase == "spaced",
