@@ -53,7 +53,7 @@ from types import FrameType
 from oomguard import __version__
 from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy, default_cgroup_root
 from oomguard.detect.loop import OomWatcher
-from oomguard.k8s.attribution import Target, attribute, attribute_warning
+from oomguard.k8s.attribution import attribute, attribute_warning
 from oomguard.k8s.client import KubeApi, KubeApiError
 from oomguard.k8s.event_queue import (
     EventQueue,
@@ -200,7 +200,6 @@ class Agent:
         self._headrooms_due = 0.0
         self._held: dict[str, tuple[float, OomWarning]] = {}  # cgroup -> (due, warning)
         self._forget_due = 0.0
-        self._handled: list[tuple[OomKill, Target, bool]] = []  # (kill, target, new)
 
     def _new_container(self, created: ContainerCgroupCreated) -> None:
         """From the detector thread: steering first (its first process is waiting),
@@ -279,7 +278,6 @@ class Agent:
         # A new kill's Event first, before the bookkeeping below: its create is never held
         # back, and the kill's one state write happens in here, before the send.
         self.sender.deliver_once()
-        self._say_handled()
         # Kills offered above and not sent (their Event waits for its update interval,
         # the budget, a backoff) are written now; also retries a write that failed.
         self.events.retry_persist()
@@ -374,26 +372,18 @@ class Agent:
             self.cache.wait_for_container(cid, self.settings.pod_wait_s)
         target = attribute(kill, self.cache)
         # Written by step(), with its batch id, just before its Event is sent.
-        new = self.sender.submit(kill, target, counter_value=kill.oom_kill_counter, write=False)
-        # Counted and logged once its Event has been sent (`_say_handled`): the JSON line
-        # costs a quarter of a millisecond the Event need not wait for.
-        self._handled.append((kill, target, new))
-
-    def _say_handled(self) -> None:
-        for kill, target, new in self._handled:
-            if not new:
-                # Found again after a restart (read back from the kernel log, or counted
-                # again before the counters were saved): reported before, same kill id.
-                log.info("oom kill already reported: %s", json_line(kill))
-                continue
-            if target.is_node or target.namespace is None or target.name is None:
-                self.metrics.oom_kill_without_pod(kill.constraint)
-            else:
-                self.metrics.oom_kill(
-                    target.namespace, target.name, target.container or "", kill.constraint
-                )
-            log.info("oom kill: %s", json_line(kill))
-        self._handled.clear()
+        if not self.sender.submit(kill, target, counter_value=kill.oom_kill_counter, write=False):
+            # Found again after a restart (read back from the kernel log, or counted
+            # again before the counters were saved): reported before, same kill id.
+            log.info("oom kill already reported: %s", json_line(kill))
+            return
+        if target.is_node or target.namespace is None or target.name is None:
+            self.metrics.oom_kill_without_pod(kill.constraint)
+        else:
+            self.metrics.oom_kill(
+                target.namespace, target.name, target.container or "", kill.constraint
+            )
+        log.info("oom kill: %s", json_line(kill))
 
     def _refresh_gauges(self) -> None:
         c = self.cache.counters
@@ -452,7 +442,6 @@ class Agent:
             except queue.Empty:
                 break
         self._release_warnings(all_now=True)
-        self._say_handled()
         self.events.retry_persist()  # the kills just taken, before the marks that cover them
         self.checkpoints.save()
         deadline = time.monotonic() + STOP_FLUSH_S
