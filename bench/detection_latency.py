@@ -46,7 +46,7 @@ from oomguard.cgroups.scratch import MIB, ScratchTree  # noqa: E402
 from oomguard.detect.loop import OomWatcher  # noqa: E402
 from oomguard.kernel.clock import kernel_clock_offset_us  # noqa: E402
 from oomguard.records import OomKill  # noqa: E402
-from tests.watch_process import start_watch  # noqa: E402
+from tests.watch_process import next_kill_line, start_watch  # noqa: E402
 
 KILLED = re.compile(rb"Killed process (\d+) ")
 
@@ -207,7 +207,7 @@ def kill_times(gaps: list[float], per_gap: int, kernel_log: str) -> list[KillTim
                     hog = tree.start_hog(container, "benchhog")
                     hog.wait(timeout=60)
                     reaped = time.time()
-                    record = json.loads(proc.stdout.readline())
+                    record = json.loads(next_kill_line(proc.stdout))
                     offset_us = kernel_clock_offset_us()
                     printed_mono = (lines.stamp_us(hog.pid) + offset_us) / 1e6
                     stamped = datetime.fromisoformat(record["time"].replace("Z", "+00:00"))

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy
 from oomguard.cgroups.scratch import MIB, ScratchTree
 from tests.system.klog_flood import start_flood
-from tests.watch_process import start_watch
+from tests.watch_process import next_kill_line, start_watch
 
 KILLS = 3
 
@@ -64,7 +64,7 @@ def one_run(kernel_log: str, lines: int) -> tuple[float, float, int, int]:
             for w in writers:
                 w.join()
             flood_s = time.monotonic() - started
-            records = [json.loads(agent.stdout.readline()) for _ in victims]
+            records = [json.loads(next_kill_line(agent.stdout)) for _ in victims]
             time.sleep(2)
             spent = cpu_s(agent.pid) - before
         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import IO, AnyStr
 
 from oomguard.cgroups.scratch import ScratchTree
 
@@ -29,3 +30,18 @@ def start_watch(tree: ScratchTree, kernel_log: str = "kmsg", *extra: str) -> sub
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def is_warning(line: str | bytes) -> bool:
+    """A warning line (`--warn-at`, on by default), JSON or human: kill tests skip them."""
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    return '"kind":"oom_warning"' in text or " OOM kill near: " in text
+
+
+def next_kill_line(stream: IO[AnyStr]) -> AnyStr:
+    """The next kill line of `watch` (a warning may come first: a hog passes 90 % of
+    its limit on the way to its kill); "" at the end of the stream."""
+    while True:
+        line = stream.readline()
+        if not line or not is_warning(line):
+            return line

@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from oomguard.cgroups.scratch import MIB, ScratchTree
+from tests.watch_process import next_kill_line
 
 pytestmark = pytest.mark.system
 
@@ -60,7 +61,7 @@ def test_watch_json_prints_one_line_per_kill(tree: ScratchTree) -> None:
         assert "watching" in banner, banner
         hog = tree.start_hog(container, "memhog")
         assert hog.wait(timeout=30) == -9
-        line = proc.stdout.readline()  # flushed per kill: no need to stop first
+        line = next_kill_line(proc.stdout)  # flushed per kill: no need to stop first
         record = json.loads(line)
         assert record.keys() >= WATCH_FIELDS
         assert record["kind"] == "oom_kill"
@@ -91,7 +92,7 @@ def test_watch_human_output_names_victim_and_container(tree: ScratchTree) -> Non
         proc.stderr.readline()
         hog = tree.start_hog(container, "memhog")
         hog.wait(timeout=30)
-        line = proc.stdout.readline()
+        line = next_kill_line(proc.stdout)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)

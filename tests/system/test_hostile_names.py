@@ -18,6 +18,7 @@ import uuid
 import pytest
 
 from oomguard.cgroups.scratch import MIB, ScratchTree
+from tests.watch_process import next_kill_line
 
 pytestmark = pytest.mark.system
 
@@ -107,7 +108,7 @@ def test_watch_prints_a_killed_hostile_name_escaped(tree: ScratchTree) -> None:
         hog.stdin.write(b"grow\n")
         hog.stdin.flush()
         assert hog.wait(timeout=30) == -9
-        raw = watch.stdout.readline()
+        raw = next_kill_line(watch.stdout)
     finally:
         watch.send_signal(signal.SIGTERM)
         watch.wait(timeout=10)

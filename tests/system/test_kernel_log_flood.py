@@ -20,7 +20,7 @@ import pytest
 
 from oomguard.cgroups.scratch import MIB, ScratchTree
 from tests.system.klog_flood import start_flood
-from tests.watch_process import start_watch
+from tests.watch_process import next_kill_line, start_watch
 
 pytestmark = pytest.mark.system
 
@@ -51,7 +51,7 @@ def test_every_kill_inside_a_kernel_log_flood_is_reported(
             hog = tree.start_hog(container, "floodhog")
             assert hog.wait(timeout=60) == -9
             victims.append(hog.pid)
-        records = [json.loads(agent.stdout.readline()) for _ in victims]
+        records = [json.loads(next_kill_line(agent.stdout)) for _ in victims]
     finally:
         for w in writers:
             w.join(timeout=120)

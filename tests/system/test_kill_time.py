@@ -18,7 +18,7 @@ from datetime import datetime
 import pytest
 
 from oomguard.cgroups.scratch import MIB, ScratchTree
-from tests.watch_process import start_watch
+from tests.watch_process import next_kill_line, start_watch
 
 pytestmark = pytest.mark.system
 
@@ -45,7 +45,7 @@ def test_kill_time_after_idle_is_the_kill_time(tree: ScratchTree, kernel_log: st
         hog = tree.start_hog(container, "memhog")
         assert hog.wait(timeout=30) == -9
         reaped = time.time()
-        record = json.loads(proc.stdout.readline())
+        record = json.loads(next_kill_line(proc.stdout))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
