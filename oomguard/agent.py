@@ -19,10 +19,7 @@ main loop may be in an HTTP request or a reconcile pass when a container starts,
 its first process must not wait for either (`steer.new_containers`). The steering
 thread and the reconcile pass share the namespace-label cache, one call at a time.
 
-A kill is safe once the event queue has written it to the state directory: `submit`
-leaves the write to the same turn's `deliver_once` (one write with its batch id, before
-the send) or `retry_persist` (its Event is not due yet), and only then are the
-detector's marks saved. Kills that happen
+A kill is safe once `submit` has written it to the state directory. Kills that happen
 while the agent is down are recovered on restart from what the state directory says was
 handed on (`state.checkpoints`: the kernel log position and each cgroup's `oom_kill`
 counter), given to the detector as one `Resume`. The detector says what it has handed on
@@ -275,15 +272,10 @@ class Agent:
                 except queue.Empty:
                     break
         self._release_warnings()
-        # A new kill's Event first, before the bookkeeping below: its create is never held
-        # back, and the kill's one state write happens in here, before the send.
-        self.sender.deliver_once()
-        # Kills offered above and not sent (their Event waits for its update interval,
-        # the budget, a backoff) are written now; also retries a write that failed.
-        self.events.retry_persist()
-        # Only then the detector's marks: a mark never covers a kill held in memory only.
         self.checkpoints.save()  # also retries a write that failed
+        self.events.retry_persist()  # the same for the event queue (disk full, read-only)
         self._learn_node_uid()
+        self.sender.deliver_once()
         self._reconcile()
         self._say_warning_problems()
         self._refresh_gauges()
@@ -349,7 +341,7 @@ class Agent:
         """An OOMImminent Event on the container (the pod, the Node), queued and
         aggregated like a kill's; counted by its pod's labels."""
         target = attribute_warning(warning, self.cache)
-        self.sender.submit_warning(warning, target, write=False)  # written in step()
+        self.sender.submit_warning(warning, target)
         if target.is_node:
             namespace, pod = "", ""
         else:
@@ -371,8 +363,7 @@ class Agent:
             self._waited.add(cid)
             self.cache.wait_for_container(cid, self.settings.pod_wait_s)
         target = attribute(kill, self.cache)
-        # Written by step(), with its batch id, just before its Event is sent.
-        if not self.sender.submit(kill, target, counter_value=kill.oom_kill_counter, write=False):
+        if not self.sender.submit(kill, target, counter_value=kill.oom_kill_counter):
             # Found again after a restart (read back from the kernel log, or counted
             # again before the counters were saved): reported before, same kill id.
             log.info("oom kill already reported: %s", json_line(kill))
@@ -442,7 +433,6 @@ class Agent:
             except queue.Empty:
                 break
         self._release_warnings(all_now=True)
-        self.events.retry_persist()  # the kills just taken, before the marks that cover them
         self.checkpoints.save()
         deadline = time.monotonic() + STOP_FLUSH_S
         while self.events.pending_kills() and time.monotonic() < deadline:

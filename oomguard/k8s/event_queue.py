@@ -30,9 +30,6 @@ totals, so re-sending a patch whose first try got through changes nothing; a cre
 meets 409 AlreadyExists reads the Event: if it carries this batch's id the first try got
 through, else (another run of the agent made it, its state lost) the counts add up.
 Reading the Event uses an empty patch, so the RBAC stays events create + patch.
-A kill offered without a write (`write=False`, the agent's loop, which sends at once)
-goes to disk with its batch id in that same write, still before the send: one write
-on the way to the API, not two.
 
 State is written and read through `statefile`, as every state file of the agent: writes
 are atomic (temp file, fsync, rename, fsync of the directory; a crash mid-write leaves the
@@ -295,20 +292,12 @@ class EventQueue:
 
     # -- the detector side ------------------------------------------------------------
 
-    def offer(self, kill_id: str, occurrence: Occurrence, *, write: bool = True) -> bool:
+    def offer(self, kill_id: str, occurrence: Occurrence) -> bool:
         """Accept a kill; False when this kill id was accepted before."""
-        return self.offer_many([(kill_id, occurrence)], write=write) == 1
+        return self.offer_many([(kill_id, occurrence)]) == 1
 
-    def offer_many(self, items: Iterable[tuple[str, Occurrence]], *, write: bool = True) -> int:
-        """Accept several kills with one state write; how many were new.
-
-        `write=False` leaves the write to the caller's next `take_batches` or
-        `retry_persist`, whichever comes first: the agent's loop offers a kill, sends
-        its Event at once, and so writes the state once before the send (the kill and
-        its batch id together), not twice. Until then the kill is in memory only: the
-        caller must not record it as handed on (the detector's checkpoints) before
-        one of those two has run.
-        """
+    def offer_many(self, items: Iterable[tuple[str, Occurrence]]) -> int:
+        """Accept several kills with one state write; how many were new."""
         accepted = 0
         with self._lock:
             for kid, occ in items:
@@ -339,10 +328,7 @@ class EventQueue:
                 self._pending.append(_Pending(kid, ref, occ.time, occ.time, 1, occ.message))
             if accepted:
                 self._count(accepted=accepted)
-                if write:
-                    self._persist()
-                else:
-                    self._unsaved = True
+                self._persist()
         return accepted
 
     # -- the sender side --------------------------------------------------------------
@@ -395,10 +381,8 @@ class EventQueue:
                         event_last=event.last,
                     )
                 )
-            if assigned or self._unsaved:
-                # Before sending: a retry after a crash reuses the id (and kills offered
-                # without a write are on disk before anything leaves).
-                self._persist()
+            if assigned:
+                self._persist()  # before sending: a retry after a crash reuses the id
         return batches
 
     def complete(self, batch: Batch, *, event_count: int, first: datetime, last: datetime) -> None:
@@ -454,13 +438,10 @@ class EventQueue:
             self._persist()
 
     def retry_persist(self) -> None:
-        """Write the state if memory is ahead of the file: kills offered with
-        `write=False` and not sent yet, or the last write failed (the disk was full or
-        read-only).
+        """Write the state if the last write failed (the disk was full or read-only).
 
-        Called by the agent's loop every turn, before it saves the detector's
-        checkpoints, and so the file catches up once space returns even when nothing
-        changes.
+        Called by the agent's loop, so the file catches up once space returns even when
+        nothing changes.
         """
         with self._lock:
             if self._unsaved:
@@ -744,23 +725,17 @@ class EventSender:
         *,
         kill_id: str | None = None,
         counter_value: int | None = None,
-        write: bool = True,
     ) -> bool:
-        """Queue one attributed kill; False if this kill was queued before.
-
-        `write=False`: the state write waits for the next `deliver_once` or
-        `EventQueue.retry_persist` (`EventQueue.offer_many` says what the caller owes).
-        """
+        """Queue one attributed kill; False if this kill was queued before."""
         kid = kill_id or _make_kill_id(kill, boot_id=self.boot_id, counter_value=counter_value)
-        return self.queue.offer(kid, self.builder.occurrence(kill, target), write=write)
+        return self.queue.offer(kid, self.builder.occurrence(kill, target))
 
-    def submit_warning(self, warning: OomWarning, target: Target, *, write: bool = True) -> bool:
+    def submit_warning(self, warning: OomWarning, target: Target) -> bool:
         """Queue an OOMImminent warning: persisted, retried and aggregated like a kill
         (its id is its cgroup and time, so it is never taken for a kill)."""
         stamp = warning.time.isoformat()
         kid = f"warning/{self.boot_id or '-'}/{warning.cgroup}/{stamp}"
-        occurrence = self.builder.warning_occurrence(warning, target)
-        return self.queue.offer(kid, occurrence, write=write)
+        return self.queue.offer(kid, self.builder.warning_occurrence(warning, target))
 
     @property
     def counters(self) -> SenderCounters:

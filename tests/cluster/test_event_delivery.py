@@ -4,7 +4,6 @@ placement, aggregation, outages, refusals, restarts, corrupt state and storms.""
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import logging
 import time
@@ -327,24 +326,17 @@ def test_restart_delivers_the_undelivered_and_resends_nothing(
     assert third.deliver_once() == 0 and len(apiserver.requests()) == before
 
 
-@pytest.mark.parametrize("write", [True, False], ids=["written-at-submit", "written-at-send"])
 @pytest.mark.parametrize("already_created", [False, True], ids=["create", "patch"])
 def test_crash_after_send_before_recording_does_not_double(
-    apiserver: ApiServer,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    already_created: bool,
-    write: bool,
+    apiserver: ApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, already_created: bool
 ) -> None:
     state = tmp_path / "state"
     first = make_sender(apiserver, state)
     if already_created:
         first.submit(kill(1), target())
         first.deliver_once()
-    # write=False (the agent's loop): the kills reach the disk in the send's own write,
-    # with their batch id.
-    first.submit(kill(2), target(), write=write)
-    first.submit(kill(3), target(), write=write)
+    first.submit(kill(2), target())
+    first.submit(kill(3), target())
     # The API takes the batch, then the agent dies before writing that down.
     apiserver.allow({("create", "events"), ("patch", "events")})
     monkeypatch.setattr(first.queue, "complete", lambda *a, **k: None)
@@ -360,43 +352,6 @@ def test_crash_after_send_before_recording_does_not_double(
     [event] = events(apiserver)
     assert event["count"] == expected + 1
     assert event["metadata"]["annotations"][DELIVERY_ANNOTATION]
-
-
-def test_kills_submitted_without_a_write_reach_the_disk_before_the_agent_moves_on(
-    apiserver: ApiServer, tmp_path: Path
-) -> None:
-    """The agent's loop offers kills without a write; the turn's send, or its
-    `retry_persist` when the Event is not due, writes them before the detector's marks
-    are saved. Until then a restart does not find them (the detector finds them again)."""
-    state = tmp_path / "state"
-    settings = dataclasses.replace(FAST, event_update_interval_s=3600)
-    sender = EventSender(
-        KubeApi(apiserver.client_configuration()),
-        EventQueue(state),
-        NODE,
-        boot_id="boot-1",
-        settings=settings,
-    )
-    assert sender.submit(kill(1), target(), write=False)
-    assert EventQueue(state).pending_kills() == 0  # in memory only
-    assert sender.deliver_once() == 1  # created at once, its state written before
-    assert sender.submit(kill(2), target(), write=False)  # waits an hour for its update
-    assert sender.submit(kill(3, 2), target(2), write=False)  # a new Event: sent now
-    assert sender.deliver_once() == 1
-    assert EventQueue(state).pending_kills() == 1  # kill 2 went with the send's write
-    assert sender.submit(kill(4), target(), write=False)
-    assert sender.deliver_once() == 0
-    assert EventQueue(state).pending_kills() == 1
-    sender.queue.retry_persist()
-    restarted = make_sender(apiserver, state)
-    assert restarted.queue.pending_kills() == 2
-    # Replayed from the kernel log after the restart: known, not queued again.
-    for seq, container in ((1, 1), (2, 1), (3, 2), (4, 1)):
-        assert not restarted.submit(kill(seq, container), target(container))
-    assert {e["involvedObject"]["name"]: e["count"] for e in events(apiserver)} == {
-        "web-1": 1,
-        "web-2": 1,
-    }
 
 
 def test_lost_state_adds_to_the_existing_event(apiserver: ApiServer, tmp_path: Path) -> None:
