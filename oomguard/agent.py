@@ -272,10 +272,11 @@ class Agent:
                 except queue.Empty:
                     break
         self._release_warnings()
+        # A new kill's Event first (`submit` has written it), before the bookkeeping.
+        self.sender.deliver_once()
         self.checkpoints.save()  # also retries a write that failed
         self.events.retry_persist()  # the same for the event queue (disk full, read-only)
         self._learn_node_uid()
-        self.sender.deliver_once()
         self._reconcile()
         self._say_warning_problems()
         self._refresh_gauges()
