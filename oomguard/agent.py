@@ -196,6 +196,9 @@ class Agent:
         self._seen_totals: dict[int, int] = {}
         self._headrooms_due = 0.0
         self._held: dict[str, tuple[float, OomWarning]] = {}  # cgroup -> (due, warning)
+        # cgroup -> when its last kill reached the loop: a warning that comes in after
+        # it (its look raced the kill) is not sent either.
+        self._killed_at: dict[str, float] = {}
         self._forget_due = 0.0
 
     def _new_container(self, created: ContainerCgroupCreated) -> None:
@@ -319,15 +322,27 @@ class Agent:
         if isinstance(item, HandedOn):
             self.checkpoints.take(item)
         elif isinstance(item, OomWarning):
-            self._held[item.cgroup] = (time.monotonic() + WARNING_HOLD_S, item)
+            now = time.monotonic()
+            if now - self._killed_at.get(item.cgroup, -math.inf) <= WARNING_HOLD_S:
+                log.info("warning overtaken by its kill, not sent: %s", json_line(item))
+            else:
+                self._held[item.cgroup] = (now + WARNING_HOLD_S, item)
         else:
             self._overtaken(item)
             self._handle(item)
 
     def _overtaken(self, kill: OomKill) -> None:
-        """A held warning whose cgroup's limit the kill hit is not sent."""
+        """A held warning whose cgroup's limit the kill hit is not sent; nor one that
+        comes just after the kill (the warning thread looked while the victim's memory
+        was not yet freed)."""
+        now = time.monotonic()
+        for old in [c for c, t in self._killed_at.items() if now - t > WARNING_HOLD_S]:
+            del self._killed_at[old]
         for cgroup in {kill.oom_cgroup, kill.cgroup}:
-            held = self._held.pop(cgroup or "", None)
+            if not cgroup:
+                continue
+            self._killed_at[cgroup] = now
+            held = self._held.pop(cgroup, None)
             if held is not None:
                 log.info("warning overtaken by its kill, not sent: %s", json_line(held[1]))
 

@@ -24,7 +24,8 @@ Hysteresis: one warning per episode. After a warning the cgroup is quiet until i
 working set has stayed below `early - rearm_margin` (60 % by default) for `rearm_s`
 (30 s): a spike that recovers gives one warning, a working set hovering around the
 threshold gives one, not a stream, and a second climb after a real recovery is a new
-episode that is warned about again.
+episode that is warned about again. A kill ends an episode too: no warning from the
+looks that see the victim's memory not yet freed; the next climb is a new episode.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ class Episode:
 
     rule: WarnRule
     warned: bool = False
+    after_kill: bool = False  # warned stands for a kill, not a warning (see killed)
     below_since: float | None = None
     _looks: collections.deque[_Look] = field(default_factory=collections.deque)
 
@@ -161,6 +163,16 @@ class Episode:
             seconds_to_limit=to_limit,
         )
 
+    def killed(self) -> None:
+        """The kernel killed in the cgroup: the episode ended there. Quiet until a look
+        finds the working set below the re-arm level (the victim's memory freed), at
+        once rather than after `rearm_s`: a process restarted in the same cgroup that
+        climbs again is a new episode, warned about."""
+        self.warned = True
+        self.after_kill = True
+        self.below_since = None
+        self._looks.clear()
+
     def _remember(self, at: float, working_set: int, limit_hits: int | None) -> None:
         self._looks.append(_Look(at, working_set, limit_hits))
         while self._looks and at - self._looks[0].at > HISTORY_S:
@@ -168,6 +180,9 @@ class Episode:
 
     def _maybe_rearm(self, at: float, percent: float) -> None:
         if percent >= self.rule.rearm_percent:
+            self.below_since = None
+        elif self.after_kill:
+            self.warned = self.after_kill = False
             self.below_since = None
         elif self.below_since is None:
             self.below_since = at

@@ -71,6 +71,7 @@ class MemorySample:
     working_set_bytes: int | None = None  # None: only usage was read
     limit_hits: int | None = None  # cumulative: v2 memory.events max+high, v1 failcnt
     pressure_some_avg10: float | None = None  # percent, v2 only
+    oom_kills: int | None = None  # cumulative oom_kill count; None: not read
 
 
 def parse_limit(version: CgroupVersion, text: str) -> int | None:
@@ -100,6 +101,11 @@ def limit_hits_v2(events_text: str) -> int | None:
     if "max" not in events:
         return None
     return events["max"] + events.get("high", 0)
+
+
+def oom_kills(text: str) -> int | None:
+    """The `oom_kill` count of memory.events (v2) or memory.oom_control (v1)."""
+    return parse_flat_keyed(text).get("oom_kill")
 
 
 def pressure_some_avg10(text: str) -> float | None:
@@ -138,6 +144,9 @@ class CgroupFiles:
             self._stat = self._optional("memory.stat")
             self._hits = self._optional("memory.events" if v2 else "memory.failcnt")
             self._pressure = self._optional("memory.pressure") if v2 else -1
+            # The kill count, read after the rest: a look that finds it risen saw the
+            # memory of a victim not yet freed, not a container nearing its limit.
+            self._kills = self._hits if v2 else self._optional("memory.oom_control")
         except OSError:  # e.g. EMFILE half-way: the ones already open are not leaked
             self.close()
             raise
@@ -166,6 +175,10 @@ class CgroupFiles:
     def limit(self) -> int | None:
         return None if self._limit < 0 else parse_limit(self.version, self._text(self._limit))
 
+    def oom_kills(self) -> int | None:
+        """The cgroup's kill count now (None: not readable here)."""
+        return None if self._kills < 0 else oom_kills(self._text(self._kills))
+
     def read_usage(self, at: float, limit_bytes: int | None) -> MemorySample:
         """The cheap look: usage only (the limit as last read)."""
         return MemorySample(at=at, usage_bytes=self.usage(), limit_bytes=limit_bytes)
@@ -174,13 +187,17 @@ class CgroupFiles:
         """The full look: usage, working set, reclaim count, pressure."""
         usage = self.usage()
         inactive = None if self._stat < 0 else inactive_file(self.version, self._text(self._stat))
+        pressure = None if self._pressure < 0 else pressure_some_avg10(self._text(self._pressure))
         hits: int | None = None
+        kills: int | None = None
         if self._hits >= 0:
             text = self._text(self._hits)
-            hits = (
-                limit_hits_v2(text) if self.version is CgroupVersion.V2 else parse_single_int(text)
-            )
-        pressure = None if self._pressure < 0 else pressure_some_avg10(self._text(self._pressure))
+            if self.version is CgroupVersion.V2:
+                hits, kills = limit_hits_v2(text), oom_kills(text)
+            else:
+                hits = parse_single_int(text)
+        if self.version is CgroupVersion.V1:
+            kills = self.oom_kills()
         return MemorySample(
             at=at,
             usage_bytes=usage,
@@ -188,6 +205,7 @@ class CgroupFiles:
             working_set_bytes=working_set(usage, inactive),
             limit_hits=hits,
             pressure_some_avg10=pressure,
+            oom_kills=kills,
         )
 
     def close(self) -> None:

@@ -112,6 +112,7 @@ class Watched:
     hot_since: float | None = None
     last: MemorySample | None = None
     headroom_bytes: int | None = None  # limit - working set (or usage, below early)
+    oom_kills: int | None = None  # the kill count at the last full look (or the start)
 
 
 @dataclass
@@ -122,6 +123,7 @@ class WarnCounters:
     warnings: int = 0
     push_errors: int = 0
     dropped: int = 0
+    after_kill: int = 0  # looks that found the cgroup killed since the one before
 
 
 @dataclass
@@ -342,8 +344,9 @@ class WarningWatcher:
             return
         try:
             limit = files.limit()
+            kills = files.oom_kills()
         except OSError:
-            limit = None
+            limit = kills = None
         if answer.rule is None or limit is None:
             files.close()
             again = RULE_UNSURE_REFRESH_S if answer.unsure else LIMIT_REFRESH_S
@@ -360,6 +363,7 @@ class WarningWatcher:
             rule_checked=now,
             rule_unsure=answer.unsure,
             limit_checked=now,
+            oom_kills=kills,
         )
         with self._lock:
             self._watched[cgroup] = w
@@ -503,6 +507,13 @@ class WarningWatcher:
             if w.reclaim_fd >= 0:
                 w.reclaim_events += drain_eventfd(w.reclaim_fd)
                 limit_hits = (limit_hits or 0) + w.reclaim_events
+            if sample.oom_kills is not None:
+                if w.oom_kills is not None and sample.oom_kills > w.oom_kills:
+                    # Killed since the last look: this one may see the victim's memory
+                    # not yet freed. The detector reports the kill; no warning after it.
+                    w.episode.killed()
+                    self.counters.after_kill += 1
+                w.oom_kills = sample.oom_kills
             verdict = w.episode.observe(
                 now,
                 working_set_bytes=working_set,

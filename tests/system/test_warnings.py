@@ -310,6 +310,49 @@ def test_a_spike_that_recovers_is_warned_about_once(
     assert w.watcher.counters.full_looks >= 10  # it was looked at while it hovered
 
 
+# ----- (3b) after the kill: the victim's memory is no new episode --------------------------
+
+SHMEM_WRITER = r"""
+import os, sys
+sys.stdin.readline()
+fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT, 0o600)
+chunk = b"x" * (1 << 20)
+while True:
+    os.write(fd, chunk)
+"""
+
+
+def test_no_warning_after_the_kill_while_the_memory_is_still_charged(
+    tree: ScratchTree, warnings: Callable[..., Warnings]
+) -> None:
+    """A writer fills tmpfs (shmem: the kernel cannot drop it) past the limit in a
+    blink and is killed; its file stays charged to the cgroup at ~96 % of the limit.
+    The looks after the kill see a working set above the threshold, the state a look
+    racing any kill sees before the victim's memory is freed: they must not start an
+    episode (the Event would be an OOMImminent stamped after the OOMKilled)."""
+    limit = 256 * MIB
+    w: Warnings = warnings()
+    container = container_cgroup(tree, limit)
+    w.add(container)
+    w.wait_watched(1)
+    shm = Path("/dev/shm") / f"oomguard-test-{secrets.token_hex(6)}"
+    try:
+        writer = tree.spawn(container, SHMEM_WRITER, "shmfill", str(shm))
+        assert writer.stdin is not None
+        writer.stdin.write(b"go\n")
+        writer.stdin.flush()
+        killed_at = wait_for_kill(tree, container, writer, timeout_s=20.0)
+        assert writer.wait(timeout=10) == -9
+        assert oom_kills(tree, container) == 1
+        time.sleep(2.0)  # several looks at a cgroup still near its limit
+        assert usage(tree, container) >= limit * 90 // 100  # still charged: the trap
+        after = [x.warning for x in w.of(container) if x.at > killed_at]
+        assert after == [], after
+        assert w.watcher.counters.after_kill == 1
+    finally:
+        shm.unlink(missing_ok=True)
+
+
 # ----- (4) "off": not watched -----------------------------------------------------------------
 
 

@@ -292,6 +292,35 @@ def test_staying_between_rearm_and_early_does_not_end_the_episode() -> None:
     assert feed(e, [(121.0, 95)]) == []
 
 
+def test_a_kill_ends_the_episode_without_a_warning() -> None:
+    """Looks after a kill that still see the victim's memory say nothing; the first
+    look below the re-arm level ends the episode at once (no 30 s wait): a process
+    restarted in the same cgroup that climbs again is warned about."""
+    e = Episode(RULE)
+    assert feed(e, steady(70, 0.0, 2.0)) == []  # between re-arm and early: nothing
+    e.killed()
+    assert feed(e, steady(99, 2.25, 4.0)) == []  # the victim's memory, not yet freed
+    assert e.warned
+    assert feed(e, [(4.25, 5)]) == []
+    assert not e.warned
+    assert len(feed(e, [(5.0, 95)])) == 1  # the restarted process's climb
+
+
+def test_a_kill_after_a_warning_re_arms_on_the_first_low_look() -> None:
+    e = Episode(RULE)
+    assert len(feed(e, [(0.0, 95)])) == 1
+    e.killed()
+    assert feed(e, [(0.5, 97), (0.75, 10)]) == []
+    assert len(feed(e, [(1.0, 95)])) == 1
+
+
+def test_a_kill_forgets_the_growth_before_it() -> None:
+    e = Episode(RULE)
+    assert feed(e, ramp(40, 5.0, 0.0, 3.0)) == []  # 40 -> 55 %: rising, below early
+    e.killed()
+    assert e.rising_bytes_per_s is None
+
+
 def test_rearm_time_is_the_rules() -> None:
     e = Episode(WarnRule(rearm_s=5.0))
     assert len(feed(e, [(0.0, 95), *steady(10, 1.0, 6.0), (7.0, 95)])) == 2

@@ -16,6 +16,7 @@ from oomguard.warn.sample import (
     CgroupFiles,
     inactive_file,
     limit_hits_v2,
+    oom_kills,
     parse_flat_keyed,
     parse_limit,
     parse_single_int,
@@ -212,6 +213,18 @@ def test_odd_lines_do_not_hide_the_good_ones() -> None:
 # ----- reclaim forced by the limit ---------------------------------------------------
 
 
+def test_oom_kills_of_either_version() -> None:
+    assert oom_kills(V2_EVENTS) == 1
+    assert oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n") == 3
+
+
+@pytest.mark.parametrize(
+    "text", ["", "oom_kill\n", "oom_kill x\n", "oom_kill -1\n", "\x00"], ids=short
+)
+def test_oom_kills_unknown_without_a_readable_count(text: str) -> None:
+    assert oom_kills(text) is None
+
+
 def test_limit_hits_are_max_plus_high() -> None:
     assert limit_hits_v2(V2_EVENTS) == 41
 
@@ -290,6 +303,7 @@ def test_v1_full_look(tmp_path: Path) -> None:
             "memory.limit_in_bytes": f"{256 * MIB}\n",
             "memory.stat": V1_STAT,
             "memory.failcnt": "12\n",
+            "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
         },
     )
     files = CgroupFiles(V1, directory)
@@ -304,6 +318,7 @@ def test_v1_full_look(tmp_path: Path) -> None:
     assert sample.limit_hits == 12
     assert sample.pressure_some_avg10 is None  # v1 has no PSI per cgroup
     assert sample.limit_bytes == 256 * MIB and sample.at == 5.0
+    assert sample.oom_kills == 2
 
 
 def test_v2_full_look(tmp_path: Path) -> None:
@@ -325,6 +340,7 @@ def test_v2_full_look(tmp_path: Path) -> None:
     assert sample.working_set_bytes == 170 * MIB
     assert sample.limit_hits == 41
     assert sample.pressure_some_avg10 == pytest.approx(12.34)
+    assert sample.oom_kills == 1  # from memory.events, read once with the hits
 
 
 def test_the_files_are_read_again_on_each_look(tmp_path: Path) -> None:
