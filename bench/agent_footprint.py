@@ -29,8 +29,11 @@ what `import oomguard.cli` costs every command. Needs root (cgroups, unshare).
     python bench/agent_footprint.py [--runs 3] [--idle-s 60] [--mode both] [--src TREE]
 
 `--src TREE`: run the package from another tree (e.g. an export of an older commit).
-Either way the package is copied and byte-compiled first, as `pip install` leaves it in
-the image (which then runs with PYTHONDONTWRITEBYTECODE=1): a source tree without
+Either way it runs from an install made as the image's Dockerfile makes it: a fresh
+virtual environment without pip, `pip install TREE` into it (dependencies from the
+package index, bytecode compiled), run with PYTHONDONTWRITEBYTECODE=1. Not from this
+machine's Python: its site-packages carries start-up files (.pth) that import modules in
+every process (~5 MiB of RSS here), which no image has, and a source tree without
 `__pycache__` would be compiled again at every start, which no node does.
 """
 
@@ -44,7 +47,6 @@ if str(REPO) not in sys.path:  # `python bench/agent_footprint.py`: make `tests`
     sys.path.insert(0, str(REPO))
 
 import argparse  # noqa: E402
-import compileall  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -71,6 +73,7 @@ from tests.cluster.tls import TlsApiServer, make_certificate, service_account  #
 
 NODE = "bench-node"
 PODS = 110
+LIMIT_BYTES = 256 * 2**20  # each container's memory limit
 START_TIMEOUT_S = 120.0
 SA_DIR = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is /run
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -197,7 +200,7 @@ def pod(i: int, uid: str, cid: str) -> dict[str, Any]:
                     "env": [{"name": f"VAR_{k}", "value": "v" * 20} for k in range(10)],
                     "resources": {
                         "requests": {"memory": "64Mi", "cpu": "50m"},
-                        "limits": {"memory": "256Mi"},
+                        "limits": {"memory": f"{LIMIT_BYTES // 2**20}Mi"},
                     },
                     "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                 }
@@ -224,7 +227,8 @@ def pod(i: int, uid: str, cid: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def node(mode: str, tmp: Path) -> Iterator[tuple[ApiServer, ScratchTree]]:
-    """The API server with 110 pods on the node and their cgroups, each with a sleep."""
+    """The API server with 110 pods on the node and their cgroups (limited as the pod
+    says), each with a sleep."""
     hierarchy = detect_memory_hierarchy()
     if mode == "in-cluster":
         cert, key = make_certificate(tmp)
@@ -246,7 +250,12 @@ def node(mode: str, tmp: Path) -> Iterator[tuple[ApiServer, ScratchTree]]:
                 for i in range(PODS):
                     uid, cid = str(uuid.uuid4()), secrets.token_hex(32)
                     server.apply(pod(i, uid, cid))
-                    cgroup = tree.make(f"kubepods/burstable/pod{uid}/{cid}")
+                    # The limits the runtime and the kubelet set for this spec: the
+                    # container's 256Mi, and the pod's (every container has a limit).
+                    tree.make(f"kubepods/burstable/pod{uid}", limit_bytes=LIMIT_BYTES)
+                    cgroup = tree.make(
+                        f"kubepods/burstable/pod{uid}/{cid}", limit_bytes=LIMIT_BYTES
+                    )
                     sleeper = subprocess.Popen(["sleep", "3600"])
                     sleepers.append(sleeper)
                     (hierarchy.fs_path(cgroup) / "cgroup.procs").write_text(str(sleeper.pid))
@@ -264,11 +273,17 @@ def node(mode: str, tmp: Path) -> Iterator[tuple[ApiServer, ScratchTree]]:
 
 
 def agent_command(
-    mode: str, server: ApiServer, tree: ScratchTree, tmp: Path, port: int, entry: list[str]
+    mode: str,
+    server: ApiServer,
+    tree: ScratchTree,
+    tmp: Path,
+    port: int,
+    python: list[str],
 ) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of `oomguard run` (through `entry`, e.g.
-    `-m oomguard.cli`) for this mode."""
-    env = dict(os.environ)
+    """The command line and environment of `oomguard run` (through `python`, e.g.
+    `[venv python, -m, oomguard.cli]`) for this mode."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # as the image
     flags = [
         "run",
         f"--node-name={NODE}",
@@ -276,7 +291,6 @@ def agent_command(
         f"--state-dir={tmp / 'state'}",
         f"--metrics-address=127.0.0.1:{port}",
     ]
-    python = [sys.executable, *entry]
     if mode == "kubeconfig":
         kubeconfig = server.write_kubeconfig(tmp / "kubeconfig")
         return [*python, *flags, f"--kubeconfig={kubeconfig}"], env
@@ -293,16 +307,12 @@ def start_agent(
     server: ApiServer,
     tree: ScratchTree,
     tmp: Path,
-    src: Path | None,
-    entry: list[str],
-    extra_python: list[str] = (),  # type: ignore[assignment]
+    python: list[str],
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    command, env = agent_command(mode, server, tree, tmp, port, [*extra_python, *entry])
-    if src is not None:
-        env["PYTHONPATH"] = str(src)
+    command, env = agent_command(mode, server, tree, tmp, port, python)
     log = (tmp / "agent.log").open("ab")
-    proc = subprocess.Popen(command, env=env, cwd=src, stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(command, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=log)
     log.close()
     return proc, port
 
@@ -356,9 +366,9 @@ def status_kib(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-def measure(mode: str, idle_s: float, src: Path | None) -> Sample:
+def measure(mode: str, idle_s: float, python: str) -> Sample:
     with tempfile.TemporaryDirectory() as name, node(mode, tmp := Path(name)) as (server, tree):
-        proc, port = start_agent(mode, server, tree, tmp, src, ["-m", "oomguard.cli"])
+        proc, port = start_agent(mode, server, tree, tmp, [python, "-m", "oomguard.cli"])
         try:
             wait_ready(proc, port, tmp)
             start_cpu = cpu_s(proc.pid)
@@ -409,23 +419,26 @@ def package_of(where: str) -> str:
 
 
 def probe(
-    mode: str, src: Path | None, flags: list[str], idle_s: float = 0.0
+    mode: str, python: str, flags: list[str], idle_s: float = 0.0
 ) -> tuple[dict[str, Any], str]:
     """One start with the probe: its report and its stderr."""
     with tempfile.TemporaryDirectory() as name, node(mode, tmp := Path(name)) as (server, tree):
         out = tmp / "probe.json"
         port = free_port()
         command, env = agent_command(
-            mode, server, tree, tmp, port, [*flags, "-c", PROBE, str(port), str(out), str(idle_s)]
+            mode,
+            server,
+            tree,
+            tmp,
+            port,
+            [python, *flags, "-c", PROBE, str(port), str(out), str(idle_s)],
         )
-        if src is not None:
-            env["PYTHONPATH"] = str(src)
         log = tmp / "agent.log"
         with log.open("wb") as err:
             proc = subprocess.run(
                 command,
                 env=env,
-                cwd=src,
+                cwd=tmp,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 timeout=START_TIMEOUT_S,
@@ -441,8 +454,8 @@ def parse_importtime_line(line: str) -> tuple[int, str]:
     return int(self_us), name.strip()
 
 
-def breakdown(mode: str, src: Path | None, top: int, idle_s: float) -> None:
-    report, stderr = probe(mode, src, ["-X", "importtime"], idle_s)
+def breakdown(mode: str, python: str, top: int, idle_s: float) -> None:
+    report, stderr = probe(mode, python, ["-X", "importtime"], idle_s)
     print(f"\nidle CPU by thread, `oomguard run` ({mode}), {idle_s:.0f} s from 10 s after ready")
     print(f"| {'thread':<36} | {'ms':>6} | {'% of a core':>11} |")
     print(f"|{'-' * 38}|{'-' * 8}|{'-' * 13}|")
@@ -466,7 +479,7 @@ def breakdown(mode: str, src: Path | None, top: int, idle_s: float) -> None:
     for package, (n, ms) in sorted(by.items(), key=lambda kv: -kv[1][1])[:top]:
         print(f"| {package:<28} | {n:>7.0f} | {ms:>6.1f} |")
 
-    report, _ = probe(mode, src, ["-X", "tracemalloc=64"])
+    report, _ = probe(mode, python, ["-X", "tracemalloc=64"])
     per: dict[str, int] = {}
     lines: dict[str, int] = {}
     for where, ours, size in report["traced"]:
@@ -489,9 +502,9 @@ def breakdown(mode: str, src: Path | None, top: int, idle_s: float) -> None:
         print(f"  {size / 2**20:>6.2f} MiB  {short}")
 
 
-def cli_imports(src: Path | None) -> None:
+def cli_imports(python: str) -> None:
     """What every command pays before it runs: `import oomguard.cli`."""
-    env = dict(os.environ) | ({"PYTHONPATH": str(src)} if src else {})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     code = (
         "import sys, time; t = time.process_time(); import oomguard.cli; "
         "rss = [x for x in open('/proc/self/status') if x.startswith('VmRSS:')][0].split()[1]; "
@@ -501,9 +514,9 @@ def cli_imports(src: Path | None) -> None:
     rows = []
     for _ in range(5):
         out = subprocess.run(
-            [sys.executable, "-c", code],
+            [python, "-c", code],
             env=env,
-            cwd=src,
+            cwd="/",
             check=True,
             capture_output=True,
             text=True,
@@ -518,13 +531,33 @@ def cli_imports(src: Path | None) -> None:
     )
 
 
-def install(src: Path, into: Path) -> Path:
-    """The package copied from `src` and byte-compiled, as pip installs it."""
-    skip = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(src / "oomguard", into / "oomguard", ignore=skip)
-    if not compileall.compile_dir(into / "oomguard", quiet=1):
-        raise SystemExit(f"cannot byte-compile {src / 'oomguard'}")
-    return into
+def install(src: Path, into: Path) -> str:
+    """The image's install of `src` (its Dockerfile): a virtual environment without pip
+    (the image removes pip and setuptools), `pip install` into it from outside. Returns
+    its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(into)], check=True)
+    python = str(into / "bin" / "python")
+    # A copy without build leftovers: pip builds from a clean tree.
+    tree = into.parent / "src"
+    shutil.copytree(
+        src, tree, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info", ".git")
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            str(tree),
+        ],
+        check=True,
+    )
+    shutil.rmtree(tree)
+    return python
 
 
 def loadavg() -> str:
@@ -542,7 +575,7 @@ def main() -> None:
     args = parser.parse_args()
     modes = MODES if args.mode == "both" else (args.mode,)
     with tempfile.TemporaryDirectory() as installed:
-        args.src = install(args.src or REPO, Path(installed))
+        args.python = install(args.src or REPO, Path(installed) / "venv")
         report(args, modes)
 
 
@@ -557,7 +590,7 @@ def report(args: argparse.Namespace, modes: tuple[str, ...]) -> None:
     )
     rows = []
     for mode in modes:
-        samples = [measure(mode, args.idle_s, args.src) for _ in range(args.runs)]
+        samples = [measure(mode, args.idle_s, args.python) for _ in range(args.runs)]
 
         def med(field: str, s: list[Sample] = samples) -> float:
             return statistics.median(getattr(x, field) for x in s)
@@ -578,9 +611,9 @@ def report(args: argparse.Namespace, modes: tuple[str, ...]) -> None:
         "idle CPU <= 0.05 %"
     )
     if not args.no_breakdown:
-        cli_imports(args.src)
+        cli_imports(args.python)
         for mode in modes:
-            breakdown(mode, args.src, args.top, args.idle_s)
+            breakdown(mode, args.python, args.top, args.idle_s)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,11 @@ NODE_UID_RETRY_MAX_S = 3600.0
 # OOMKilled Event alone (it says more), not an OOMImminent stamped a few ms before it.
 # The detector reports a kill ~3 ms after the kernel's line.
 WARNING_HOLD_S = 0.25
-HEADROOM_EVERY_S = 5.0  # the headroom gauges, from the warning thread's last looks
 FORGET_PODS_EVERY_S = 60.0  # deleted pods' kill and warning series leave /metrics
+# The loop sleeps until something is due (a kill wakes it at once): the next reconcile
+# pass, an Event's write, a held warning. At most this long: a failed state write is
+# retried and a refused warn-at annotation said at least this often.
+IDLE_WAKE_S = 5.0
 STOP_FLUSH_S = 5.0  # on SIGTERM, how long to try delivering what is queued
 
 
@@ -164,7 +167,8 @@ class Agent:
                 kill_mode_remembered=self.reconciler.kill_mode_remembered,
             )
             self.new_containers = NewContainerSteering(hierarchy, planner, metrics=self.metrics)
-        self._kills: queue.Queue[OomKill | HandedOn | OomWarning] = queue.Queue()
+        # None: only a wake-up (stop).
+        self._kills: queue.Queue[OomKill | HandedOn | OomWarning | None] = queue.Queue()
         # Warnings before a kill: the rules from the policy, the pod cache and the
         # namespace labels (no API call on the warning thread), the cgroups from the
         # detector's published set; each warning joins the kills' queue.
@@ -194,7 +198,8 @@ class Agent:
         self._node_uid_due = 0.0  # monotonic time of the next try; inf once known
         self._node_uid_retry_s = NODE_UID_RETRY_S
         self._seen_totals: dict[int, int] = {}
-        self._headrooms_due = 0.0
+        self._metrics_lock = threading.Lock()
+        self.metrics.before_scrape(self._refresh_metrics)
         self._held: dict[str, tuple[float, OomWarning]] = {}  # cgroup -> (due, warning)
         # cgroup -> when its last kill reached the loop: a warning that comes in after
         # it (its look raced the kill) is not sent either.
@@ -247,22 +252,31 @@ class Agent:
         )
 
     def stop(self) -> None:
+        """End the loop (from a signal handler too): the wake-up is put by a thread of
+        its own, as the handler may run while the loop's thread holds the queue's lock."""
         self._stop.set()
+        threading.Thread(target=self._kills.put, args=(None,), name="stop", daemon=True).start()
 
     def run(self) -> None:
         """The main loop, until `stop()` (SIGTERM); then flush and shut down."""
         try:
             while not self._stop.is_set():
-                self.step(max_wait_s=1.0)
+                self.step(max_wait_s=IDLE_WAKE_S)
         finally:
             self.shutdown()
 
     def step(self, max_wait_s: float) -> None:
         """Hand on what the detector found, deliver what is due, refresh gauges."""
+        now = time.monotonic()
         wait = min(max_wait_s, self.sender.seconds_until_due() or max_wait_s)
+        dues = [self._node_uid_due]
+        if self.cache.synced.is_set():
+            dues += [self._next_reconcile, self._forget_due]
+        else:
+            dues.append(now + 0.2)  # the first pass follows the first list at once
         if self._held:
-            due = min(at for at, _ in self._held.values())
-            wait = min(wait, max(0.0, due - time.monotonic()))
+            dues.append(min(at for at, _ in self._held.values()))
+        wait = min(wait, max(0.0, min(dues) - now))
         try:
             first = self._kills.get(timeout=max(0.01, wait))
         except queue.Empty:
@@ -282,7 +296,7 @@ class Agent:
         self._learn_node_uid()
         self._reconcile()
         self._say_warning_problems()
-        self._refresh_gauges()
+        self._forget_deleted_pods()
 
     def _learn_node_uid(self) -> None:
         """The Node's uid, for Node Events' involvedObject (`nodes get`).
@@ -318,7 +332,9 @@ class Agent:
         self.reconciler.pass_once(self.cache.pods())
         self.policy_events.policy_checked(self.policy.last_error, self.policy.kept)
 
-    def _take(self, item: OomKill | HandedOn | OomWarning) -> None:
+    def _take(self, item: OomKill | HandedOn | OomWarning | None) -> None:
+        if item is None:
+            return  # a wake-up
         if isinstance(item, HandedOn):
             self.checkpoints.take(item)
         elif isinstance(item, OomWarning):
@@ -392,35 +408,42 @@ class Agent:
             )
         log.info("oom kill: %s", json_line(kill))
 
-    def _refresh_gauges(self) -> None:
-        c = self.cache.counters
-        self.metrics.observe_pod_cache(
-            relists=c.relists, watch_restarts=c.watch_restarts, pods_cached=len(self.cache.pods())
-        )
-        self.metrics.cgroups_watched.set(len(self.watcher.watch.cgroups()))
+    def _forget_deleted_pods(self) -> None:
+        """Deleted pods' kill and warning series leave /metrics (once a minute)."""
         now = time.monotonic()
-        if now >= self._headrooms_due:
-            self._headrooms_due = now + HEADROOM_EVERY_S
-            self._set_headrooms()
         if now >= self._forget_due and self.cache.synced.is_set():
             self._forget_due = now + FORGET_PODS_EVERY_S
             self.metrics.forget_pods_except({(p.namespace, p.name) for p in self.cache.pods()})
-        # Counters kept by the parts, turned into Prometheus counters by their growth.
-        sc = self.sender.counters
-        totals = {
-            self.metrics.events_sent: sc.sent,
-            self.metrics.events_retried: sc.retried,
-            self.metrics.events_failed: sc.failed,
-            self.metrics.events_dropped: sc.dropped,
-            self.metrics.kmsg_records_lost: self.watcher.lost_kernel_log_records,
-            self.metrics.state_write_errors: self.state_writes.errors,
-            self.metrics.state_files_set_aside: self.state_writes.set_aside,
-        }
-        for counter, total in totals.items():
-            seen = self._seen_totals.get(id(counter), 0)
-            if total > seen:
-                counter.inc(total - seen)
-            self._seen_totals[id(counter)] = total
+
+    def _refresh_metrics(self) -> None:
+        """What /metrics shows of the parts' own state, brought up to date by a scrape
+        (Metrics.before_scrape): an idle node nobody scrapes pays nothing for it, and a
+        scrape sees the state as of that moment, not of the last loop turn."""
+        with self._metrics_lock:  # the metrics server answers on several threads
+            c = self.cache.counters
+            self.metrics.observe_pod_cache(
+                relists=c.relists,
+                watch_restarts=c.watch_restarts,
+                pods_cached=len(self.cache.pods()),
+            )
+            self.metrics.cgroups_watched.set(len(self.watcher.watch.cgroups()))
+            self._set_headrooms()
+            # Counters kept by the parts, turned into Prometheus counters by their growth.
+            sc = self.sender.counters
+            totals = {
+                self.metrics.events_sent: sc.sent,
+                self.metrics.events_retried: sc.retried,
+                self.metrics.events_failed: sc.failed,
+                self.metrics.events_dropped: sc.dropped,
+                self.metrics.kmsg_records_lost: self.watcher.lost_kernel_log_records,
+                self.metrics.state_write_errors: self.state_writes.errors,
+                self.metrics.state_files_set_aside: self.state_writes.set_aside,
+            }
+            for counter, total in totals.items():
+                seen = self._seen_totals.get(id(counter), 0)
+                if total > seen:
+                    counter.inc(total - seen)
+                self._seen_totals[id(counter)] = total
 
     def _set_headrooms(self) -> None:
         """Headroom of each limited container of a cached pod: one series per container

@@ -125,6 +125,8 @@ from prometheus_client import (
     ProcessCollector,
     make_wsgi_app,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from oomguard import __version__
 from oomguard.records import Constraint
@@ -174,6 +176,10 @@ class Metrics:
     def __init__(self, version: str = __version__, *, process_metrics: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # First in the registry, so it runs before the others are read (the registry
+        # collects in registration order).
+        self._before_scrape: list[Callable[[], None]] = []
+        r.register(_BeforeScrape(self._before_scrape))
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(name, doc, labels, namespace=NAMESPACE, registry=r)
@@ -287,6 +293,11 @@ class Metrics:
         self._headroom_series: set[tuple[str, str, str]] = set()
         self._pod_cache_seen = (0, 0)  # relists, watch_restarts at the last observation
 
+    def before_scrape(self, refresh: Callable[[], None]) -> None:
+        """Call `refresh` at each scrape (each read of the registry), before the series
+        are read: for figures that only need to be right when someone looks."""
+        self._before_scrape.append(refresh)
+
     def oom_kill(self, namespace: str, pod: str, container: str, constraint: Constraint) -> None:
         """Count a kill in a pod (`container` may be "" when the container is unknown)."""
         if not namespace or not pod:
@@ -377,6 +388,24 @@ class Metrics:
             self.watch_restarts.inc(_growth(last_restarts, watch_restarts))
             self._pod_cache_seen = (relists, watch_restarts)
         self.pods_cached.set(pods_cached)
+
+
+class _BeforeScrape(Collector):
+    """Yields no series: runs the refreshers before the registry reads the rest."""
+
+    def __init__(self, refreshers: list[Callable[[], None]]) -> None:
+        self._refreshers = refreshers
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing of its own; and auto_describe must not call collect()
+
+    def collect(self) -> list[Metric]:
+        for refresh in self._refreshers:
+            try:
+                refresh()
+            except Exception:  # a scrape must still answer with what there is
+                log.exception("refreshing metrics before a scrape failed")
+        return []
 
 
 def _growth(last: int, total: int) -> int:

@@ -762,6 +762,8 @@ class EventSender:
             for ref, created in self.queue.pending_events()
             if final or self.schedule.wait_s(ref, created=created, now=now) == 0.0
         ]
+        if not due:
+            return due
         tokens = self.budget.available()
         if len(due) > tokens:
             self._count(throttled=1)

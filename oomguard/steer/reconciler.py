@@ -200,6 +200,10 @@ class Reconciler:
         # pod UID -> the last decision and what it was made from (`_decide`).
         self._decisions: dict[str, _Decided] = {}
         self._ask_labels = False  # this pass's policy selects namespaces by label
+        # Whether that policy (the same object until the file changes) does: asked once
+        # per policy, as walking its rules costs more than the rest of an idle pass.
+        self._selector_policy: AdminPolicy | None = None
+        self._policy_selects = False
         # Pods whose kept decision asks for nothing: see `_quiet_pod`.
         self._quiet: set[str] = set()
         self._state_file: ScoreStateFile | None = None
@@ -244,7 +248,10 @@ class Reconciler:
         self._index.begin_pass()
         self._kill_modes.begin_pass()
         # Asked once a pass, not per pod: it walks the policy's rules.
-        self._ask_labels = self._namespace_labels is not None and policy.uses_namespace_selector
+        if policy is not self._selector_policy:  # kept until the file changes
+            self._selector_policy = policy
+            self._policy_selects = policy.uses_namespace_selector
+        self._ask_labels = self._namespace_labels is not None and self._policy_selects
         for pod in pods:
             seen.add(pod.uid)
             try:

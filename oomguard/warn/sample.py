@@ -124,6 +124,17 @@ def pressure_some_avg10(text: str) -> float | None:
     return None
 
 
+def read_limit(version: CgroupVersion, directory: str) -> int | None:
+    """A cgroup's memory limit from its one file (None: no limit). FileNotFoundError
+    when the cgroup is gone or is no memory cgroup."""
+    name = "memory.max" if version is CgroupVersion.V2 else "memory.limit_in_bytes"
+    fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return parse_limit(version, os.pread(fd, _MAX_READ, 0).decode("ascii", "replace"))
+    finally:
+        os.close(fd)
+
+
 class CgroupFiles:
     """The files of one cgroup a watcher looks at, opened once and read with pread.
 

@@ -46,7 +46,7 @@ from oomguard.warn.push import (
     register_vmpressure,
 )
 from oomguard.warn.rule import Episode, Verdict, WarnRule
-from oomguard.warn.sample import CgroupFiles, MemorySample
+from oomguard.warn.sample import CgroupFiles, MemorySample, read_limit
 from oomguard.warn.schedule import next_look_in
 
 log = logging.getLogger(__name__)
@@ -332,10 +332,26 @@ class WarningWatcher:
         if constraint is None:
             return
         answer = self._rule_for(identity)
+        again = RULE_UNSURE_REFRESH_S if answer.unsure else LIMIT_REFRESH_S
+        if answer.rule is None:
+            self._ask_later(cgroup, now + again)
+            return
+        # The limit first, from its one file: most cgroups a node asks about again and
+        # again have none (BestEffort containers, QoS levels, pods without limits), and
+        # opening all the files a look needs for each would be most of the idle cost.
+        try:
+            limit = read_limit(self.hierarchy.version, directory)
+        except FileNotFoundError:
+            return  # gone, or not a memory cgroup
+        except OSError:
+            limit = None
+        if limit is None:
+            self._ask_later(cgroup, now + again)
+            return
         try:
             files = CgroupFiles(self.hierarchy.version, directory)
         except FileNotFoundError:
-            return  # gone, or not a memory cgroup
+            return
         except OSError:
             # Out of descriptors (EMFILE: five per watched cgroup) or the like: not
             # for good, ask again while the detector still has it.
@@ -347,9 +363,8 @@ class WarningWatcher:
             kills = files.oom_kills()
         except OSError:
             limit = kills = None
-        if answer.rule is None or limit is None:
+        if limit is None:
             files.close()
-            again = RULE_UNSURE_REFRESH_S if answer.unsure else LIMIT_REFRESH_S
             self._ask_later(cgroup, now + again)
             return
         w = Watched(

@@ -194,6 +194,25 @@ def test_pod_cache_totals_become_increments(metrics: Metrics) -> None:
         metrics.observe_pod_cache(relists=-1, watch_restarts=0, pods_cached=0)
 
 
+def test_figures_refreshed_at_scrape_time_are_current_on_each_scrape(
+    server: Server, metrics: Metrics
+) -> None:
+    """What the agent only computes when someone looks (pods cached, headrooms, the
+    parts' counters): each scrape sees the state at that moment; a refresher that
+    fails leaves the scrape answering with the rest."""
+    state = {"pods": 3}
+    metrics.before_scrape(lambda: metrics.pods_cached.set(state["pods"]))
+
+    def broken() -> None:
+        raise RuntimeError("a bug in a refresher")
+
+    metrics.before_scrape(broken)
+    assert scrape(server)[("oomguard_pods_cached", labels())] == 3
+    state["pods"] = 110
+    assert scrape(server)[("oomguard_pods_cached", labels())] == 110
+    assert ("oomguard_build_info", labels(version=__version__)) in scrape(server)
+
+
 def test_metrics_endpoint_takes_query_and_openmetrics(server: Server, metrics: Metrics) -> None:
     metrics.events_sent.inc()
     status, body = get(server, "/metrics?name[]=oomguard_events_sent_total")
