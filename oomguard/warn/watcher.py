@@ -57,7 +57,7 @@ LIMIT_REFRESH_S = 30.0
 NEW_CGROUP_RECHECKS_S = (0.05, 0.3, 1.0, 3.0)
 # How often the detector's snapshot is compared (one identity check): pod-level and
 # other cgroups that come with no notice are watched within this.
-SNAPSHOT_CHECK_S = 2.0
+SNAPSHOT_CHECK_S = 10.0
 MAX_NOTICES = 256
 
 _CONSTRAINTS = {
