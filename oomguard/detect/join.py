@@ -42,6 +42,7 @@ every interleaving.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
@@ -639,8 +640,8 @@ class KillJoiner:
         record = self._record_from_kernel(kill, change.cgroup, now_mono, now_wall, counter)
         if kill.constraint is None and kill.oom_memcg is None and kill.scope != "global":
             # The header with the memcgs was rate-limited away: the counters classify.
-            record = record.model_copy(
-                update={"constraint": classify_counters(record.identity, change.limit_hit_paths)}
+            record = dataclasses.replace(
+                record, constraint=classify_counters(record.identity, change.limit_hit_paths)
             )
         return record
 

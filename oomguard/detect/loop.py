@@ -28,6 +28,7 @@ of its own. Without the callback the watch does not even keep them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -523,7 +524,7 @@ class OomWatcher:
         main = self._main_probe.decide(
             captured, kill.pid, container, self.hierarchy.fs_path(container)
         )
-        return kill if main is None else kill.model_copy(update={"main_process": main})
+        return kill if main is None else dataclasses.replace(kill, main_process=main)
 
     def _memory_use_of(self, cgroup: str) -> MemoryUse:
         return read_memory_use(self.hierarchy.version, self.hierarchy.fs_path(cgroup))

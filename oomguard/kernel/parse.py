@@ -13,6 +13,7 @@ reading of /dev/kmsg lives in `kmsg_reader`.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -340,7 +341,7 @@ class OomReportAssembler:
         if self._held is not None and line.startswith("Tasks in "):
             group = self._report.group_memcg
             if group is not None:
-                self._held = self._held.model_copy(update={"group_memcg": group})
+                self._held = dataclasses.replace(self._held, group_memcg=group)
                 self._report.killed[self._held.pid] = self._held
             return []
         out = self.flush()
@@ -390,14 +391,15 @@ class OomReportAssembler:
         if earlier is not None:
             # memory.oom.group kills the whole group after the chosen victim, and the
             # victim, still holding its memory, is killed (and counted) a second time.
-            update: dict[str, object] = {
-                "repeat": True,
-                "seq": rec.seq,
-                "kernel_time_us": rec.time_us,
-            }
-            if earlier.group_memcg is None:
-                update["group_memcg"] = report.group_memcg
-            return earlier.model_copy(update=update)
+            return dataclasses.replace(
+                earlier,
+                repeat=True,
+                seq=rec.seq,
+                kernel_time_us=rec.time_us,
+                group_memcg=(
+                    earlier.group_memcg if earlier.group_memcg is not None else report.group_memcg
+                ),
+            )
         if report.killed and report.group_memcg is None and report.chosen_pid is None:
             # A second victim with no group or "sacrifice child" line between: this is a
             # new OOM whose report header the kernel rate-limited away (oom_rs: 10

@@ -13,6 +13,7 @@ clock is injected here, as the kernel's cannot be stepped in a test.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,7 @@ def test_steps_back_and_forward_neither_lose_nor_double_a_kill(
     # The kills read again after the steps (a kernel log replay, a restart) are the
     # same kill ids: none is counted twice, whatever the clock says now.
     for k in sent:
-        assert not sender.submit(k.model_copy(update={"time": clock.now}), target())
+        assert not sender.submit(dataclasses.replace(k, time=clock.now), target())
     restarted = _sender(apiserver, tmp_path / "state", clock)
     for k in sent:
         assert not restarted.submit(k, target())

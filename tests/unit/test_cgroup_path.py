@@ -7,6 +7,7 @@ collector's container-id tests, and this project's own test host (TESTING.md).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -428,8 +429,9 @@ PREFIXES = [
 
 
 def _with_prefix(expected: CgroupIdentity, prefix: str) -> CgroupIdentity:
-    return expected.model_copy(
-        update={
+    return dataclasses.replace(
+        expected,
+        **{
             name: None if value is None else prefix + value
             for name, value in {
                 "path": expected.path,
@@ -437,7 +439,7 @@ def _with_prefix(expected: CgroupIdentity, prefix: str) -> CgroupIdentity:
                 "pod_path": expected.pod_path,
                 "kubepods_path": expected.kubepods_path,
             }.items()
-        }
+        },
     )
 
 
@@ -449,7 +451,7 @@ def test_any_prefix_before_kubepods(prefix: str, path: str, expected: CgroupIden
 
 @pytest.mark.parametrize(("path", "expected"), KUBERNETES_CASES)
 def test_trailing_slash_keeps_the_levels(path: str, expected: CgroupIdentity) -> None:
-    assert parse_cgroup_path(path + "/") == expected.model_copy(update={"path": path + "/"})
+    assert parse_cgroup_path(path + "/") == dataclasses.replace(expected, path=path + "/")
 
 
 REAL_NESTED_CASES = [

@@ -7,6 +7,8 @@ them back.
 
 from __future__ import annotations
 
+import dataclasses
+
 from oomguard.cgroups.watch import CounterChange
 from oomguard.detect.join import KillJoiner
 from tests.unit.test_detector import CONTAINER, POD, WALL, bare_kill, joiner, kernel_kill
@@ -133,6 +135,6 @@ def test_credits_left_after_a_start_are_forgotten() -> None:
 def test_the_report_start_holds_the_position() -> None:
     # Reading back from the kill line alone would lose the report's header.
     j = joiner()
-    report = kernel_kill(50, 100).model_copy(update={"report_seq": 12})
+    report = dataclasses.replace(kernel_kill(50, 100), report_seq=12)
     j.on_kernel_kill(report, CONTAINER, counted=True, now_mono=1.0, now_wall=WALL)
     assert j.oldest_unsettled_seq() == 12

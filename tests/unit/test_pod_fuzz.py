@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -350,9 +351,9 @@ def without_unused_annotations(obj: Any) -> Any:
 
 def kill_in(pod_key: str, container_id: str) -> OomKill:
     identity: CgroupIdentity = parse_cgroup_path(f"/kubepods/burstable/pod{pod_key}/{container_id}")
-    return OomKill.model_validate(
-        {
-            "time": "2026-01-01T00:00:00Z",
+    return OomKill(
+        **{
+            "time": datetime(2026, 1, 1, tzinfo=UTC),
             "kernel_time_us": None,
             "kmsg_seq": None,
             "constraint": Constraint.CONTAINER,
