@@ -29,23 +29,18 @@ if str(REPO) not in sys.path:  # `python bench/api_budget.py`: make `tests` impo
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
-import contextlib  # noqa: E402
 import secrets  # noqa: E402
-import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
 import uuid  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.event_latency import free_port  # noqa: E402
+from bench.event_latency import NODE, AgentProcess  # noqa: E402
 from bench.stamped_api import running_pod  # noqa: E402
 from oomguard.cgroups.hierarchy import detect_memory_hierarchy  # noqa: E402
 from oomguard.cgroups.scratch import MIB, ScratchTree  # noqa: E402
 from tests.cluster.apiserver import ApiServer  # noqa: E402
 
-NODE = "budget-node"
 NAMESPACES = ("shop", "search", "batch", "db", "web")
 POLICY = "trusted_namespaces: {selector: {matchLabels: {tier: critical}}}\n"
 SETTLE_S = 10.0
@@ -73,22 +68,6 @@ def make_pods(server: ApiServer, tree: ScratchTree, count: int) -> list[dict[str
     return pods
 
 
-def wait_ready(proc: subprocess.Popen[bytes], port: int) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"oomguard run exited {proc.returncode}")
-        url = f"http://127.0.0.1:{port}/readyz"
-        with (
-            contextlib.suppress(OSError, urllib.error.URLError),
-            urllib.request.urlopen(url, timeout=1) as answer,
-        ):
-            if answer.status == 200:
-                return
-        time.sleep(0.1)
-    raise SystemExit("oomguard run not ready in time")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=11.0)
@@ -104,42 +83,30 @@ def main() -> None:
         kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
         policy = Path(tmp) / "policy.yaml"
         policy.write_text(POLICY)
-        port = free_port()
-        with open(Path(tmp) / "agent.log", "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "oomguard.cli",
-                    "run",
-                    f"--node-name={NODE}",
-                    f"--kubeconfig={kubeconfig}",
-                    f"--cgroup-root={tree.top}",
-                    f"--state-dir={Path(tmp) / 'state'}",
-                    f"--metrics-address=127.0.0.1:{port}",
-                    f"--policy-file={policy}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-            try:
-                wait_ready(proc, port)
-                time.sleep(SETTLE_S)
-                start = time.monotonic()
-                startup = list(server.requests())
-                end = start + args.minutes * 60.0
-                changes = 0
-                while (now := time.monotonic()) < end:
-                    time.sleep(min(60.0, end - now))
-                    if time.monotonic() < end:
-                        pod = pods[changes % len(pods)]
-                        pod["metadata"].setdefault("annotations", {})["rollout"] = str(changes)
-                        server.apply(pod)
-                        changes += 1
-                steady = [r for r in server.requests() if r.at >= start]
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+        agent = AgentProcess(
+            kubeconfig,
+            tree.top,
+            Path(tmp) / "state",
+            Path(tmp) / "agent.log",
+            extra_flags=(f"--policy-file={policy}",),
+        )
+        try:
+            agent.wait_ready()
+            time.sleep(SETTLE_S)
+            start = time.monotonic()
+            startup = list(server.requests())
+            end = start + args.minutes * 60.0
+            changes = 0
+            while (now := time.monotonic()) < end:
+                time.sleep(min(60.0, end - now))
+                if time.monotonic() < end:
+                    pod = pods[changes % len(pods)]
+                    pod["metadata"].setdefault("annotations", {})["rollout"] = str(changes)
+                    server.apply(pod)
+                    changes += 1
+            steady = [r for r in server.requests() if r.at >= start]
+        finally:
+            agent.stop()
     per_hour = 60.0 / args.minutes
     counted = collections.Counter((r.verb, r.resource) for r in steady)
     at_start = collections.Counter((r.verb, r.resource) for r in startup)

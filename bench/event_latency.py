@@ -112,9 +112,11 @@ class AgentProcess:
         state_dir: Path,
         log: Path,
         src: Path | None = None,
+        extra_flags: tuple[str, ...] = (),
     ) -> None:
         """`src`: run the package from that tree (e.g. a commit before a change, to
-        compare), not the one installed."""
+        compare), not the one installed. `extra_flags`: more of `run`'s flags (e.g.
+        `--policy-file=...`); the rest stay at their defaults, as shipped."""
         self.port = free_port()
         self.log = log
         self._log_file = log.open("wb")
@@ -130,6 +132,7 @@ class AgentProcess:
                 f"--cgroup-root={cgroup_root}",
                 f"--state-dir={state_dir}",
                 f"--metrics-address=127.0.0.1:{self.port}",
+                *extra_flags,
             ],
             cwd=src,  # `-m` puts the working directory first on sys.path
             env=env,

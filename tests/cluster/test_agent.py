@@ -100,6 +100,12 @@ class PassCounter:
         wait_for(lambda: self.passes >= target)
 
 
+def scrape(port: int) -> str:
+    """The agent's /metrics page."""
+    text: str = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    return text
+
+
 def wait_for(predicate: Any, timeout_s: float = 30.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -130,11 +136,9 @@ def test_real_kill_becomes_an_event_on_the_pod_and_a_restart_resends_nothing(
         (event,) = wait_for(lambda: apiserver.objects(EVENTS, NS))
         port = agent._server.port if agent._server else 0
 
-        def scrape() -> str:
-            text: str = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-            return text if "oomguard_events_sent_total 1.0" in text else ""
-
-        metrics = wait_for(scrape, 10)
+        metrics = wait_for(
+            lambda: "oomguard_events_sent_total 1.0" in (text := scrape(port)) and text, 10
+        )
     assert event["type"] == "Warning"
     assert event["reason"] == "OOMKilled"
     assert event["count"] == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import time
-import urllib.request
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +21,7 @@ from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.cgroups.scratch import MIB, ScratchTree
 from oomguard.records import Constraint, OomKill, OomWarning
 from tests.cluster.apiserver import EVENTS, ApiServer
-from tests.cluster.test_agent import NS, app_pod, wait_for
+from tests.cluster.test_agent import NS, app_pod, scrape, wait_for
 from tests.system.conftest import lane1_hierarchy
 
 pytestmark = pytest.mark.system
@@ -56,11 +55,6 @@ def growing_pod(
 
 def by_reason(apiserver: ApiServer, reason: str) -> list[dict[str, Any]]:
     return [e for e in apiserver.objects(EVENTS, NS) if e["reason"] == reason]
-
-
-def scrape(port: int) -> str:
-    text: str = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    return text
 
 
 def test_growing_container_gets_oom_imminent_before_oom_killed(

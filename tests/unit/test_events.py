@@ -70,14 +70,20 @@ def make_kill(
     return OomKill(**values)
 
 
-def container(name: str, kind: ContainerKind = ContainerKind.CONTAINER) -> ContainerView:
+def container(
+    name: str,
+    kind: ContainerKind = ContainerKind.CONTAINER,
+    *,
+    limit_bytes: int = 128 * MIB,
+    container_id: str = CID,
+) -> ContainerView:
     return ContainerView(
         name=name,
         kind=kind,
         restart_policy=None,
         memory_request_bytes=None,
-        memory_limit_bytes=128 * MIB,
-        container_id=CID,
+        memory_limit_bytes=limit_bytes,
+        container_id=container_id,
         runtime="containerd",
         past_container_ids=(),
         running=True,
@@ -85,9 +91,13 @@ def container(name: str, kind: ContainerKind = ContainerKind.CONTAINER) -> Conta
     )
 
 
-def pod_view(containers: tuple[ContainerView, ...] = (), name: str = "web-7d9f") -> PodView:
+def pod_view(
+    containers: tuple[ContainerView, ...] = (),
+    name: str = "web-7d9f",
+    uid: str = "0f1e2d3c-0000-4000-8000-000000000001",
+) -> PodView:
     return PodView(
-        uid="0f1e2d3c-0000-4000-8000-000000000001",
+        uid=uid,
         namespace="shop",
         name=name,
         node_name="node-1",

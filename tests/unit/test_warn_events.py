@@ -8,7 +8,6 @@ and what the kernel is doing about it.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -20,9 +19,9 @@ from oomguard.k8s.events import (
     EventBuilder,
     format_warning_message,
 )
-from oomguard.k8s.pod_cache import ContainerKind, ContainerView, PodView
+from oomguard.k8s.pod_cache import ContainerKind, PodView
 from oomguard.records import CgroupIdentity, CgroupKind, Constraint, OomWarning
-from tests.unit.test_events import DictLookup
+from tests.unit.test_events import DictLookup, container, pod_view
 
 MIB = 1024 * 1024
 T0 = datetime(2026, 5, 1, 12, 0, 5, tzinfo=UTC)
@@ -65,33 +64,8 @@ def make_warning(
 
 
 def view(container_name: str = "app") -> PodView:
-    return PodView(
-        uid=UID,
-        namespace="shop",
-        name="web-7d9f",
-        node_name="node-1",
-        annotations=MappingProxyType({}),
-        qos_class="Burstable",
-        priority=None,
-        priority_class_name=None,
-        config_hash=None,
-        phase="Running",
-        containers=(
-            ContainerView(
-                name=container_name,
-                kind=ContainerKind.CONTAINER,
-                restart_policy=None,
-                memory_request_bytes=None,
-                memory_limit_bytes=512 * MIB,
-                container_id=CID,
-                runtime="containerd",
-                past_container_ids=(),
-                running=True,
-                restart_count=0,
-            ),
-        ),
-        resource_version="1",
-    )
+    limited = container(container_name, limit_bytes=512 * MIB, container_id=CID)
+    return pod_view((limited,), uid=UID)
 
 
 Lookup = DictLookup  # the pod cache's lookups over a list, as the kill tests use
