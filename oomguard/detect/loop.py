@@ -43,7 +43,7 @@ from oomguard.cgroups.hierarchy import CgroupVersion, MemoryHierarchy
 from oomguard.cgroups.path import parse_cgroup_path
 from oomguard.cgroups.watch import CgroupWatch, CounterChange
 from oomguard.detect.join import KillJoiner
-from oomguard.detect.main_process import Captured, MainProcessProbe
+from oomguard.detect.main_process import Captured, MainProcessProbe, alone
 from oomguard.detect.marks import ProgressMarks
 from oomguard.kernel.clock import KernelClock
 from oomguard.kernel.open_log import NOT_OPENED, OpenedLog, open_kernel_log
@@ -72,6 +72,14 @@ _POLL_FLAGS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 # memory.events inotify) returns lines printed just before it: its bound on the kernel
 # clock is tight enough to anchor the kill times (kclock.py).
 PROMPT_READ_S = 0.01
+
+# After a cgroup signals an OOM (v1's OOM eventfd, v2's memory.events), its report is
+# printed within microseconds to a millisecond, but a poller of /dev/kmsg is only woken
+# by printk's deferred wake-up, at the next timer tick (up to 4 ms at HZ=250: most of a
+# kill's detection latency). So the loop reads the log itself, every LOG_FOLLOW_STEP_S,
+# until a kill line came in or LOG_FOLLOW_S passed: ~10 non-blocking reads per OOM.
+LOG_FOLLOW_S = 0.005
+LOG_FOLLOW_STEP_S = 0.0004
 
 
 class OomWatcher:
@@ -120,6 +128,8 @@ class OomWatcher:
         self._log_fd: int | None = None  # the kernel log's descriptor, when it has one
         self._log_checked: float | None = None  # when the log last had nothing unread
         self._last_push = float("-inf")  # when a kernel signal last woke the loop
+        # Until when the log is read without waiting for its readiness (LOG_FOLLOW_S).
+        self._follow_log_until = float("-inf")
         # When the last kill line that names no cgroup was printed: the counters it may
         # concern are read after this read of the log.
         self._bare_line_at: float | None = None
@@ -224,6 +234,8 @@ class OomWatcher:
         ready = self._wait(max_wait_s)
         woke = self._clock()  # when the kernel's signals in `ready` were there
         self._on_ready(ready, woke)
+        if woke < self._follow_log_until and all(fd != self._log_fd for fd, _ in ready):
+            self._drain_kernel_log()
         self._report_created(woke)
         now = self._clock()
         self._counter_changes(self.watch.due_rechecks(now))
@@ -264,6 +276,8 @@ class OomWatcher:
             decision,
         )
         wake_at = min(d for d in deadlines if d is not None)
+        if now < self._follow_log_until:
+            wake_at = min(wake_at, now + LOG_FOLLOW_STEP_S)
         wait_s = max(0.0, wake_at - now)
         if max_wait_s is not None:
             wait_s = min(wait_s, max_wait_s)
@@ -286,6 +300,8 @@ class OomWatcher:
                 changes = self.watch.handle_ready(fd, now=woke)
                 if self.hierarchy.version is CgroupVersion.V1:
                     self._read_timing.v1_signalled()
+                if self._log_fd is not None and self._caught_up:
+                    self._follow_log_until = woke + LOG_FOLLOW_S
                 self._counter_changes(changes)
 
     def _report_created(self, woke: float) -> None:
@@ -441,6 +457,7 @@ class OomWatcher:
         self._counter_changes(changes)
 
     def _on_kernel_kill(self, kill: KernelOomKill) -> None:
+        self._follow_log_until = float("-inf")  # the report came: poll() as usual again
         # Members of a memory.oom.group kill other than the chosen victim are named
         # only by pid: ask /proc while the process is still exiting, else credit the
         # group's cgroup (kubelet sets oom.group on container cgroups, so that is
@@ -459,7 +476,7 @@ class OomWatcher:
             if cgroup is not None and inside:
                 self.joiner.on_repeat_kill(cgroup, now_mono=self._clock(), report=kill)
             return
-        self._capture_victim(kill)
+        self._capture_victim(kill, cgroup if inside else None)
         if bare_memcg:
             # On the clock pairing measures by (`KernelClock.middle`), so that the line
             # and the signal it stands in for are at the same time.
@@ -494,7 +511,7 @@ class OomWatcher:
         except OSError:
             return None
 
-    def _capture_victim(self, kill: KernelOomKill) -> None:
+    def _capture_victim(self, kill: KernelOomKill, cgroup: str | None) -> None:
         """Read the victim's /proc facts now, while it exits (main_process.py).
 
         Only for a line printed moments ago: a report read back after a restart (the
@@ -506,7 +523,17 @@ class OomWatcher:
         now = self._clock()
         if now - self.kernel_clock.monotonic(kill.kernel_time_us, now) > _MAX_CAPTURE_AGE_S:
             return
-        captured = self._main_probe.capture(kill.pid, kill.command)
+        captured: Captured | None = None
+        ident = None if cgroup is None else parse_cgroup_path(cgroup)
+        if (
+            ident is not None
+            and ident.kind is CgroupKind.CONTAINER
+            and ident.container_path == ident.path
+            and self._main_probe.only_process(kill.pid, self.hierarchy.fs_path(ident.path))
+        ):
+            captured = alone(ident.path)
+        else:
+            captured = self._main_probe.capture(kill.pid, kill.command)
         if captured is None:
             return
         if len(self._captured) >= _MAX_CAPTURED:

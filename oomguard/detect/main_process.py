@@ -20,6 +20,12 @@ the victim's container cgroup, and the victim's pid in its own pid namespace (th
 
 When any fact cannot be read (the victim was reaped already, a hostile /proc), the
 answer is None and the Event simply does not say.
+
+Most containers run one process. When the victim is the only process of its container
+cgroup (no cgroup nested below it), it is the container's main process, and that is
+read from the cgroup's process list without touching the victim: a read of the victim's
+own /proc files on its kill line waits ~3 ms (the kernel is still killing it), most of
+a kill's detection latency.
 """
 
 from __future__ import annotations
@@ -92,6 +98,13 @@ class Captured:
 
     lineage: Lineage
     parent_cgroup: str
+    # The only process of `container` (its cgroup, nothing nested): the main process.
+    alone_in: str | None = None
+
+
+def alone(container: str) -> Captured:
+    """The victim was the only process of the container cgroup `container`."""
+    return Captured(lineage=Lineage(None, None, 0), parent_cgroup="", alone_in=container)
 
 
 class MainProcessProbe:
@@ -106,6 +119,17 @@ class MainProcessProbe:
     ) -> None:
         self.cgroup_of_pid = cgroup_of_pid
         self.proc_root = proc_root
+
+    def only_process(self, pid: int, directory: Path) -> bool:
+        """Whether `pid` is the one process of the cgroup `directory`, which has no
+        cgroup below it (asked without reading the victim's own /proc)."""
+        try:
+            with os.scandir(directory) as entries:
+                if any(entry.is_dir(follow_symlinks=False) for entry in entries):
+                    return False
+            return read_cgroup_procs(directory) == [pid]
+        except OSError:
+            return False
 
     def capture(self, pid: int, command: str | None) -> Captured | None:
         handle = ProcHandle.open(pid, self.proc_root)
@@ -131,6 +155,8 @@ class MainProcessProbe:
     def decide(
         self, captured: Captured, victim_pid: int, container_cgroup: str, container_dir: Path
     ) -> bool | None:
+        if captured.alone_in is not None:
+            return True if captured.alone_in == container_cgroup else None
         parent_in = within(captured.parent_cgroup, container_cgroup)
         lineage = captured.lineage
         own_init: bool | None = None

@@ -1,10 +1,20 @@
-"""The main-process rules, from /proc/PID/status text (no root, no kernel)."""
+"""The main-process rules, from /proc/PID/status text and cgroup process lists written
+here (no root, no kernel)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from oomguard.detect.main_process import Lineage, classify, parse_status, within
+from oomguard.detect.main_process import (
+    Lineage,
+    MainProcessProbe,
+    alone,
+    classify,
+    parse_status,
+    within,
+)
 
 STATUS = "Name:\tapp\nState:\tR (running)\nTgid:\t4242\nPid:\t4242\nPPid:\t4100\nNSpid:\t4242\t1\n"
 
@@ -52,3 +62,45 @@ def test_within_is_by_path_component() -> None:
     assert within("/kubepods/pod1/abc/nested", "/kubepods/pod1/abc")
     assert not within("/kubepods/pod1/abcdef", "/kubepods/pod1/abc")
     assert not within(None, "/kubepods/pod1/abc")
+
+
+CONTAINER = "/kubepods/burstable/pod1/abc"
+
+
+def probe() -> MainProcessProbe:
+    return MainProcessProbe(lambda pid: None, proc_root="/nonexistent")
+
+
+def cgroup_dir(tmp_path: Path, procs: str, nested: bool = False) -> Path:
+    (tmp_path / "cgroup.procs").write_text(procs)
+    (tmp_path / "memory.limit_in_bytes").write_text("67108864\n")
+    if nested:
+        (tmp_path / "child").mkdir()
+    return tmp_path
+
+
+def test_the_only_process_of_its_container_is_its_main_process(tmp_path: Path) -> None:
+    assert probe().only_process(42, cgroup_dir(tmp_path, "42\n"))
+    assert probe().decide(alone(CONTAINER), 42, CONTAINER, tmp_path) is True
+
+
+@pytest.mark.parametrize(
+    ("procs", "nested"),
+    [
+        ("7\n42\n", False),  # the main process (or another) is still there
+        ("", False),  # the victim already left: nothing to go by
+        ("7\n", False),  # a stranger's list (pid reuse, a late read)
+        ("42\n", True),  # a cgroup below it may hold the main process
+    ],
+    ids=["with-another", "empty", "without-the-victim", "nested-cgroup"],
+)
+def test_not_alone_is_decided_the_long_way(tmp_path: Path, procs: str, nested: bool) -> None:
+    assert not probe().only_process(42, cgroup_dir(tmp_path, procs, nested))
+
+
+def test_an_unreadable_cgroup_is_not_alone(tmp_path: Path) -> None:
+    assert not probe().only_process(42, tmp_path / "gone")
+
+
+def test_alone_in_another_container_says_nothing() -> None:
+    assert probe().decide(alone(CONTAINER), 42, "/kubepods/burstable/pod1/def", Path("/")) is None
