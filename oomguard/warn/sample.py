@@ -124,13 +124,20 @@ def pressure_some_avg10(text: str) -> float | None:
     return None
 
 
+def limit_file(version: CgroupVersion) -> str:
+    return "memory.max" if version is CgroupVersion.V2 else "memory.limit_in_bytes"
+
+
+def _read_text(fd: int) -> str:
+    return os.pread(fd, _MAX_READ, 0).decode("ascii", "replace")
+
+
 def read_limit(version: CgroupVersion, directory: str) -> int | None:
     """A cgroup's memory limit from its one file (None: no limit). FileNotFoundError
     when the cgroup is gone or is no memory cgroup."""
-    name = "memory.max" if version is CgroupVersion.V2 else "memory.limit_in_bytes"
-    fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.open(os.path.join(directory, limit_file(version)), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return parse_limit(version, os.pread(fd, _MAX_READ, 0).decode("ascii", "replace"))
+        return parse_limit(version, _read_text(fd))
     finally:
         os.close(fd)
 
@@ -151,7 +158,7 @@ class CgroupFiles:
         self._usage = self._open("memory.current" if v2 else "memory.usage_in_bytes")
         self._fds: list[int] = [self._usage]
         try:
-            self._limit = self._optional("memory.max" if v2 else "memory.limit_in_bytes")
+            self._limit = self._optional(limit_file(version))
             self._stat = self._optional("memory.stat")
             self._hits = self._optional("memory.events" if v2 else "memory.failcnt")
             self._pressure = self._optional("memory.pressure") if v2 else -1
@@ -173,22 +180,18 @@ class CgroupFiles:
         self._fds.append(fd)
         return fd
 
-    @staticmethod
-    def _text(fd: int) -> str:
-        return os.pread(fd, _MAX_READ, 0).decode("ascii", "replace")
-
     def usage(self) -> int:
-        value = parse_single_int(self._text(self._usage))
+        value = parse_single_int(_read_text(self._usage))
         if value is None:
             raise OSError(f"unreadable usage in {self.directory}")
         return value
 
     def limit(self) -> int | None:
-        return None if self._limit < 0 else parse_limit(self.version, self._text(self._limit))
+        return None if self._limit < 0 else parse_limit(self.version, _read_text(self._limit))
 
     def oom_kills(self) -> int | None:
         """The cgroup's kill count now (None: not readable here)."""
-        return None if self._kills < 0 else oom_kills(self._text(self._kills))
+        return None if self._kills < 0 else oom_kills(_read_text(self._kills))
 
     def read_usage(self, at: float, limit_bytes: int | None) -> MemorySample:
         """The cheap look: usage only (the limit as last read)."""
@@ -197,12 +200,12 @@ class CgroupFiles:
     def read_sample(self, at: float, limit_bytes: int | None) -> MemorySample:
         """The full look: usage, working set, reclaim count, pressure."""
         usage = self.usage()
-        inactive = None if self._stat < 0 else inactive_file(self.version, self._text(self._stat))
-        pressure = None if self._pressure < 0 else pressure_some_avg10(self._text(self._pressure))
+        inactive = None if self._stat < 0 else inactive_file(self.version, _read_text(self._stat))
+        pressure = None if self._pressure < 0 else pressure_some_avg10(_read_text(self._pressure))
         hits: int | None = None
         kills: int | None = None
         if self._hits >= 0:
-            text = self._text(self._hits)
+            text = _read_text(self._hits)
             if self.version is CgroupVersion.V2:
                 hits, kills = limit_hits_v2(text), oom_kills(text)
             else:

@@ -359,14 +359,9 @@ class WarningWatcher:
                 self._ask_later(cgroup, now + LIMIT_REFRESH_S)
             return
         try:
-            limit = files.limit()
             kills = files.oom_kills()
         except OSError:
-            limit = kills = None
-        if limit is None:
-            files.close()
-            self._ask_later(cgroup, now + again)
-            return
+            kills = None
         w = Watched(
             cgroup=cgroup,
             identity=identity,
