@@ -73,14 +73,6 @@ _POLL_FLAGS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 # clock is tight enough to anchor the kill times (kclock.py).
 PROMPT_READ_S = 0.01
 
-# After a cgroup signals an OOM (v1's OOM eventfd, v2's memory.events), its report is
-# printed within microseconds to a millisecond, but a poller of /dev/kmsg is only woken
-# by printk's deferred wake-up, at the next timer tick (up to 4 ms at HZ=250: most of a
-# kill's detection latency). So the loop reads the log itself, every LOG_FOLLOW_STEP_S,
-# until a kill line came in or LOG_FOLLOW_S passed: ~10 non-blocking reads per OOM.
-LOG_FOLLOW_S = 0.005
-LOG_FOLLOW_STEP_S = 0.0004
-
 
 class OomWatcher:
     """Watches cgroups below `root` and the kernel log; calls `on_kill` once per kill."""
@@ -128,8 +120,6 @@ class OomWatcher:
         self._log_fd: int | None = None  # the kernel log's descriptor, when it has one
         self._log_checked: float | None = None  # when the log last had nothing unread
         self._last_push = float("-inf")  # when a kernel signal last woke the loop
-        # Until when the log is read without waiting for its readiness (LOG_FOLLOW_S).
-        self._follow_log_until = float("-inf")
         # When the last kill line that names no cgroup was printed: the counters it may
         # concern are read after this read of the log.
         self._bare_line_at: float | None = None
@@ -234,8 +224,6 @@ class OomWatcher:
         ready = self._wait(max_wait_s)
         woke = self._clock()  # when the kernel's signals in `ready` were there
         self._on_ready(ready, woke)
-        if woke < self._follow_log_until and all(fd != self._log_fd for fd, _ in ready):
-            self._drain_kernel_log()
         self._report_created(woke)
         now = self._clock()
         self._counter_changes(self.watch.due_rechecks(now))
@@ -276,8 +264,6 @@ class OomWatcher:
             decision,
         )
         wake_at = min(d for d in deadlines if d is not None)
-        if now < self._follow_log_until:
-            wake_at = min(wake_at, now + LOG_FOLLOW_STEP_S)
         wait_s = max(0.0, wake_at - now)
         if max_wait_s is not None:
             wait_s = min(wait_s, max_wait_s)
@@ -300,8 +286,6 @@ class OomWatcher:
                 changes = self.watch.handle_ready(fd, now=woke)
                 if self.hierarchy.version is CgroupVersion.V1:
                     self._read_timing.v1_signalled()
-                if self._log_fd is not None and self._caught_up:
-                    self._follow_log_until = woke + LOG_FOLLOW_S
                 self._counter_changes(changes)
 
     def _report_created(self, woke: float) -> None:
@@ -457,7 +441,6 @@ class OomWatcher:
         self._counter_changes(changes)
 
     def _on_kernel_kill(self, kill: KernelOomKill) -> None:
-        self._follow_log_until = float("-inf")  # the report came: poll() as usual again
         # Members of a memory.oom.group kill other than the chosen victim are named
         # only by pid: ask /proc while the process is still exiting, else credit the
         # group's cgroup (kubelet sets oom.group on container cgroups, so that is
@@ -523,7 +506,7 @@ class OomWatcher:
         now = self._clock()
         if now - self.kernel_clock.monotonic(kill.kernel_time_us, now) > _MAX_CAPTURE_AGE_S:
             return
-        captured: Captured | None = None
+        captured: Captured | None
         ident = None if cgroup is None else parse_cgroup_path(cgroup)
         if (
             ident is not None
