@@ -272,6 +272,14 @@ def node(mode: str, tmp: Path) -> Iterator[tuple[ApiServer, ScratchTree]]:
 # ----- the agent ------------------------------------------------------------------------
 
 
+def image_env() -> dict[str, str]:
+    """This process's environment as the image's Python sees one: none of this
+    machine's PYTHON* settings, and no bytecode written (the image's ENV)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
 def agent_command(
     mode: str,
     server: ApiServer,
@@ -282,8 +290,7 @@ def agent_command(
 ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of `oomguard run` (through `python`, e.g.
     `[venv python, -m, oomguard.cli]`) for this mode."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"  # as the image
+    env = image_env()
     flags = [
         "run",
         f"--node-name={NODE}",
@@ -504,7 +511,7 @@ def breakdown(mode: str, python: str, top: int, idle_s: float) -> None:
 
 def cli_imports(python: str) -> None:
     """What every command pays before it runs: `import oomguard.cli`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env = image_env()
     code = (
         "import sys, time; t = time.process_time(); import oomguard.cli; "
         "rss = [x for x in open('/proc/self/status') if x.startswith('VmRSS:')][0].split()[1]; "
